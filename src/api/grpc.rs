@@ -1,0 +1,233 @@
+//! The gRPC runtime API (`dapr.proto.runtime.v1.Dapr`).
+
+use std::{pin::Pin, sync::Arc};
+
+use futures::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::{
+    ApiError,
+    state::{StateApi, TxOp},
+};
+use crate::{
+    proto::{common, runtime as rt},
+    registry::Registry,
+};
+
+/// Serves `dapr.proto.runtime.v1.Dapr`.
+#[derive(Clone)]
+pub struct DaprApi {
+    state: StateApi,
+    registry: Arc<Registry>,
+    app_id: String,
+    shutdown: CancellationToken,
+}
+
+impl DaprApi {
+    pub fn new(registry: Arc<Registry>, app_id: String, shutdown: CancellationToken) -> Self {
+        Self {
+            state: StateApi::new(registry.clone(), app_id.clone()),
+            registry,
+            app_id,
+            shutdown,
+        }
+    }
+
+    pub fn into_server(self) -> rt::dapr_server::DaprServer<Self> {
+        rt::dapr_server::DaprServer::new(self)
+    }
+}
+
+fn unserved(api: &str) -> Status {
+    Status::unimplemented(format!("{api} is not supported by plugd"))
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl rt::dapr_server::Dapr for DaprApi {
+    async fn invoke_service(
+        &self,
+        _: Request<rt::InvokeServiceRequest>,
+    ) -> Reply<common::InvokeResponse> {
+        Err(unserved("service invocation (InvokeService)"))
+    }
+
+    async fn get_state(&self, req: Request<rt::GetStateRequest>) -> Reply<rt::GetStateResponse> {
+        let r = req.into_inner();
+        let got = self
+            .state
+            .get(&r.store_name, &r.key, r.consistency, r.metadata)
+            .await?;
+        Ok(Response::new(rt::GetStateResponse {
+            data: got.data,
+            etag: got.etag.unwrap_or_default(),
+            metadata: got.metadata,
+        }))
+    }
+
+    async fn get_bulk_state(
+        &self,
+        req: Request<rt::GetBulkStateRequest>,
+    ) -> Reply<rt::GetBulkStateResponse> {
+        let r = req.into_inner();
+        let items = self
+            .state
+            .get_bulk(&r.store_name, r.keys, i64::from(r.parallelism), r.metadata)
+            .await?;
+        Ok(Response::new(rt::GetBulkStateResponse { items }))
+    }
+
+    async fn save_state(&self, req: Request<rt::SaveStateRequest>) -> Reply<()> {
+        let r = req.into_inner();
+        if r.states.iter().any(|s| s.key.is_empty()) {
+            return Err(ApiError::basic(
+                tonic::Code::InvalidArgument,
+                400,
+                "ERR_STATE_SAVE",
+                "state key cannot be empty",
+            )
+            .into());
+        }
+        self.state.save(&r.store_name, r.states).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn query_state_alpha1(
+        &self,
+        req: Request<rt::QueryStateRequest>,
+    ) -> Reply<rt::QueryStateResponse> {
+        let r = req.into_inner();
+        Ok(Response::new(
+            self.state
+                .query(&r.store_name, &r.query, r.metadata)
+                .await?,
+        ))
+    }
+
+    async fn delete_state(&self, req: Request<rt::DeleteStateRequest>) -> Reply<()> {
+        let r = req.into_inner();
+        let item = common::StateItem {
+            key: r.key,
+            value: Vec::new(),
+            etag: r.etag,
+            metadata: r.metadata,
+            options: r.options,
+        };
+        self.state.delete(&r.store_name, item).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn delete_bulk_state(&self, req: Request<rt::DeleteBulkStateRequest>) -> Reply<()> {
+        let r = req.into_inner();
+        self.state.delete_bulk(&r.store_name, r.states).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn execute_state_transaction(
+        &self,
+        req: Request<rt::ExecuteStateTransactionRequest>,
+    ) -> Reply<()> {
+        let r = req.into_inner();
+        let ops = r
+            .operations
+            .into_iter()
+            .map(|op| TxOp {
+                operation: op.operation_type,
+                item: op.request.unwrap_or_default(),
+            })
+            .collect();
+        self.state.transact(&r.store_name, ops, r.metadata).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn publish_event(&self, _: Request<rt::PublishEventRequest>) -> Reply<()> {
+        Err(unserved("publish (PublishEvent)"))
+    }
+
+    async fn bulk_publish_event(
+        &self,
+        _: Request<rt::BulkPublishRequest>,
+    ) -> Reply<rt::BulkPublishResponse> {
+        Err(unserved("bulk publish (BulkPublishEvent)"))
+    }
+
+    async fn bulk_publish_event_alpha1(
+        &self,
+        _: Request<rt::BulkPublishRequest>,
+    ) -> Reply<rt::BulkPublishResponse> {
+        Err(unserved("bulk publish (BulkPublishEventAlpha1)"))
+    }
+
+    type SubscribeTopicEventsAlpha1Stream =
+        Pin<Box<dyn Stream<Item = Result<rt::SubscribeTopicEventsResponseAlpha1, Status>> + Send>>;
+
+    async fn subscribe_topic_events_alpha1(
+        &self,
+        _: Request<tonic::Streaming<rt::SubscribeTopicEventsRequestAlpha1>>,
+    ) -> Reply<Self::SubscribeTopicEventsAlpha1Stream> {
+        Err(unserved(
+            "streaming subscriptions (SubscribeTopicEventsAlpha1)",
+        ))
+    }
+
+    async fn invoke_binding(
+        &self,
+        _: Request<rt::InvokeBindingRequest>,
+    ) -> Reply<rt::InvokeBindingResponse> {
+        Err(unserved("bindings (InvokeBinding)"))
+    }
+
+    async fn get_secret(&self, _: Request<rt::GetSecretRequest>) -> Reply<rt::GetSecretResponse> {
+        Err(unserved("secrets (GetSecret)"))
+    }
+
+    async fn get_bulk_secret(
+        &self,
+        _: Request<rt::GetBulkSecretRequest>,
+    ) -> Reply<rt::GetBulkSecretResponse> {
+        Err(unserved("secrets (GetBulkSecret)"))
+    }
+
+    async fn get_metadata(
+        &self,
+        _: Request<rt::GetMetadataRequest>,
+    ) -> Reply<rt::GetMetadataResponse> {
+        let snapshot = self.registry.snapshot();
+        let mut extended: std::collections::HashMap<String, String> =
+            self.registry.extended().into_iter().collect();
+        extended.insert("daprRuntimeVersion".into(), crate::VERSION.into());
+        Ok(Response::new(rt::GetMetadataResponse {
+            id: self.app_id.clone(),
+            registered_components: snapshot
+                .components
+                .iter()
+                .filter(|c| c.status == crate::registry::ComponentStatus::Ready)
+                .map(|c| rt::RegisteredComponents {
+                    name: c.name.clone(),
+                    r#type: c.type_name.clone(),
+                    version: c.version.clone(),
+                    capabilities: c.features.clone(),
+                })
+                .collect(),
+            extended_metadata: extended,
+            runtime_version: crate::VERSION.into(),
+            ..Default::default()
+        }))
+    }
+
+    async fn set_metadata(&self, req: Request<rt::SetMetadataRequest>) -> Reply<()> {
+        let r = req.into_inner();
+        if !r.key.is_empty() {
+            self.registry.set_extended(r.key, r.value);
+        }
+        Ok(Response::new(()))
+    }
+
+    async fn shutdown(&self, _: Request<rt::ShutdownRequest>) -> Reply<()> {
+        tracing::info!("shutdown requested through the API");
+        self.shutdown.cancel();
+        Ok(Response::new(()))
+    }
+}

@@ -1,0 +1,518 @@
+//! The HTTP runtime API (Dapr's `/v1.0/...` routes).
+//!
+//! Request bodies are decoded leniently, as the official SDKs send them: field names match
+//! case-insensitively, `null` maps are empty, and an etag may be a string, a number or
+//! `{"value": ...}`.
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, Query, State},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post, put},
+};
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+use super::{
+    ApiError,
+    state::{StateApi, TxOp},
+};
+use crate::{
+    proto::common::{
+        self,
+        state_options::{StateConcurrency, StateConsistency},
+    },
+    registry::{ComponentStatus, Registry},
+};
+
+/// Dapr's default request body limit.
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+
+#[derive(Clone)]
+struct Ctx {
+    state: StateApi,
+    registry: Arc<Registry>,
+    app_id: String,
+    shutdown: CancellationToken,
+}
+
+type Params = Query<Vec<(String, String)>>;
+
+/// The HTTP API router.
+pub fn router(registry: Arc<Registry>, app_id: String, shutdown: CancellationToken) -> Router {
+    let ctx = Ctx {
+        state: StateApi::new(registry.clone(), app_id.clone()),
+        registry,
+        app_id,
+        shutdown,
+    };
+    Router::new()
+        .route("/v1.0/healthz", get(healthz))
+        .route("/v1.0/healthz/outbound", get(healthz_outbound))
+        .route("/v1.0/metadata", get(metadata))
+        .route("/v1.0/metadata/{key}", put(set_metadata))
+        .route("/v1.0/shutdown", post(request_shutdown))
+        .route("/v1.0/state/{store}", post(save_state).put(save_state))
+        .route("/v1.0/state/{store}/bulk", post(bulk_get).put(bulk_get))
+        .route(
+            "/v1.0/state/{store}/transaction",
+            post(transaction).put(transaction),
+        )
+        .route(
+            "/v1.0/state/{store}/{key}",
+            get(get_state).delete(delete_state),
+        )
+        .route(
+            "/v1.0-alpha1/state/{store}/query",
+            post(query_state).put(query_state),
+        )
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(ctx)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::plain(
+        Code::NotFound,
+        404,
+        "ERR_NOT_FOUND",
+        format!("no API at {}", uri.path()),
+    )
+}
+
+/// `metadata.<key>` query parameters, prefix stripped, first value wins.
+fn query_metadata(params: &[(String, String)]) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for (k, v) in params {
+        if let Some(name) = k.strip_prefix("metadata.") {
+            out.entry(name.to_string()).or_insert_with(|| v.clone());
+        }
+    }
+    out
+}
+
+fn query_param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// A field of a JSON object, matched case-insensitively.
+fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    obj.get(name).or_else(|| {
+        obj.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    })
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::malformed(format!("failed deserializing HTTP body: {e}")))
+}
+
+fn string_map(v: Option<&Value>, what: &str) -> Result<HashMap<String, String>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(HashMap::new()),
+        Some(Value::Object(m)) => Ok(m
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    },
+                )
+            })
+            .collect()),
+        Some(_) => Err(ApiError::malformed(format!(
+            "{what} must be an object of strings"
+        ))),
+    }
+}
+
+fn etag_of(v: Option<&Value>) -> Result<Option<common::Etag>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(common::Etag { value: s.clone() })),
+        Some(Value::Number(n)) => Ok(Some(common::Etag {
+            value: n.to_string(),
+        })),
+        Some(Value::Object(m)) => match field(m, "value") {
+            Some(Value::String(s)) => Ok(Some(common::Etag { value: s.clone() })),
+            Some(Value::Number(n)) => Ok(Some(common::Etag {
+                value: n.to_string(),
+            })),
+            _ => Err(ApiError::malformed("etag must be a string")),
+        },
+        Some(_) => Err(ApiError::malformed("etag must be a string")),
+    }
+}
+
+fn concurrency(s: Option<&str>) -> i32 {
+    match s {
+        Some("first-write") => StateConcurrency::ConcurrencyFirstWrite as i32,
+        Some("last-write") => StateConcurrency::ConcurrencyLastWrite as i32,
+        _ => StateConcurrency::ConcurrencyUnspecified as i32,
+    }
+}
+
+fn consistency(s: Option<&str>) -> i32 {
+    match s {
+        Some("eventual") => StateConsistency::ConsistencyEventual as i32,
+        Some("strong") => StateConsistency::ConsistencyStrong as i32,
+        _ => StateConsistency::ConsistencyUnspecified as i32,
+    }
+}
+
+fn options_of(v: Option<&Value>) -> Option<common::StateOptions> {
+    let m = v?.as_object()?;
+    Some(common::StateOptions {
+        concurrency: concurrency(field(m, "concurrency").and_then(Value::as_str)),
+        consistency: consistency(field(m, "consistency").and_then(Value::as_str)),
+    })
+}
+
+/// One state item of a save or transaction body. The value is stored JSON-encoded, as in Dapr.
+fn state_item(
+    v: &Value,
+    query_meta: &HashMap<String, String>,
+) -> Result<common::StateItem, ApiError> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| ApiError::malformed("each state item must be a JSON object"))?;
+    let key = match field(obj, "key") {
+        Some(Value::String(k)) if !k.is_empty() => k.clone(),
+        _ => return Err(ApiError::malformed("\"key\" is a required field")),
+    };
+    let value = match field(obj, "value") {
+        None => Vec::new(),
+        Some(v) => serde_json::to_vec(v).map_err(|e| ApiError::malformed(e.to_string()))?,
+    };
+    let mut metadata = string_map(field(obj, "metadata"), "metadata")?;
+    for (k, v) in query_meta {
+        metadata.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    Ok(common::StateItem {
+        key,
+        value,
+        etag: etag_of(field(obj, "etag"))?,
+        metadata,
+        options: options_of(field(obj, "options")),
+    })
+}
+
+async fn healthz(State(ctx): State<Ctx>, params: Params) -> Response {
+    if query_param(&params, "appid").is_some_and(|id| id != ctx.app_id) {
+        return ApiError::plain(
+            Code::Internal,
+            500,
+            "ERR_HEALTH_APPID_NOT_MATCH",
+            "dapr app-id does not match",
+        )
+        .into_response();
+    }
+    let snapshot = ctx.registry.snapshot();
+    if snapshot.ready() {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        ApiError::plain(
+            Code::Unavailable,
+            500,
+            "ERR_HEALTH_NOT_READY",
+            format!(
+                "dapr is not ready: components not ready: {}",
+                snapshot.not_ready().join(", ")
+            ),
+        )
+        .into_response()
+    }
+}
+
+async fn healthz_outbound() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+async fn metadata(State(ctx): State<Ctx>) -> Json<Value> {
+    let snapshot = ctx.registry.snapshot();
+    let components: Vec<Value> = snapshot
+        .components
+        .iter()
+        .filter(|c| c.status == ComponentStatus::Ready)
+        .map(|c| {
+            serde_json::json!({
+                "name": c.name, "type": c.type_name, "version": c.version, "capabilities": c.features,
+            })
+        })
+        .collect();
+    let mut extended: Map<String, Value> = ctx
+        .registry
+        .extended()
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
+    extended.insert(
+        "daprRuntimeVersion".into(),
+        Value::String(crate::VERSION.into()),
+    );
+    Json(serde_json::json!({
+        "id": ctx.app_id,
+        "runtimeVersion": crate::VERSION,
+        "enabledFeatures": [],
+        "actors": [],
+        "components": components,
+        "extended": extended,
+        "subscriptions": [],
+        "httpEndpoints": [],
+        "actorRuntime": { "runtimeStatus": "DISABLED", "hostReady": false },
+    }))
+}
+
+async fn set_metadata(State(ctx): State<Ctx>, Path(key): Path<String>, body: Bytes) -> StatusCode {
+    ctx.registry
+        .set_extended(key, String::from_utf8_lossy(&body).into_owned());
+    StatusCode::NO_CONTENT
+}
+
+async fn request_shutdown(State(ctx): State<Ctx>) -> StatusCode {
+    tracing::info!("shutdown requested through the API");
+    ctx.shutdown.cancel();
+    StatusCode::NO_CONTENT
+}
+
+fn metadata_headers(headers: &mut HeaderMap, metadata: &HashMap<String, String>) {
+    for (k, v) in metadata {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(format!("metadata.{k}")),
+            HeaderValue::try_from(v.as_str()),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+async fn get_state(
+    State(ctx): State<Ctx>,
+    Path((store, key)): Path<(String, String)>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let got = ctx
+        .state
+        .get(
+            &store,
+            &key,
+            consistency(query_param(&params, "consistency")),
+            query_metadata(&params),
+        )
+        .await?;
+    if got.data.is_empty() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let mut resp = got.data.into_response();
+    let headers = resp.headers_mut();
+    let content_type = if got.content_type.is_empty() {
+        "application/json"
+    } else {
+        got.content_type.as_str()
+    };
+    if let Ok(v) = HeaderValue::try_from(content_type) {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    if let Some(etag) = got.etag.and_then(|e| HeaderValue::try_from(e).ok()) {
+        headers.insert(header::ETAG, etag);
+    }
+    metadata_headers(headers, &got.metadata);
+    Ok(resp)
+}
+
+async fn save_state(
+    State(ctx): State<Ctx>,
+    Path(store): Path<String>,
+    params: Params,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let doc = parse_json(&body)?;
+    let arr = doc.as_array().ok_or_else(|| {
+        ApiError::malformed("failed deserializing HTTP body: expected a JSON array of state items")
+    })?;
+    let meta = query_metadata(&params);
+    let items = arr
+        .iter()
+        .map(|v| state_item(v, &meta))
+        .collect::<Result<Vec<_>, _>>()?;
+    ctx.state.save(&store, items).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn delete_state(
+    State(ctx): State<Ctx>,
+    Path((store, key)): Path<(String, String)>,
+    params: Params,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let etag = headers.get(header::IF_MATCH).map(|v| common::Etag {
+        value: String::from_utf8_lossy(v.as_bytes()).into_owned(),
+    });
+    let item = common::StateItem {
+        key,
+        value: Vec::new(),
+        etag,
+        metadata: query_metadata(&params),
+        options: Some(common::StateOptions {
+            concurrency: concurrency(query_param(&params, "concurrency")),
+            consistency: consistency(query_param(&params, "consistency")),
+        }),
+    };
+    ctx.state.delete(&store, item).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn bulk_get(
+    State(ctx): State<Ctx>,
+    Path(store): Path<String>,
+    params: Params,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let doc = parse_json(&body)?;
+    let obj = doc.as_object().ok_or_else(|| {
+        ApiError::malformed("failed deserializing HTTP body: expected an object with \"keys\"")
+    })?;
+    let keys: Vec<String> = match field(obj, "keys") {
+        Some(Value::Array(keys)) => keys
+            .iter()
+            .map(|k| {
+                k.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| ApiError::malformed("keys must be strings"))
+            })
+            .collect::<Result<_, _>>()?,
+        None | Some(Value::Null) => Vec::new(),
+        Some(_) => return Err(ApiError::malformed("keys must be an array of strings")),
+    };
+    let parallelism = field(obj, "parallelism")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    let mut metadata = string_map(field(obj, "metadata"), "metadata")?;
+    metadata.extend(query_metadata(&params));
+    let items = ctx
+        .state
+        .get_bulk(&store, keys, parallelism, metadata)
+        .await?;
+    let out: Vec<Value> = items
+        .into_iter()
+        .map(|i| {
+            let mut o = Map::new();
+            o.insert("key".into(), Value::String(i.key));
+            if !i.data.is_empty() {
+                o.insert("data".into(), embed_json(&i.data));
+            }
+            if !i.etag.is_empty() {
+                o.insert("etag".into(), Value::String(i.etag));
+            }
+            if !i.metadata.is_empty() {
+                o.insert(
+                    "metadata".into(),
+                    serde_json::to_value(i.metadata).unwrap_or(Value::Null),
+                );
+            }
+            if !i.error.is_empty() {
+                o.insert("error".into(), Value::String(i.error));
+            }
+            Value::Object(o)
+        })
+        .collect();
+    Ok(Json(Value::Array(out)))
+}
+
+/// Stored bytes embedded in a JSON reply: raw when they are JSON, else as a string.
+fn embed_json(data: &[u8]) -> Value {
+    serde_json::from_slice(data)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(data).into_owned()))
+}
+
+async fn transaction(
+    State(ctx): State<Ctx>,
+    Path(store): Path<String>,
+    params: Params,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let doc = parse_json(&body)?;
+    let obj = doc.as_object().ok_or_else(|| {
+        ApiError::malformed(
+            "failed deserializing HTTP body: expected an object with \"operations\"",
+        )
+    })?;
+    let mut metadata = string_map(field(obj, "metadata"), "metadata")?;
+    metadata.extend(query_metadata(&params));
+    let ops = match field(obj, "operations") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(ops)) => ops
+            .iter()
+            .map(|op| {
+                let o = op
+                    .as_object()
+                    .ok_or_else(|| ApiError::malformed("each operation must be an object"))?;
+                let operation = field(o, "operation")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let request = field(o, "request")
+                    .ok_or_else(|| ApiError::malformed("operation has no \"request\""))?;
+                Ok(TxOp {
+                    operation,
+                    item: state_item(request, &HashMap::new())?,
+                })
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?,
+        Some(_) => return Err(ApiError::malformed("operations must be an array")),
+    };
+    ctx.state.transact(&store, ops, metadata).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn query_state(
+    State(ctx): State<Ctx>,
+    Path(store): Path<String>,
+    params: Params,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let text = String::from_utf8_lossy(&body);
+    let resp = ctx
+        .state
+        .query(&store, &text, query_metadata(&params))
+        .await?;
+    if resp.results.is_empty() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let results: Vec<Value> = resp
+        .results
+        .into_iter()
+        .map(|r| {
+            let mut o = Map::new();
+            o.insert("key".into(), Value::String(r.key));
+            o.insert("data".into(), embed_json(&r.data));
+            if !r.etag.is_empty() {
+                o.insert("etag".into(), Value::String(r.etag));
+            }
+            if !r.error.is_empty() {
+                o.insert("error".into(), Value::String(r.error));
+            }
+            Value::Object(o)
+        })
+        .collect();
+    let mut body = serde_json::json!({ "results": results });
+    if !resp.token.is_empty() {
+        body["token"] = Value::String(resp.token);
+    }
+    if !resp.metadata.is_empty() {
+        body["metadata"] = serde_json::to_value(resp.metadata).unwrap_or(Value::Null);
+    }
+    Ok(Json(body).into_response())
+}

@@ -1,0 +1,206 @@
+//! Wiring: configuration → components → registry → API servers, and the bounded shutdown.
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::Layer;
+use tower_http::normalize_path::NormalizePathLayer;
+
+use crate::{
+    api,
+    config::{Config, manifest},
+    discovery,
+    lifecycle::{self, InitError},
+    registry::{ComponentStatus, Registry},
+};
+
+/// Why plugd could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] manifest::Problems),
+    #[error("{}", describe_failures(.0))]
+    Components(Vec<(String, InitError)>),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+fn describe_failures(failures: &[(String, InitError)]) -> String {
+    let mut out = format!("{} component(s) failed to initialise:", failures.len());
+    for (name, e) in failures {
+        out.push_str(&format!("\n  - {name}: {e}"));
+    }
+    out
+}
+
+/// A built plugd, ready to serve.
+pub struct App {
+    config: Config,
+    registry: Arc<Registry>,
+    grpc: TcpListener,
+    http: TcpListener,
+    shutdown: CancellationToken,
+}
+
+impl App {
+    /// Validates the resources, discovers sockets, initialises components and binds the API
+    /// ports. Fails if the resources are invalid or a component without `ignoreErrors` fails.
+    pub async fn build(config: Config, shutdown: CancellationToken) -> Result<Self, StartError> {
+        let started = Instant::now();
+        let (docs, mut problems) = manifest::read_documents(&config.resources_paths);
+        let loaded = match manifest::validate(&docs, &config.app_id, config.namespace.as_deref()) {
+            Ok(loaded) if problems.is_empty() => loaded,
+            Ok(_) => return Err(manifest::Problems(problems).into()),
+            Err(manifest::Problems(more)) => {
+                problems.extend(more);
+                return Err(manifest::Problems(problems).into());
+            }
+        };
+        for (file, name, why) in &loaded.skipped {
+            tracing::info!(component = %name, file = %file.display(), "component skipped: {why}");
+        }
+
+        let discovery = discovery::scan(&config.sockets_folder, config.discovery_timeout).await;
+        let outcome = lifecycle::start_all(loaded.components, discovery, &config).await;
+        if !outcome.fatal.is_empty() {
+            return Err(StartError::Components(outcome.fatal));
+        }
+        let snapshot = outcome.snapshot;
+        log_summary(&config, &snapshot, started);
+
+        let grpc = TcpListener::bind(config.grpc_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.grpc_addr,
+                source,
+            })?;
+        let http = TcpListener::bind(config.http_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.http_addr,
+                source,
+            })?;
+        Ok(Self {
+            config,
+            registry: Arc::new(Registry::new(snapshot)),
+            grpc,
+            http,
+            shutdown,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+
+    pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
+        self.http.local_addr()
+    }
+
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
+    /// Serves both APIs until the shutdown token is cancelled, then drains for at most the
+    /// configured grace period.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let Self {
+            config,
+            registry,
+            grpc,
+            http,
+            shutdown,
+        } = self;
+        let grpc_addr = grpc.local_addr()?;
+        let http_addr = http.local_addr()?;
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .with_service_name("dapr.proto.runtime.v1.Dapr")
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .with_service_name("dapr.proto.runtime.v1.Dapr")
+            .build_v1alpha()?;
+        let dapr =
+            api::grpc::DaprApi::new(registry.clone(), config.app_id.clone(), shutdown.clone())
+                .into_server();
+        let grpc_token = shutdown.clone();
+        let grpc_task = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(dapr)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                    grpc_token.cancelled_owned(),
+                ),
+        );
+
+        let router = api::http::router(registry, config.app_id.clone(), shutdown.clone());
+        let service = axum::ServiceExt::<axum::extract::Request>::into_make_service(
+            NormalizePathLayer::trim_trailing_slash().layer(router),
+        );
+        let http_token = shutdown.clone();
+        let http_task = tokio::spawn(async move {
+            axum::serve(http, service)
+                .with_graceful_shutdown(http_token.cancelled_owned())
+                .await
+        });
+        tracing::info!(grpc = %grpc_addr, http = %http_addr, app_id = %config.app_id, "plugd is serving the runtime API");
+
+        shutdown.cancelled().await;
+        tracing::info!(grace = ?config.graceful_shutdown, "shutting down");
+        let drain = async {
+            let (g, h) = tokio::join!(grpc_task, http_task);
+            if let Ok(Err(e)) = g {
+                tracing::warn!(error = %e, "gRPC server stopped with an error");
+            }
+            if let Ok(Err(e)) = h {
+                tracing::warn!(error = %e, "HTTP server stopped with an error");
+            }
+        };
+        if tokio::time::timeout(config.graceful_shutdown, drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "in-flight requests did not finish within the grace period; stopping anyway"
+            );
+        }
+        Ok(())
+    }
+}
+
+fn log_summary(config: &Config, snapshot: &crate::registry::Snapshot, started: Instant) {
+    let d = &snapshot.discovery;
+    tracing::info!(folder = %config.sockets_folder.display(), sockets = d.sockets.len(), failed = d.failures.len(),
+        "socket discovery finished");
+    for s in &d.sockets {
+        tracing::info!(socket = %s.path.display(), component_type = %s.name, services = ?s.services, "socket");
+    }
+    for f in &d.failures {
+        tracing::warn!(socket = %f.path.display(), reason = %f.reason, "socket unusable");
+    }
+    for c in &snapshot.components {
+        let state = match &c.status {
+            ComponentStatus::Ready => "ready".to_string(),
+            ComponentStatus::Failed { error, ignored } => {
+                format!(
+                    "failed{}: {error}",
+                    if *ignored { " (ignored)" } else { "" }
+                )
+            }
+            ComponentStatus::NotServed { reason } => format!("not served: {reason}"),
+        };
+        tracing::info!(component = %c.name, r#type = %c.type_name, features = ?c.features, %state, "component");
+    }
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "start-up complete"
+    );
+}

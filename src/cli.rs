@@ -1,0 +1,79 @@
+//! Command-line flags, named as daprd names them, each with an environment fallback.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// plugd: a Dapr-compatible sidecar that serves the runtime API with pluggable components.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "plugd", version, about)]
+pub struct Args {
+    /// The application's id: used in state key prefixes and the metadata API.
+    #[arg(long = "app-id", env = "APP_ID", default_value = "")]
+    pub app_id: String,
+
+    /// A folder of Component YAML files (repeatable).
+    #[arg(
+        long = "resources-path",
+        visible_alias = "components-path",
+        env = "DAPR_RESOURCES_PATH",
+        value_delimiter = ','
+    )]
+    pub resources_path: Vec<PathBuf>,
+
+    /// The folder where pluggable components listen on Unix sockets. Falls back to
+    /// DAPR_COMPONENTS_SOCKETS_FOLDER, DAPR_COMPONENT_SOCKETS_FOLDER, DAPR_COMPONENT_SOCKET_FOLDER,
+    /// then /tmp/dapr-components-sockets.
+    #[arg(long = "sockets-folder")]
+    pub sockets_folder: Option<PathBuf>,
+
+    /// Port of the gRPC runtime API.
+    #[arg(
+        long = "dapr-grpc-port",
+        env = "DAPR_GRPC_PORT",
+        default_value_t = 50001
+    )]
+    pub dapr_grpc_port: u16,
+
+    /// Port of the HTTP runtime API.
+    #[arg(
+        long = "dapr-http-port",
+        env = "DAPR_HTTP_PORT",
+        default_value_t = 3500
+    )]
+    pub dapr_http_port: u16,
+
+    /// Address the APIs listen on.
+    #[arg(
+        long = "dapr-listen-addresses",
+        env = "DAPR_LISTEN_ADDRESSES",
+        default_value = "127.0.0.1"
+    )]
+    pub listen_address: String,
+
+    /// Log level: debug, info, warn, error (or a tracing filter directive).
+    #[arg(long = "log-level", env = "DAPR_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Write logs as JSON lines.
+    #[arg(long = "log-as-json", env = "DAPR_LOG_AS_JSON")]
+    pub log_as_json: bool,
+
+    /// Bound on dialling a component socket and on its reflection call at discovery.
+    #[arg(long = "discovery-timeout", env = "PLUGD_DISCOVERY_TIMEOUT", default_value = "2s",
+          value_parser = humantime::parse_duration)]
+    pub discovery_timeout: std::time::Duration,
+
+    /// Deadline on every call plugd makes to a component (Init is bounded by initTimeout).
+    #[arg(long = "component-call-timeout", env = "PLUGD_COMPONENT_CALL_TIMEOUT",
+          default_value = "5s", value_parser = humantime::parse_duration)]
+    pub component_call_timeout: std::time::Duration,
+
+    /// How long to wait for in-flight requests at shutdown.
+    #[arg(
+        long = "dapr-graceful-shutdown-seconds",
+        env = "DAPR_GRACEFUL_SHUTDOWN_SECONDS",
+        default_value_t = 5
+    )]
+    pub graceful_shutdown_seconds: u64,
+}

@@ -1,0 +1,270 @@
+//! Component kinds, the connection to one component instance, and the per-kind traits.
+//!
+//! Every kind has one async trait (`state::StateStore`, …) stored as `Arc<dyn Trait>` in the
+//! registry, and one gRPC adapter behind it. All adapters share [`Connection`]: one tonic
+//! `Channel` per component instance over the component's Unix socket, the
+//! `x-component-instance` header on every call, and a deadline on every call.
+
+pub mod state;
+
+use std::{
+    fmt,
+    future::Future,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tonic::{
+    Request, Status,
+    metadata::{AsciiMetadataValue, MetadataValue},
+    transport::{Channel, Endpoint, Uri},
+};
+
+/// The header that tells a component which instance a call is for.
+pub const INSTANCE_HEADER: &str = "x-component-instance";
+
+/// The closed set of component kinds, each tied to the gRPC service that serves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ComponentKind {
+    State,
+    PubSub,
+    InputBinding,
+    OutputBinding,
+    SecretStore,
+}
+
+impl ComponentKind {
+    pub const ALL: [Self; 5] = [
+        Self::State,
+        Self::PubSub,
+        Self::InputBinding,
+        Self::OutputBinding,
+        Self::SecretStore,
+    ];
+
+    /// The fully-qualified gRPC service a component serves for this kind.
+    pub fn service_name(self) -> &'static str {
+        match self {
+            Self::State => "dapr.proto.components.v1.StateStore",
+            Self::PubSub => "dapr.proto.components.v1.PubSub",
+            Self::InputBinding => "dapr.proto.components.v1.InputBinding",
+            Self::OutputBinding => "dapr.proto.components.v1.OutputBinding",
+            Self::SecretStore => "dapr.proto.components.v1.SecretStore",
+        }
+    }
+
+    pub fn from_service_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.service_name() == name)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::State => "state",
+            Self::PubSub => "pubsub",
+            Self::InputBinding => "input binding",
+            Self::OutputBinding => "output binding",
+            Self::SecretStore => "secret store",
+        }
+    }
+}
+
+impl fmt::Display for ComponentKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failure talking to a component. The upstream `Status` is kept intact.
+#[derive(Debug, thiserror::Error)]
+pub enum ComponentError {
+    #[error("component {component}: {method} failed: {}", .status.message())]
+    Status {
+        component: String,
+        method: &'static str,
+        status: Status,
+    },
+    #[error("component {component}: {method} timed out after {timeout:?}")]
+    Timeout {
+        component: String,
+        method: &'static str,
+        timeout: Duration,
+    },
+    #[error("cannot connect to socket {}: {reason}", .socket.display())]
+    Connect { socket: PathBuf, reason: String },
+}
+
+impl ComponentError {
+    /// The component's own status, if it answered with one.
+    pub fn status(&self) -> Option<&Status> {
+        match self {
+            Self::Status { status, .. } => Some(status),
+            _ => None,
+        }
+    }
+
+    /// The short text of the failure, without the component prefix.
+    pub fn detail(&self) -> String {
+        match self {
+            Self::Status { status, .. } => status.message().to_string(),
+            Self::Timeout { timeout, .. } => format!("timed out after {timeout:?}"),
+            Self::Connect { reason, .. } => reason.clone(),
+        }
+    }
+}
+
+/// Opens a gRPC channel over a Unix socket, bounded by `timeout` (connect + HTTP/2 handshake).
+pub async fn dial(socket: &Path, timeout: Duration) -> Result<Channel, ComponentError> {
+    let path = socket.to_path_buf();
+    // The URI is only used for the :authority header; the connector ignores it.
+    let endpoint = Endpoint::from_static("http://localhost")
+        .connect_timeout(timeout)
+        .tcp_nodelay(true);
+    let connect = endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
+        let path = path.clone();
+        async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+    }));
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(e)) => Err(ComponentError::Connect {
+            socket: socket.to_path_buf(),
+            reason: error_chain(&e),
+        }),
+        Err(_) => Err(ComponentError::Connect {
+            socket: socket.to_path_buf(),
+            reason: format!("no answer within {timeout:?}"),
+        }),
+    }
+}
+
+/// `e` and its sources, joined with ": ".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        src = s.source();
+    }
+    out
+}
+
+/// The connection to one component instance: a channel, the instance name and a deadline.
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<ConnInner>,
+}
+
+struct ConnInner {
+    channel: Channel,
+    instance: String,
+    header: AsciiMetadataValue,
+    socket: PathBuf,
+    call_timeout: Duration,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("instance", &self.inner.instance)
+            .field("socket", &self.inner.socket)
+            .finish()
+    }
+}
+
+impl Connection {
+    /// `instance` must be a valid header value (component names are validated as such).
+    pub fn new(
+        channel: Channel,
+        instance: &str,
+        socket: PathBuf,
+        call_timeout: Duration,
+    ) -> Result<Self, ComponentError> {
+        let header = MetadataValue::try_from(instance).map_err(|_| ComponentError::Connect {
+            socket: socket.clone(),
+            reason: format!("component name {instance:?} is not a valid header value"),
+        })?;
+        Ok(Self {
+            inner: Arc::new(ConnInner {
+                channel,
+                instance: instance.to_string(),
+                header,
+                socket,
+                call_timeout,
+            }),
+        })
+    }
+
+    pub fn channel(&self) -> Channel {
+        self.inner.channel.clone()
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.inner.instance
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.inner.socket
+    }
+
+    pub fn call_timeout(&self) -> Duration {
+        self.inner.call_timeout
+    }
+
+    /// Wraps a message with the instance header and the deadline.
+    pub fn request<T>(&self, message: T, timeout: Duration) -> Request<T> {
+        let mut req = Request::new(message);
+        req.metadata_mut()
+            .insert(INSTANCE_HEADER, self.inner.header.clone());
+        req.set_timeout(timeout);
+        req
+    }
+
+    /// Runs one unary call with the default deadline.
+    pub async fn call<M, T, F, Fut>(
+        &self,
+        method: &'static str,
+        message: M,
+        f: F,
+    ) -> Result<T, ComponentError>
+    where
+        F: FnOnce(Channel, Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call_with_timeout(method, self.inner.call_timeout, message, f)
+            .await
+    }
+
+    /// Runs one unary call bounded by `timeout`.
+    pub async fn call_with_timeout<M, T, F, Fut>(
+        &self,
+        method: &'static str,
+        timeout: Duration,
+        message: M,
+        f: F,
+    ) -> Result<T, ComponentError>
+    where
+        F: FnOnce(Channel, Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let req = self.request(message, timeout);
+        match tokio::time::timeout(timeout, f(self.channel(), req)).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Err(status)) => Err(ComponentError::Status {
+                component: self.inner.instance.clone(),
+                method,
+                status,
+            }),
+            Err(_) => Err(ComponentError::Timeout {
+                component: self.inner.instance.clone(),
+                method,
+                timeout,
+            }),
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Validated runtime settings (from flags) and component manifests (from YAML).
+
+pub mod duration;
+pub mod manifest;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use crate::cli::Args;
+
+/// The default socket folder, as in Dapr.
+pub const DEFAULT_SOCKETS_FOLDER: &str = "/tmp/dapr-components-sockets";
+
+/// Environment variables naming the socket folder, in the order they are read.
+pub const SOCKETS_FOLDER_ENV: [&str; 3] = [
+    "DAPR_COMPONENTS_SOCKETS_FOLDER",
+    "DAPR_COMPONENT_SOCKETS_FOLDER",
+    "DAPR_COMPONENT_SOCKET_FOLDER",
+];
+
+/// Everything plugd needs to start, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub app_id: String,
+    pub namespace: Option<String>,
+    pub resources_paths: Vec<PathBuf>,
+    pub sockets_folder: PathBuf,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub discovery_timeout: Duration,
+    pub call_timeout: Duration,
+    pub graceful_shutdown: Duration,
+}
+
+/// A bad flag value.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid value {value:?} for {flag}: {reason}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+impl Config {
+    /// Builds the runtime settings from parsed flags and the environment.
+    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
+        let ip: IpAddr = args.listen_address.parse().map_err(|e| ConfigError {
+            flag: "--dapr-listen-addresses",
+            value: args.listen_address.clone(),
+            reason: format!("{e}"),
+        })?;
+        let sockets_folder = args
+            .sockets_folder
+            .unwrap_or_else(|| sockets_folder_from_env(|k| std::env::var(k).ok()));
+        Ok(Self {
+            app_id: args.app_id,
+            namespace: std::env::var("NAMESPACE").ok().filter(|s| !s.is_empty()),
+            resources_paths: args.resources_path,
+            sockets_folder,
+            grpc_addr: SocketAddr::new(ip, args.dapr_grpc_port),
+            http_addr: SocketAddr::new(ip, args.dapr_http_port),
+            discovery_timeout: args.discovery_timeout,
+            call_timeout: args.component_call_timeout,
+            graceful_shutdown: Duration::from_secs(args.graceful_shutdown_seconds),
+        })
+    }
+
+    /// Settings for tests: ephemeral ports on loopback, short timeouts.
+    pub fn for_tests(sockets_folder: PathBuf, resources: Vec<PathBuf>) -> Self {
+        let lo = IpAddr::from([127, 0, 0, 1]);
+        Self {
+            app_id: "testapp".into(),
+            namespace: None,
+            resources_paths: resources,
+            sockets_folder,
+            grpc_addr: SocketAddr::new(lo, 0),
+            http_addr: SocketAddr::new(lo, 0),
+            discovery_timeout: Duration::from_secs(2),
+            call_timeout: Duration::from_secs(5),
+            graceful_shutdown: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The socket folder named by the first set environment variable, else the default.
+pub fn sockets_folder_from_env(get: impl Fn(&str) -> Option<String>) -> PathBuf {
+    SOCKETS_FOLDER_ENV
+        .iter()
+        .find_map(|k| get(k).filter(|v| !v.is_empty()))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKETS_FOLDER))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_folder_env_order() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(
+            sockets_folder_from_env(env(&[])),
+            PathBuf::from(DEFAULT_SOCKETS_FOLDER)
+        );
+        assert_eq!(
+            sockets_folder_from_env(env(&[
+                ("DAPR_COMPONENT_SOCKET_FOLDER", "/c"),
+                ("DAPR_COMPONENT_SOCKETS_FOLDER", "/b"),
+            ])),
+            PathBuf::from("/b")
+        );
+        assert_eq!(
+            sockets_folder_from_env(env(&[
+                ("DAPR_COMPONENTS_SOCKETS_FOLDER", "/a"),
+                ("DAPR_COMPONENT_SOCKETS_FOLDER", "/b"),
+            ])),
+            PathBuf::from("/a")
+        );
+        assert_eq!(
+            sockets_folder_from_env(env(&[("DAPR_COMPONENT_SOCKET_FOLDER", "/c")])),
+            PathBuf::from("/c")
+        );
+    }
+}

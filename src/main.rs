@@ -1,0 +1,44 @@
+//! `plugd`: thin binary over the `plugd` library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use plugd::{App, cli::Args, config::Config, telemetry};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(err) = telemetry::init(&args.log_level, args.log_as_json) {
+        eprintln!("plugd: {err}");
+        return ExitCode::from(64);
+    }
+    let config = match Config::from_args(args) {
+        Ok(config) => config,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            return ExitCode::from(64);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let shutdown = plugd::shutdown::on_signal();
+        match App::build(config, shutdown.clone()).await {
+            Ok(app) => match app.run().await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!("plugd stopped with an error: {err:#}");
+                    ExitCode::FAILURE
+                }
+            },
+            Err(err) => {
+                tracing::error!("plugd could not start: {err:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
