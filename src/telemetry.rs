@@ -14,7 +14,10 @@ pub fn init(level: &str, json: bool) -> anyhow::Result<()> {
         _ => EnvFilter::try_new(&directive)
             .map_err(|e| anyhow::anyhow!("invalid --log-level {level:?}: {e}"))?,
     };
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let result = if json {
         builder.json().flatten_event(true).try_init()
     } else {

@@ -1,0 +1,36 @@
+//! A SQLite state store for Dapr, served as a pluggable component.
+//!
+//! Run the `plugd-sqlite` binary; it listens on `<sockets folder>/sqlite.sock`,
+//! so Components use `type: state.sqlite` (see `component.yaml` beside this
+//! crate). Each Component (each `x-component-instance`) gets its own
+//! connection to the database its metadata names:
+//!
+//! | key | meaning | default |
+//! |---|---|---|
+//! | `connectionString` (alias `databasePath`) | database file path, `file:` URI, or `:memory:` | required |
+//! | `tableName` | state table, a plain identifier | `state` |
+//! | `timeout` | how long a statement waits for a lock held by another process (`20s`, `500ms`, or seconds; at most 1 day) | `20s` |
+//! | `cleanupInterval` | how often expired rows are deleted; `0` or negative disables; at most 365 days | `1h` |
+//!
+//! Features: `ETAG`, `TRANSACTIONAL`, `TTL`.
+//!
+//! - **Etags** are UUIDs (v4), new on every write. A Set or Delete with an
+//!   etag succeeds only if it equals the stored one, checked in the same SQL
+//!   statement as the write; otherwise it fails as an etag mismatch (also for
+//!   a missing key). An etag that is not a UUID is an invalid etag.
+//!   First-write concurrency without an etag only creates the key.
+//! - **TTL**: `ttlInSeconds` on Set: a positive number of seconds, or `-1` for
+//!   never (also the meaning of no `ttlInSeconds`); anything else (`0`, other
+//!   negatives, not an integer) is `INVALID_ARGUMENT`. Expired keys are invisible
+//!   at once and deleted by the periodic cleanup. Gets of keys with a TTL
+//!   return `ttlExpireTime` (RFC 3339) in the response metadata.
+//! - **Atomicity**: Transact, BulkSet and BulkDelete run in one SQLite
+//!   transaction; any failure rolls all of it back.
+//! - The database uses WAL journaling; SQLite work runs on blocking threads.
+
+pub mod config;
+pub mod db;
+mod store;
+
+pub use config::Config;
+pub use store::SqliteStore;

@@ -1,0 +1,147 @@
+//! The demo: builds the workspace, starts `plugd-sqlite` and `plugd` as real processes in a temp
+//! folder, and does real state work through plugd's gRPC and HTTP APIs, printing each step.
+//!
+//! Run with `cargo run --example demo`.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::{process::Command, time::Duration};
+
+use plugd::proto::{common, runtime as rt};
+use support::{ChildGuard, TestDirs};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn item(key: &str, value: &str, etag: Option<&str>) -> common::StateItem {
+    common::StateItem {
+        key: key.into(),
+        value: value.as_bytes().to_vec(),
+        etag: etag.map(|e| common::Etag { value: e.into() }),
+        ..Default::default()
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    println!("== building plugd and plugd-sqlite");
+    let dirs = TestDirs::new();
+    let mut sqlite = support::spawn_sqlite(&dirs.sockets, "sqlite");
+    println!("== plugd-sqlite listens on {}", dirs.sockets.join("sqlite.sock").display());
+    let yaml = dirs.state_component("statestore", "sqlite", "");
+    println!("== component resource {}:\n{}", yaml.display(), std::fs::read_to_string(&yaml)?);
+
+    let (grpc_port, http_port) = (free_port(), free_port());
+    let mut plugd = ChildGuard::spawn(
+        "plugd",
+        Command::new(support::binary("plugd"))
+            .args(["--app-id", "demo", "--log-level", "info"])
+            .arg("--resources-path")
+            .arg(&dirs.resources)
+            .arg("--sockets-folder")
+            .arg(&dirs.sockets)
+            .args(["--dapr-grpc-port", &grpc_port.to_string()])
+            .args(["--dapr-http-port", &http_port.to_string()]),
+    );
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{http_port}/v1.0");
+    support::eventually(Duration::from_secs(30), "plugd to be healthy", || {
+        let req = http.get(format!("{base}/healthz"));
+        async move { req.send().await.ok().filter(|r| r.status() == 204).map(|_| ()) }
+    })
+    .await;
+    println!("== plugd is healthy (gRPC :{grpc_port}, HTTP :{http_port})\n");
+
+    let mut client = rt::dapr_client::DaprClient::connect(format!("http://127.0.0.1:{grpc_port}")).await?;
+    let store = "statestore".to_string();
+
+    client
+        .save_state(rt::SaveStateRequest { store_name: store.clone(), states: vec![item("order-1", "{\"qty\":1}", None)] })
+        .await?;
+    println!("gRPC SaveState order-1 = {{\"qty\":1}}");
+    let got = client
+        .get_state(rt::GetStateRequest { store_name: store.clone(), key: "order-1".into(), ..Default::default() })
+        .await?
+        .into_inner();
+    println!("gRPC GetState order-1 -> {} (etag {})", String::from_utf8_lossy(&got.data), got.etag);
+
+    client
+        .save_state(rt::SaveStateRequest {
+            store_name: store.clone(),
+            states: vec![item("order-1", "{\"qty\":2}", Some(&got.etag))],
+        })
+        .await?;
+    println!("gRPC SaveState order-1 = {{\"qty\":2}} with etag {} -> ok", got.etag);
+    match client
+        .save_state(rt::SaveStateRequest {
+            store_name: store.clone(),
+            states: vec![item("order-1", "{\"qty\":3}", Some(&got.etag))],
+        })
+        .await
+    {
+        Err(status) => println!(
+            "gRPC SaveState order-1 with the stale etag {} -> {:?}: {}",
+            got.etag,
+            status.code(),
+            status.message()
+        ),
+        Ok(_) => anyhow::bail!("a stale etag was accepted"),
+    }
+
+    client
+        .execute_state_transaction(rt::ExecuteStateTransactionRequest {
+            store_name: store.clone(),
+            operations: vec![
+                rt::TransactionalStateOperation { operation_type: "upsert".into(), request: Some(item("order-2", "{\"qty\":5}", None)) },
+                rt::TransactionalStateOperation { operation_type: "delete".into(), request: Some(item("order-1", "", None)) },
+            ],
+            metadata: Default::default(),
+        })
+        .await?;
+    println!("gRPC ExecuteStateTransaction: upsert order-2, delete order-1 -> ok");
+
+    let bulk = client
+        .get_bulk_state(rt::GetBulkStateRequest {
+            store_name: store.clone(),
+            keys: vec!["order-1".into(), "order-2".into()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    for i in bulk.items {
+        let value = if i.data.is_empty() { "<absent>".into() } else { String::from_utf8_lossy(&i.data).into_owned() };
+        println!("gRPC GetBulkState {} -> {value}", i.key);
+    }
+
+    let resp = http
+        .post(format!("{base}/state/statestore"))
+        .json(&serde_json::json!([{"key": "greeting", "value": "hello from HTTP"}]))
+        .send()
+        .await?;
+    println!("HTTP POST /v1.0/state/statestore greeting -> {}", resp.status());
+    let resp = http.get(format!("{base}/state/statestore/greeting")).send().await?;
+    let etag = resp.headers().get("etag").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    println!("HTTP GET  /v1.0/state/statestore/greeting -> {} {} (ETag {etag})", resp.status(), resp.text().await?);
+    let resp = http
+        .post(format!("{base}/state/statestore"))
+        .json(&serde_json::json!([{"key": "greeting", "value": "hello again", "etag": etag}]))
+        .send()
+        .await?;
+    println!("HTTP POST greeting with ETag {etag} -> {}", resp.status());
+    let resp = http.delete(format!("{base}/state/statestore/greeting")).header("If-Match", &etag).send().await?;
+    println!("HTTP DELETE greeting with the now stale If-Match {etag} -> {} {}", resp.status(), resp.text().await?);
+    let meta: serde_json::Value = http.get(format!("{base}/metadata")).send().await?.json().await?;
+    println!("HTTP GET  /v1.0/metadata -> components {}", meta["components"]);
+
+    let resp = http.post(format!("{base}/shutdown")).send().await?;
+    println!("\n== HTTP POST /v1.0/shutdown -> {}", resp.status());
+    let status = plugd.terminate();
+    println!("== plugd exited: {status:?}");
+    sqlite.terminate();
+    Ok(())
+}

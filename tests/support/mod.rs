@@ -1,0 +1,190 @@
+//! Shared by the integration tests and the demo: temp folders, child processes for the
+//! reference components, plugd in-process, and bounded polling (no fixed sleeps).
+#![allow(dead_code)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+/// A temp folder with `sockets/` and `resources/` inside.
+pub struct TestDirs {
+    pub root: tempfile::TempDir,
+    pub sockets: PathBuf,
+    pub resources: PathBuf,
+}
+
+impl TestDirs {
+    pub fn new() -> Self {
+        // Socket paths must fit in 108 bytes: keep the temp root short.
+        let root = tempfile::Builder::new().prefix("plugd-").tempdir_in("/tmp").expect("temp dir");
+        let sockets = root.path().join("sockets");
+        let resources = root.path().join("resources");
+        std::fs::create_dir_all(&sockets).expect("sockets dir");
+        std::fs::create_dir_all(&resources).expect("resources dir");
+        Self { root, sockets, resources }
+    }
+
+    /// Writes a resource file.
+    pub fn write_resource(&self, file: &str, yaml: &str) -> PathBuf {
+        let path = self.resources.join(file);
+        std::fs::write(&path, yaml).expect("write resource");
+        path
+    }
+
+    /// A `state.<socket>` component named `name` with the given extra spec lines.
+    pub fn state_component(&self, name: &str, socket: &str, extra_spec: &str) -> PathBuf {
+        let db = self.root.path().join(format!("{name}.db"));
+        self.write_resource(
+            &format!("{name}.yaml"),
+            &format!(
+                "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\nspec:\n  type: state.{socket}\n  version: v1\n{extra_spec}  metadata:\n  - name: connectionString\n    value: {}\n",
+                db.display()
+            ),
+        )
+    }
+}
+
+/// The folder holding the workspace's binaries for the running profile.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") || dir.ends_with("examples") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path to a workspace binary; the workspace's binaries are built once per test process.
+pub fn binary(bin: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let path = target_dir().join(bin);
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "--workspace", "--bins"]);
+        if target_dir().ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build --workspace --bins failed");
+    });
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// A child process killed when dropped.
+pub struct ChildGuard {
+    pub child: Child,
+    pub name: String,
+}
+
+impl ChildGuard {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Self {
+        let child = cmd.stdin(Stdio::null()).spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Self { child, name: name.to_string() }
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `plugd-sqlite` listening on `<sockets>/<socket_name>.sock` and waits until it accepts.
+pub fn spawn_sqlite(sockets: &Path, socket_name: &str) -> ChildGuard {
+    let bin = binary("plugd-sqlite");
+    let guard = ChildGuard::spawn(
+        "plugd-sqlite",
+        Command::new(bin)
+            .arg("--socket-name")
+            .arg(socket_name)
+            .arg("--socket-folder")
+            .arg(sockets)
+            .env("RUST_LOG", "warn"),
+    );
+    wait_for_socket(&sockets.join(format!("{socket_name}.sock")), Duration::from_secs(20));
+    guard
+}
+
+/// Polls until a Unix socket accepts connections, or panics at the deadline.
+pub fn wait_for_socket(path: &Path, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "socket {} did not accept within {within:?}", path.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics at the deadline.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// plugd running in this process.
+pub struct RunningPlugd {
+    pub grpc: std::net::SocketAddr,
+    pub http: std::net::SocketAddr,
+    pub shutdown: tokio_util::sync::CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub registry: std::sync::Arc<plugd::registry::Registry>,
+}
+
+impl RunningPlugd {
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub async fn grpc_client(&self) -> plugd::proto::runtime::dapr_client::DaprClient<tonic::transport::Channel> {
+        plugd::proto::runtime::dapr_client::DaprClient::connect(format!("http://{}", self.grpc))
+            .await
+            .expect("connect to plugd gRPC")
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+/// Builds and starts plugd in-process on ephemeral ports.
+pub async fn start_plugd(config: plugd::config::Config) -> Result<RunningPlugd, plugd::app::StartError> {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let app = plugd::App::build(config, shutdown.clone()).await?;
+    let grpc = app.grpc_addr().expect("grpc addr");
+    let http = app.http_addr().expect("http addr");
+    let registry = app.registry();
+    let task = tokio::spawn(app.run());
+    Ok(RunningPlugd { grpc, http, shutdown, task, registry })
+}
