@@ -32,9 +32,16 @@ async fn main() -> anyhow::Result<()> {
     println!("== building plugd and plugd-sqlite");
     let dirs = TestDirs::new();
     let mut sqlite = support::spawn_sqlite(&dirs.sockets, "sqlite");
-    println!("== plugd-sqlite listens on {}", dirs.sockets.join("sqlite.sock").display());
+    println!(
+        "== plugd-sqlite listens on {}",
+        dirs.sockets.join("sqlite.sock").display()
+    );
     let yaml = dirs.state_component("statestore", "sqlite", "");
-    println!("== component resource {}:\n{}", yaml.display(), std::fs::read_to_string(&yaml)?);
+    println!(
+        "== component resource {}:\n{}",
+        yaml.display(),
+        std::fs::read_to_string(&yaml)?
+    );
 
     let (grpc_port, http_port) = (free_port(), free_port());
     let mut plugd = ChildGuard::spawn(
@@ -52,23 +59,41 @@ async fn main() -> anyhow::Result<()> {
     let base = format!("http://127.0.0.1:{http_port}/v1.0");
     support::eventually(Duration::from_secs(30), "plugd to be healthy", || {
         let req = http.get(format!("{base}/healthz"));
-        async move { req.send().await.ok().filter(|r| r.status() == 204).map(|_| ()) }
+        async move {
+            req.send()
+                .await
+                .ok()
+                .filter(|r| r.status() == 204)
+                .map(|_| ())
+        }
     })
     .await;
     println!("== plugd is healthy (gRPC :{grpc_port}, HTTP :{http_port})\n");
 
-    let mut client = rt::dapr_client::DaprClient::connect(format!("http://127.0.0.1:{grpc_port}")).await?;
+    let mut client =
+        rt::dapr_client::DaprClient::connect(format!("http://127.0.0.1:{grpc_port}")).await?;
     let store = "statestore".to_string();
 
     client
-        .save_state(rt::SaveStateRequest { store_name: store.clone(), states: vec![item("order-1", "{\"qty\":1}", None)] })
+        .save_state(rt::SaveStateRequest {
+            store_name: store.clone(),
+            states: vec![item("order-1", "{\"qty\":1}", None)],
+        })
         .await?;
     println!("gRPC SaveState order-1 = {{\"qty\":1}}");
     let got = client
-        .get_state(rt::GetStateRequest { store_name: store.clone(), key: "order-1".into(), ..Default::default() })
+        .get_state(rt::GetStateRequest {
+            store_name: store.clone(),
+            key: "order-1".into(),
+            ..Default::default()
+        })
         .await?
         .into_inner();
-    println!("gRPC GetState order-1 -> {} (etag {})", String::from_utf8_lossy(&got.data), got.etag);
+    println!(
+        "gRPC GetState order-1 -> {} (etag {})",
+        String::from_utf8_lossy(&got.data),
+        got.etag
+    );
 
     client
         .save_state(rt::SaveStateRequest {
@@ -76,7 +101,10 @@ async fn main() -> anyhow::Result<()> {
             states: vec![item("order-1", "{\"qty\":2}", Some(&got.etag))],
         })
         .await?;
-    println!("gRPC SaveState order-1 = {{\"qty\":2}} with etag {} -> ok", got.etag);
+    println!(
+        "gRPC SaveState order-1 = {{\"qty\":2}} with etag {} -> ok",
+        got.etag
+    );
     match client
         .save_state(rt::SaveStateRequest {
             store_name: store.clone(),
@@ -97,8 +125,14 @@ async fn main() -> anyhow::Result<()> {
         .execute_state_transaction(rt::ExecuteStateTransactionRequest {
             store_name: store.clone(),
             operations: vec![
-                rt::TransactionalStateOperation { operation_type: "upsert".into(), request: Some(item("order-2", "{\"qty\":5}", None)) },
-                rt::TransactionalStateOperation { operation_type: "delete".into(), request: Some(item("order-1", "", None)) },
+                rt::TransactionalStateOperation {
+                    operation_type: "upsert".into(),
+                    request: Some(item("order-2", "{\"qty\":5}", None)),
+                },
+                rt::TransactionalStateOperation {
+                    operation_type: "delete".into(),
+                    request: Some(item("order-1", "", None)),
+                },
             ],
             metadata: Default::default(),
         })
@@ -114,7 +148,11 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .into_inner();
     for i in bulk.items {
-        let value = if i.data.is_empty() { "<absent>".into() } else { String::from_utf8_lossy(&i.data).into_owned() };
+        let value = if i.data.is_empty() {
+            "<absent>".into()
+        } else {
+            String::from_utf8_lossy(&i.data).into_owned()
+        };
         println!("gRPC GetBulkState {} -> {value}", i.key);
     }
 
@@ -123,20 +161,51 @@ async fn main() -> anyhow::Result<()> {
         .json(&serde_json::json!([{"key": "greeting", "value": "hello from HTTP"}]))
         .send()
         .await?;
-    println!("HTTP POST /v1.0/state/statestore greeting -> {}", resp.status());
-    let resp = http.get(format!("{base}/state/statestore/greeting")).send().await?;
-    let etag = resp.headers().get("etag").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    println!("HTTP GET  /v1.0/state/statestore/greeting -> {} {} (ETag {etag})", resp.status(), resp.text().await?);
+    println!(
+        "HTTP POST /v1.0/state/statestore greeting -> {}",
+        resp.status()
+    );
+    let resp = http
+        .get(format!("{base}/state/statestore/greeting"))
+        .send()
+        .await?;
+    let etag = resp
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    println!(
+        "HTTP GET  /v1.0/state/statestore/greeting -> {} {} (ETag {etag})",
+        resp.status(),
+        resp.text().await?
+    );
     let resp = http
         .post(format!("{base}/state/statestore"))
         .json(&serde_json::json!([{"key": "greeting", "value": "hello again", "etag": etag}]))
         .send()
         .await?;
     println!("HTTP POST greeting with ETag {etag} -> {}", resp.status());
-    let resp = http.delete(format!("{base}/state/statestore/greeting")).header("If-Match", &etag).send().await?;
-    println!("HTTP DELETE greeting with the now stale If-Match {etag} -> {} {}", resp.status(), resp.text().await?);
-    let meta: serde_json::Value = http.get(format!("{base}/metadata")).send().await?.json().await?;
-    println!("HTTP GET  /v1.0/metadata -> components {}", meta["components"]);
+    let resp = http
+        .delete(format!("{base}/state/statestore/greeting"))
+        .header("If-Match", &etag)
+        .send()
+        .await?;
+    println!(
+        "HTTP DELETE greeting with the now stale If-Match {etag} -> {} {}",
+        resp.status(),
+        resp.text().await?
+    );
+    let meta: serde_json::Value = http
+        .get(format!("{base}/metadata"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    println!(
+        "HTTP GET  /v1.0/metadata -> components {}",
+        meta["components"]
+    );
 
     let resp = http.post(format!("{base}/shutdown")).send().await?;
     println!("\n== HTTP POST /v1.0/shutdown -> {}", resp.status());

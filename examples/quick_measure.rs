@@ -19,7 +19,8 @@ async fn startup(n: usize) -> anyhow::Result<Duration> {
         children.push(support::spawn_sqlite(&dirs.sockets, &format!("s{i}")));
         dirs.state_component(&format!("store{i}"), &format!("s{i}"), "");
     }
-    let config = plugd::config::Config::for_tests(dirs.sockets.clone(), vec![dirs.resources.clone()]);
+    let config =
+        plugd::config::Config::for_tests(dirs.sockets.clone(), vec![dirs.resources.clone()]);
     let started = Instant::now();
     let plugd = support::start_plugd(config).await?;
     let elapsed = started.elapsed();
@@ -36,26 +37,40 @@ async fn main() -> anyhow::Result<()> {
     for n in [1, 20] {
         // One warm-up, then the median of three.
         startup(n).await?;
-        let mut runs = vec![startup(n).await?, startup(n).await?, startup(n).await?];
+        let mut runs = [startup(n).await?, startup(n).await?, startup(n).await?];
         runs.sort();
-        println!("start-up (discovery + Init/Features/Ping of every component) with {n:2} socket(s): {:?}", runs[1]);
+        println!(
+            "start-up (discovery + Init/Features/Ping of every component) with {n:2} socket(s): {:?}",
+            runs[1]
+        );
     }
 
     let dirs = TestDirs::new();
     let _sqlite = support::spawn_sqlite(&dirs.sockets, "sqlite");
     dirs.state_component("statestore", "sqlite", "");
-    let config = plugd::config::Config::for_tests(dirs.sockets.clone(), vec![dirs.resources.clone()]);
+    let config =
+        plugd::config::Config::for_tests(dirs.sockets.clone(), vec![dirs.resources.clone()]);
     let plugd = support::start_plugd(config).await?;
     let mut api = plugd.grpc_client().await;
     let value = vec![b'x'; 1024];
     api.save_state(rt::SaveStateRequest {
         store_name: "statestore".into(),
-        states: vec![common::StateItem { key: "k".into(), value, ..Default::default() }],
+        states: vec![common::StateItem {
+            key: "k".into(),
+            value,
+            ..Default::default()
+        }],
     })
     .await?;
 
-    let channel = plugd::component::dial(&dirs.sockets.join("sqlite.sock"), Duration::from_secs(2)).await?;
-    let conn = plugd::component::Connection::new(channel, "statestore", dirs.sockets.join("sqlite.sock"), Duration::from_secs(5))?;
+    let channel =
+        plugd::component::dial(&dirs.sockets.join("sqlite.sock"), Duration::from_secs(2)).await?;
+    let conn = plugd::component::Connection::new(
+        channel,
+        "statestore",
+        dirs.sockets.join("sqlite.sock"),
+        Duration::from_secs(5),
+    )?;
     let http = reqwest::Client::new();
     let url = plugd.http_url("/v1.0/state/statestore/k");
 
@@ -63,16 +78,29 @@ async fn main() -> anyhow::Result<()> {
     for _round in 0..10 {
         for _ in 0..200 {
             let t = Instant::now();
-            conn.call("Get", pb::GetRequest { key: "testapp||k".into(), ..Default::default() }, |ch, r| async move {
-                pb::state_store_client::StateStoreClient::new(ch).get(r).await
-            })
+            conn.call(
+                "Get",
+                pb::GetRequest {
+                    key: "testapp||k".into(),
+                    ..Default::default()
+                },
+                |ch, r| async move {
+                    pb::state_store_client::StateStoreClient::new(ch)
+                        .get(r)
+                        .await
+                },
+            )
             .await?;
             direct.push(t.elapsed());
         }
         for _ in 0..200 {
             let t = Instant::now();
-            api.get_state(rt::GetStateRequest { store_name: "statestore".into(), key: "k".into(), ..Default::default() })
-                .await?;
+            api.get_state(rt::GetStateRequest {
+                store_name: "statestore".into(),
+                key: "k".into(),
+                ..Default::default()
+            })
+            .await?;
             via_grpc.push(t.elapsed());
         }
         for _ in 0..200 {
@@ -86,9 +114,21 @@ async fn main() -> anyhow::Result<()> {
     }
     let p50 = |v: &[Duration]| percentile(v, 0.5);
     println!("state Get, 1 KiB value, 1 in flight, 2000 calls each (p50 / p90):");
-    println!("  direct to component over UDS: {:?} / {:?}", p50(&direct), percentile(&direct, 0.9));
-    println!("  through plugd gRPC:           {:?} / {:?}", p50(&via_grpc), percentile(&via_grpc, 0.9));
-    println!("  through plugd HTTP:           {:?} / {:?}", p50(&via_http), percentile(&via_http, 0.9));
+    println!(
+        "  direct to component over UDS: {:?} / {:?}",
+        p50(&direct),
+        percentile(&direct, 0.9)
+    );
+    println!(
+        "  through plugd gRPC:           {:?} / {:?}",
+        p50(&via_grpc),
+        percentile(&via_grpc, 0.9)
+    );
+    println!(
+        "  through plugd HTTP:           {:?} / {:?}",
+        p50(&via_http),
+        percentile(&via_http, 0.9)
+    );
     println!(
         "  p50 ratio gRPC/direct {:.2}, HTTP/direct {:.2}",
         p50(&via_grpc).as_secs_f64() / p50(&direct).as_secs_f64(),

@@ -253,8 +253,22 @@ impl Connection {
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let req = self.request(message, timeout);
+        let started = tokio::time::Instant::now();
         match tokio::time::timeout(timeout, f(self.channel(), req)).await {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
+            // tonic enforces the request's grpc-timeout itself and answers CANCELLED.
+            Ok(Err(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+                ) && started.elapsed() >= timeout =>
+            {
+                Err(ComponentError::Timeout {
+                    component: self.inner.instance.clone(),
+                    method,
+                    timeout,
+                })
+            }
             Ok(Err(status)) => Err(ComponentError::Status {
                 component: self.inner.instance.clone(),
                 method,

@@ -169,7 +169,16 @@ pub async fn scan(folder: &Path, timeout: Duration) -> Discovery {
 
 /// Dials one socket and lists its services: v1alpha reflection, then v1.
 pub async fn probe(path: &Path, timeout: Duration) -> Result<(Vec<String>, &'static str), String> {
-    let channel = dial(path, timeout).await.map_err(|e| e.detail())?;
+    let channel = dial(path, timeout).await.map_err(|e| {
+        let detail = e.detail();
+        if detail.contains("refused") {
+            format!("{detail}: no process listens on this socket (a stale socket file?)")
+        } else if detail.contains("no answer") {
+            format!("{detail}: the listener did not complete an HTTP/2 handshake")
+        } else {
+            format!("{detail}: the listener does not speak gRPC (HTTP/2)")
+        }
+    })?;
     match bounded(timeout, list_v1alpha(channel.clone())).await {
         Ok(services) => Ok((services, "v1alpha")),
         Err(status) if status.code() == Code::Unimplemented => bounded(timeout, list_v1(channel))
@@ -181,7 +190,13 @@ pub async fn probe(path: &Path, timeout: Duration) -> Result<(Vec<String>, &'sta
                 }
                 _ => format!("reflection v1 failed: {}", describe(&s)),
             }),
-        Err(status) => Err(format!("reflection failed: {}", describe(&status))),
+        Err(status) if status.code() == Code::DeadlineExceeded => Err(format!(
+            "the reflection call got no answer within {timeout:?}: the listener does not answer as a gRPC server"
+        )),
+        Err(status) => Err(format!(
+            "the reflection call failed, so this does not look like a gRPC server: {}",
+            describe(&status)
+        )),
     }
 }
 

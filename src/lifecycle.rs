@@ -304,22 +304,22 @@ async fn start_one(
     let properties = resolve_properties(m, ctx, &NoSecretStores, env).await?;
     let timeout = m.init_timeout;
     let path = socket.path.clone();
-    let started = tokio::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + timeout;
     let init = async {
         let channel = dial(&path, timeout).await?;
         let conn = Connection::new(channel, &m.name, path.clone(), config.call_timeout)?;
-        let remaining = timeout.saturating_sub(started.elapsed());
-        let (store, features) = GrpcStateStore::init(conn, properties, remaining).await?;
+        let (store, features) = GrpcStateStore::init(conn, properties, deadline).await?;
         store.ping().await?;
         Ok::<_, ComponentError>((store, features))
     };
-    match tokio::time::timeout(timeout, init).await {
+    match tokio::time::timeout_at(deadline, init).await {
         Ok(Ok((store, features))) => Ok(Instance::State {
             store: Arc::new(store),
             features,
         }),
+        // A call cut short by the init deadline is the init timing out.
+        Ok(Err(ComponentError::Timeout { .. })) | Err(_) => Err(InitError::Timeout(timeout)),
         Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(InitError::Timeout(timeout)),
     }
 }
 

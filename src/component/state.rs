@@ -39,24 +39,25 @@ pub struct GrpcStateStore {
 }
 
 impl GrpcStateStore {
-    /// Calls `Init` with `properties` (bounded by `timeout`) and then `Features`.
+    /// Calls `Init` with `properties` and then `Features`, both done by `deadline`.
     /// Returns the store and its features.
     pub async fn init(
         conn: Connection,
         properties: HashMap<String, String>,
-        timeout: std::time::Duration,
+        deadline: tokio::time::Instant,
     ) -> Result<(Self, Vec<String>), ComponentError> {
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
         let req = pb::InitRequest {
             metadata: Some(pb::MetadataRequest { properties }),
         };
-        conn.call_with_timeout("Init", timeout, req, |ch, r| async move {
+        conn.call_with_timeout("Init", left(), req, |ch, r| async move {
             StateStoreClient::new(ch).init(r).await
         })
         .await?;
         let features = conn
             .call_with_timeout(
                 "Features",
-                timeout,
+                left(),
                 pb::FeaturesRequest {},
                 |ch, r| async move { StateStoreClient::new(ch).features(r).await },
             )

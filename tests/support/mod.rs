@@ -19,12 +19,19 @@ pub struct TestDirs {
 impl TestDirs {
     pub fn new() -> Self {
         // Socket paths must fit in 108 bytes: keep the temp root short.
-        let root = tempfile::Builder::new().prefix("plugd-").tempdir_in("/tmp").expect("temp dir");
+        let root = tempfile::Builder::new()
+            .prefix("plugd-")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
         let sockets = root.path().join("sockets");
         let resources = root.path().join("resources");
         std::fs::create_dir_all(&sockets).expect("sockets dir");
         std::fs::create_dir_all(&resources).expect("resources dir");
-        Self { root, sockets, resources }
+        Self {
+            root,
+            sockets,
+            resources,
+        }
     }
 
     /// Writes a resource file.
@@ -83,13 +90,22 @@ pub struct ChildGuard {
 
 impl ChildGuard {
     pub fn spawn(name: &str, cmd: &mut Command) -> Self {
-        let child = cmd.stdin(Stdio::null()).spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        Self { child, name: name.to_string() }
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Self {
+            child,
+            name: name.to_string(),
+        }
     }
 
     /// SIGTERM, then wait (bounded) for the exit.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -120,7 +136,10 @@ pub fn spawn_sqlite(sockets: &Path, socket_name: &str) -> ChildGuard {
             .arg(sockets)
             .env("RUST_LOG", "warn"),
     );
-    wait_for_socket(&sockets.join(format!("{socket_name}.sock")), Duration::from_secs(20));
+    wait_for_socket(
+        &sockets.join(format!("{socket_name}.sock")),
+        Duration::from_secs(20),
+    );
     guard
 }
 
@@ -131,7 +150,11 @@ pub fn wait_for_socket(path: &Path, within: Duration) {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return;
         }
-        assert!(Instant::now() < deadline, "socket {} did not accept within {within:?}", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "socket {} did not accept within {within:?}",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -147,7 +170,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -166,7 +192,9 @@ impl RunningPlugd {
         format!("http://{}{path}", self.http)
     }
 
-    pub async fn grpc_client(&self) -> plugd::proto::runtime::dapr_client::DaprClient<tonic::transport::Channel> {
+    pub async fn grpc_client(
+        &self,
+    ) -> plugd::proto::runtime::dapr_client::DaprClient<tonic::transport::Channel> {
         plugd::proto::runtime::dapr_client::DaprClient::connect(format!("http://{}", self.grpc))
             .await
             .expect("connect to plugd gRPC")
@@ -179,12 +207,20 @@ impl RunningPlugd {
 }
 
 /// Builds and starts plugd in-process on ephemeral ports.
-pub async fn start_plugd(config: plugd::config::Config) -> Result<RunningPlugd, plugd::app::StartError> {
+pub async fn start_plugd(
+    config: plugd::config::Config,
+) -> Result<RunningPlugd, plugd::app::StartError> {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let app = plugd::App::build(config, shutdown.clone()).await?;
     let grpc = app.grpc_addr().expect("grpc addr");
     let http = app.http_addr().expect("http addr");
     let registry = app.registry();
     let task = tokio::spawn(app.run());
-    Ok(RunningPlugd { grpc, http, shutdown, task, registry })
+    Ok(RunningPlugd {
+        grpc,
+        http,
+        shutdown,
+        task,
+        registry,
+    })
 }
