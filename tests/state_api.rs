@@ -164,11 +164,11 @@ async fn grpc_state_round_trips_and_errors() {
     );
     assert_eq!(get(&mut c, STORE, "k1").await.expect("get").0, b"v2");
 
-    // A malformed etag is invalid, not a mismatch.
-    let err = save(&mut c, STORE, vec![item("k1", b"v3", Some("not-an-etag"))])
+    // An etag the store never issued is a mismatch too (what the Python SDK's examples expect).
+    let err = save(&mut c, STORE, vec![item("k1", b"v3", Some("9999"))])
         .await
-        .expect_err("bad etag accepted");
-    assert_rich(&err, Code::InvalidArgument, "ERR_STATE_SAVE");
+        .expect_err("foreign etag accepted");
+    assert_rich(&err, Code::Aborted, "ERR_STATE_SAVE");
 
     // Delete with a stale etag: ABORTED, value kept; with the current one: gone.
     let err = c

@@ -515,6 +515,56 @@ pub fn parse_query(text: &str) -> Result<pb::Query, String> {
 mod tests {
     use super::*;
 
+    fn component_error(code: Code) -> ComponentError {
+        use tonic_types::StatusExt;
+        let status = tonic::Status::with_error_details(
+            code,
+            "etag problem",
+            tonic_types::ErrorDetails::with_bad_request_violation("etag", "bad etag"),
+        );
+        ComponentError::Status {
+            component: "c".into(),
+            method: "Set",
+            status,
+        }
+    }
+
+    #[test]
+    fn etag_errors_map_to_dapr_codes() {
+        use tonic_types::StatusExt;
+        let e = op_error(
+            &component_error(Code::FailedPrecondition),
+            "ERR_STATE_SAVE",
+            "failed saving".into(),
+            true,
+        );
+        assert_eq!((e.code(), e.http_status()), (Code::Aborted, 409));
+        assert_eq!(
+            e.to_status().get_details_error_info().map(|i| i.reason),
+            Some("ERR_STATE_SAVE".into())
+        );
+        let e = op_error(
+            &component_error(Code::InvalidArgument),
+            "ERR_STATE_SAVE",
+            "failed saving".into(),
+            true,
+        );
+        assert_eq!((e.code(), e.http_status()), (Code::InvalidArgument, 400));
+        assert!(
+            e.0.message.contains("invalid etag value: bad etag"),
+            "{}",
+            e.0.message
+        );
+        // Reads are not etag-mapped.
+        let e = op_error(
+            &component_error(Code::FailedPrecondition),
+            "ERR_STATE_GET",
+            "fail to get".into(),
+            false,
+        );
+        assert_eq!((e.code(), e.http_status()), (Code::Internal, 500));
+    }
+
     #[test]
     fn query_split_into_component_form() {
         let q = parse_query(r#"{"filter":{"EQ":{"state":"CA"}},"sort":[{"key":"id","order":"DESC"}],"page":{"limit":2,"token":"t"}}"#)

@@ -17,7 +17,7 @@
 //! - **Etags** are UUIDs (v4), new on every write. A Set or Delete with an
 //!   etag succeeds only if it equals the stored one, checked in the same SQL
 //!   statement as the write; otherwise it fails as an etag mismatch (also for
-//!   a missing key). An etag that is not a UUID is an invalid etag.
+//!   a missing key, or an etag this store never issued).
 //!   First-write concurrency without an etag only creates the key.
 //! - **TTL**: `ttlInSeconds` on Set: a positive number of seconds, or `-1` for
 //!   never (also the meaning of no `ttlInSeconds`); anything else (`0`, other
