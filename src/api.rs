@@ -33,6 +33,8 @@ pub struct ErrorBody {
     pub message: String,
     /// `ErrorInfo.reason` on gRPC; `None` sends a plain status without details.
     pub reason: Option<String>,
+    /// `ErrorInfo.domain`: `dapr.io`, or a component's own domain for its rich errors.
+    pub domain: String,
     pub info_metadata: HashMap<String, String>,
     pub resource: Option<(String, String)>,
     pub bad_request: Option<(String, String)>,
@@ -50,6 +52,7 @@ impl ApiError {
             error_code: error_code.to_string(),
             message: message.into(),
             reason: Some(error_code.to_string()),
+            domain: DOMAIN.to_string(),
             info_metadata: HashMap::new(),
             resource: None,
             bad_request: None,
@@ -120,7 +123,7 @@ impl ApiError {
         if let Some(reason) = &b.reason {
             details.push(ErrorDetail::ErrorInfo(ErrorInfo::new(
                 reason.clone(),
-                DOMAIN,
+                b.domain.clone(),
                 b.info_metadata.clone(),
             )));
         }
@@ -221,19 +224,18 @@ pub enum ComponentFailure {
         code: Code,
         http: u16,
         tag: String,
+        reason: String,
+        domain: String,
         message: String,
     },
-    /// Anything else, with its text.
-    Other { code: Code, message: String },
+    /// Anything else.
+    Other,
 }
 
 impl ComponentFailure {
     pub fn classify(err: &ComponentError) -> Self {
         let Some(status) = err.status() else {
-            return Self::Other {
-                code: Code::Unavailable,
-                message: err.detail(),
-            };
+            return Self::Other;
         };
         let details = status.get_error_details_vec();
         if let [only] = details.as_slice() {
@@ -261,16 +263,15 @@ impl ComponentFailure {
                         code: status.code(),
                         http,
                         tag,
+                        reason: info.reason.clone(),
+                        domain: info.domain.clone(),
                         message: status.message().to_string(),
                     };
                 }
                 _ => {}
             }
         }
-        Self::Other {
-            code: status.code(),
-            message: status.message().to_string(),
-        }
+        Self::Other
     }
 }
 
@@ -325,7 +326,7 @@ mod tests {
         };
         assert!(matches!(
             ComponentFailure::classify(&err),
-            ComponentFailure::Other { .. }
+            ComponentFailure::Other
         ));
     }
 }

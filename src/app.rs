@@ -130,21 +130,24 @@ impl App {
             api::grpc::DaprApi::new(registry.clone(), config.app_id.clone(), shutdown.clone())
                 .into_server();
         let grpc_token = shutdown.clone();
-        let grpc_task = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(dapr)
-                .add_service(reflection_v1)
-                .add_service(reflection_v1alpha)
-                .serve_with_incoming_shutdown(incoming_nodelay(grpc), grpc_token.cancelled_owned()),
-        );
+        let grpc_incoming =
+            tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
+        let grpc_server = tonic::transport::Server::builder()
+            .add_service(dapr)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .serve_with_incoming_shutdown(grpc_incoming, grpc_token.cancelled_owned());
+        let mut grpc_task =
+            tokio::spawn(async move { grpc_server.await.map_err(anyhow::Error::from) });
 
         let router = api::http::router(registry, config.app_id.clone(), shutdown.clone());
         let service = axum::ServiceExt::<axum::extract::Request>::into_make_service(
             NormalizePathLayer::trim_trailing_slash().layer(router),
         );
         let http_token = shutdown.clone();
-        let http_task = tokio::spawn(async move {
+        let mut http_task = tokio::spawn(async move {
             use axum::serve::ListenerExt;
+            // Small responses must not wait for a delayed ACK.
             let http = http.tap_io(|tcp| {
                 if let Err(e) = tcp.set_nodelay(true) {
                     tracing::debug!(error = %e, "cannot set TCP_NODELAY");
@@ -153,18 +156,26 @@ impl App {
             axum::serve(http, service)
                 .with_graceful_shutdown(http_token.cancelled_owned())
                 .await
+                .map_err(anyhow::Error::from)
         });
         tracing::info!(grpc = %grpc_addr, http = %http_addr, app_id = %config.app_id, "plugd is serving the runtime API");
 
-        shutdown.cancelled().await;
+        // Run until the shutdown signal, or until a server stops by itself; then stop both.
+        let early = tokio::select! {
+            _ = shutdown.cancelled() => None,
+            r = &mut grpc_task => Some(("gRPC", joined(r))),
+            r = &mut http_task => Some(("HTTP", joined(r))),
+        };
+        shutdown.cancel();
         tracing::info!(grace = ?config.graceful_shutdown, "shutting down");
-        let drain = async {
-            let (g, h) = tokio::join!(grpc_task, http_task);
-            if let Ok(Err(e)) = g {
-                tracing::warn!(error = %e, "gRPC server stopped with an error");
+        let (grpc_abort, http_abort) = (grpc_task.abort_handle(), http_task.abort_handle());
+        let finished = early.as_ref().map(|(server, _)| *server);
+        let drain = async move {
+            if finished != Some("gRPC") {
+                log_stop("gRPC", joined(grpc_task.await));
             }
-            if let Ok(Err(e)) = h {
-                tracing::warn!(error = %e, "HTTP server stopped with an error");
+            if finished != Some("HTTP") {
+                log_stop("HTTP", joined(http_task.await));
             }
         };
         if tokio::time::timeout(config.graceful_shutdown, drain)
@@ -174,22 +185,27 @@ impl App {
             tracing::warn!(
                 "in-flight requests did not finish within the grace period; stopping anyway"
             );
+            grpc_abort.abort();
+            http_abort.abort();
         }
-        Ok(())
+        match early {
+            None => Ok(()),
+            Some((server, Ok(()))) => Err(anyhow::anyhow!(
+                "the {server} API server stopped unexpectedly"
+            )),
+            Some((server, Err(e))) => Err(e.context(format!("the {server} API server failed"))),
+        }
     }
 }
 
-/// Accepted connections with Nagle's algorithm off: small gRPC frames must not wait for a
-/// delayed ACK (that costs ~40 ms per unary call).
-fn incoming_nodelay(
-    listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use futures::StreamExt;
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-        let conn = conn?;
-        conn.set_nodelay(true)?;
-        Ok(conn)
-    })
+fn joined(r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    r.map_err(anyhow::Error::from)?
+}
+
+fn log_stop(server: &str, result: anyhow::Result<()>) {
+    if let Err(e) = result {
+        tracing::warn!(server, error = %e, "API server stopped with an error");
+    }
 }
 
 fn log_summary(config: &Config, snapshot: &crate::registry::Snapshot, started: Instant) {

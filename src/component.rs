@@ -93,7 +93,13 @@ pub enum ComponentError {
         timeout: Duration,
     },
     #[error("cannot connect to socket {}: {reason}", .socket.display())]
-    Connect { socket: PathBuf, reason: String },
+    Connect {
+        socket: PathBuf,
+        /// What the operating system said, when it said something (`ConnectionRefused` for a
+        /// socket file nobody listens on, `TimedOut` when the handshake got no answer).
+        kind: Option<std::io::ErrorKind>,
+        reason: String,
+    },
 }
 
 impl ComponentError {
@@ -119,9 +125,7 @@ impl ComponentError {
 pub async fn dial(socket: &Path, timeout: Duration) -> Result<Channel, ComponentError> {
     let path = socket.to_path_buf();
     // The URI is only used for the :authority header; the connector ignores it.
-    let endpoint = Endpoint::from_static("http://localhost")
-        .connect_timeout(timeout)
-        .tcp_nodelay(true);
+    let endpoint = Endpoint::from_static("http://localhost");
     let connect = endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
         let path = path.clone();
         async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
@@ -130,13 +134,27 @@ pub async fn dial(socket: &Path, timeout: Duration) -> Result<Channel, Component
         Ok(Ok(channel)) => Ok(channel),
         Ok(Err(e)) => Err(ComponentError::Connect {
             socket: socket.to_path_buf(),
+            kind: io_error_kind(&e),
             reason: error_chain(&e),
         }),
         Err(_) => Err(ComponentError::Connect {
             socket: socket.to_path_buf(),
+            kind: Some(std::io::ErrorKind::TimedOut),
             reason: format!("no answer within {timeout:?}"),
         }),
     }
+}
+
+/// The kind of the first `io::Error` in `e`'s chain.
+fn io_error_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// `e` and its sources, joined with ": ".
@@ -187,6 +205,7 @@ impl Connection {
     ) -> Result<Self, ComponentError> {
         let header = MetadataValue::try_from(instance).map_err(|_| ComponentError::Connect {
             socket: socket.clone(),
+            kind: None,
             reason: format!("component name {instance:?} is not a valid header value"),
         })?;
         Ok(Self {

@@ -7,6 +7,7 @@
 
 use std::{
     collections::BTreeMap,
+    io::ErrorKind,
     os::unix::fs::FileTypeExt,
     path::{Path, PathBuf},
     time::Duration,
@@ -14,7 +15,7 @@ use std::{
 
 use tonic::{Code, transport::Channel};
 
-use crate::component::{ComponentKind, dial, error_chain};
+use crate::component::{ComponentError, ComponentKind, dial, error_chain};
 
 /// A socket that answered reflection.
 #[derive(Debug, Clone)]
@@ -170,14 +171,22 @@ pub async fn scan(folder: &Path, timeout: Duration) -> Discovery {
 /// Dials one socket and lists its services: v1alpha reflection, then v1.
 pub async fn probe(path: &Path, timeout: Duration) -> Result<(Vec<String>, &'static str), String> {
     let channel = dial(path, timeout).await.map_err(|e| {
-        let detail = e.detail();
-        if detail.contains("refused") {
-            format!("{detail}: no process listens on this socket (a stale socket file?)")
-        } else if detail.contains("no answer") {
-            format!("{detail}: the listener did not complete an HTTP/2 handshake")
-        } else {
-            format!("{detail}: the listener does not speak gRPC (HTTP/2)")
-        }
+        let hint = match &e {
+            ComponentError::Connect {
+                kind: Some(ErrorKind::ConnectionRefused),
+                ..
+            } => "no process listens on this socket (a stale socket file?)",
+            ComponentError::Connect {
+                kind: Some(ErrorKind::TimedOut),
+                ..
+            } => "the listener did not complete an HTTP/2 handshake",
+            ComponentError::Connect {
+                kind: Some(ErrorKind::PermissionDenied),
+                ..
+            } => "plugd may not open this socket",
+            _ => "the listener does not speak gRPC (HTTP/2)",
+        };
+        format!("{}: {hint}", e.detail())
     })?;
     match bounded(timeout, list_v1alpha(channel.clone())).await {
         Ok(services) => Ok((services, "v1alpha")),

@@ -9,7 +9,7 @@ use tracing::Instrument;
 use crate::{
     component::{
         ComponentError, ComponentKind, Connection, dial,
-        state::{GrpcStateStore, KeyPrefix, StateStore},
+        state::{GrpcStateStore, KEY_PREFIX, KeyPrefix, StateStore},
     },
     config::{
         Config,
@@ -210,15 +210,13 @@ pub async fn start_all(
             status: ComponentStatus::Ready,
         };
         match result {
-            Ok(Instance::State { store, features }) => {
+            Ok(Instance::State {
+                store,
+                features,
+                key_prefix,
+            }) => {
                 info.features = features;
                 let info = Arc::new(info);
-                let key_prefix = KeyPrefix::from_metadata(
-                    m.plain_metadata("keyPrefix"),
-                    &config.app_id,
-                    &m.name,
-                    config.namespace.as_deref(),
-                );
                 tracing::info!(component = %m.name, r#type = %info.type_name, features = ?info.features, "component ready");
                 snapshot.state.insert(
                     m.name.clone(),
@@ -259,6 +257,7 @@ enum Instance {
     State {
         store: Arc<dyn StateStore>,
         features: Vec<String>,
+        key_prefix: KeyPrefix,
     },
     NotServed(String),
 }
@@ -302,6 +301,16 @@ async fn start_one(
         )));
     }
     let properties = resolve_properties(m, ctx, &NoSecretStores, env).await?;
+    let key_prefix = KeyPrefix::from_metadata(
+        properties.get(KEY_PREFIX).map(String::as_str),
+        &config.app_id,
+        &m.name,
+        config.namespace.as_deref(),
+    )
+    .map_err(|reason| InitError::Metadata {
+        field: KEY_PREFIX.into(),
+        reason,
+    })?;
     let timeout = m.init_timeout;
     let path = socket.path.clone();
     let deadline = tokio::time::Instant::now() + timeout;
@@ -316,9 +325,13 @@ async fn start_one(
         Ok(Ok((store, features))) => Ok(Instance::State {
             store: Arc::new(store),
             features,
+            key_prefix,
         }),
         // A call cut short by the init deadline is the init timing out.
-        Ok(Err(ComponentError::Timeout { .. })) | Err(_) => Err(InitError::Timeout(timeout)),
+        Ok(Err(ComponentError::Timeout { .. })) if tokio::time::Instant::now() >= deadline => {
+            Err(InitError::Timeout(timeout))
+        }
+        Err(_) => Err(InitError::Timeout(timeout)),
         Ok(Err(e)) => Err(e.into()),
     }
 }

@@ -6,7 +6,17 @@ use clap::Parser;
 use plugd::{App, cli::Args, config::Config, telemetry};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::from(64)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     if let Err(err) = telemetry::init(&args.log_level, args.log_as_json) {
         eprintln!("plugd: {err}");
         return ExitCode::from(64);

@@ -112,10 +112,6 @@ impl Registry {
         self.current.load_full()
     }
 
-    pub fn replace(&self, snapshot: Snapshot) {
-        self.current.store(Arc::new(snapshot));
-    }
-
     /// Attributes set by the app through `SetMetadata`.
     pub fn extended(&self) -> BTreeMap<String, String> {
         self.extended.read().map(|m| m.clone()).unwrap_or_default()

@@ -614,6 +614,46 @@ async fn http_state_api() {
         .expect("save");
     error_body(r, StatusCode::BAD_REQUEST, "ERR_MALFORMED_REQUEST").await;
 
+    // An unknown store is reported before the body is looked at.
+    let r = http
+        .post(url("/v1.0/state/nosuchstore/transaction"))
+        .body("not json")
+        .send()
+        .await
+        .expect("transaction");
+    error_body(r, StatusCode::BAD_REQUEST, "ERR_STATE_STORE_NOT_FOUND").await;
+
+    // Keys named like the sub-resources are ordinary keys for GET, DELETE and saves.
+    let r = http
+        .post(url("/v1.0/state/statestore"))
+        .json(&json!([{"key": "bulk", "value": "b"}, {"key": "transaction", "value": "t"}]))
+        .send()
+        .await
+        .expect("save");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    for (key, value) in [("bulk", "\"b\""), ("transaction", "\"t\"")] {
+        let r = http
+            .get(url(&format!("/v1.0/state/statestore/{key}")))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), StatusCode::OK, "{key}");
+        assert_eq!(r.text().await.expect("body"), value);
+        let r = http
+            .delete(url(&format!("/v1.0/state/statestore/{key}")))
+            .send()
+            .await
+            .expect("delete");
+        assert_eq!(r.status(), StatusCode::NO_CONTENT, "{key}");
+    }
+    let r = http
+        .post(url("/v1.0/state/statestore/other"))
+        .body("{}")
+        .send()
+        .await
+        .expect("post");
+    error_body(r, StatusCode::NOT_FOUND, "ERR_NOT_FOUND").await;
+
     // Health and metadata, with and without a trailing slash.
     for path in [
         "/v1.0/healthz",

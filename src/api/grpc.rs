@@ -81,6 +81,7 @@ impl rt::dapr_server::Dapr for DaprApi {
 
     async fn save_state(&self, req: Request<rt::SaveStateRequest>) -> Reply<()> {
         let r = req.into_inner();
+        self.state.check_store(&r.store_name)?;
         if r.states.iter().any(|s| s.key.is_empty()) {
             return Err(ApiError::basic(
                 tonic::Code::InvalidArgument,

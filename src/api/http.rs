@@ -58,14 +58,14 @@ pub fn router(registry: Arc<Registry>, app_id: String, shutdown: CancellationTok
         .route("/v1.0/metadata/{key}", put(set_metadata))
         .route("/v1.0/shutdown", post(request_shutdown))
         .route("/v1.0/state/{store}", post(save_state).put(save_state))
-        .route("/v1.0/state/{store}/bulk", post(bulk_get).put(bulk_get))
-        .route(
-            "/v1.0/state/{store}/transaction",
-            post(transaction).put(transaction),
-        )
+        // `bulk` and `transaction` are POST/PUT sub-resources; GET and DELETE take any key,
+        // those two names included, as in Dapr.
         .route(
             "/v1.0/state/{store}/{key}",
-            get(get_state).delete(delete_state),
+            get(get_state)
+                .delete(delete_state)
+                .post(state_sub_resource)
+                .put(state_sub_resource),
         )
         .route(
             "/v1.0-alpha1/state/{store}/query",
@@ -77,11 +77,15 @@ pub fn router(registry: Arc<Registry>, app_id: String, shutdown: CancellationTok
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
+    not_found_path(uri.path())
+}
+
+fn not_found_path(path: &str) -> ApiError {
     ApiError::plain(
         Code::NotFound,
         404,
         "ERR_NOT_FOUND",
-        format!("no API at {}", uri.path()),
+        format!("no API at {path}"),
     )
 }
 
@@ -338,6 +342,7 @@ async fn save_state(
     params: Params,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
+    ctx.state.check_store(&store)?;
     let doc = parse_json(&body)?;
     let arr = doc.as_array().ok_or_else(|| {
         ApiError::malformed("failed deserializing HTTP body: expected a JSON array of state items")
@@ -374,12 +379,26 @@ async fn delete_state(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn bulk_get(
+async fn state_sub_resource(
     State(ctx): State<Ctx>,
-    Path(store): Path<String>,
+    Path((store, sub)): Path<(String, String)>,
+    params: Params,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    match sub.as_str() {
+        "bulk" => Ok(bulk_get(ctx, store, params, body).await?.into_response()),
+        "transaction" => Ok(transaction(ctx, store, params, body).await?.into_response()),
+        _ => Err(not_found_path(&format!("/v1.0/state/{store}/{sub}"))),
+    }
+}
+
+async fn bulk_get(
+    ctx: Ctx,
+    store: String,
     params: Params,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
+    ctx.state.check_store(&store)?;
     let doc = parse_json(&body)?;
     let obj = doc.as_object().ok_or_else(|| {
         ApiError::malformed("failed deserializing HTTP body: expected an object with \"keys\"")
@@ -438,11 +457,12 @@ fn embed_json(data: &[u8]) -> Value {
 }
 
 async fn transaction(
-    State(ctx): State<Ctx>,
-    Path(store): Path<String>,
+    ctx: Ctx,
+    store: String,
     params: Params,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
+    ctx.state.check_store(&store)?;
     let doc = parse_json(&body)?;
     let obj = doc.as_object().ok_or_else(|| {
         ApiError::malformed(

@@ -43,6 +43,12 @@ impl StateApi {
         Self { registry, app_id }
     }
 
+    /// Fails as Dapr does when `name` is not a configured state store; handlers call it before
+    /// they look at the request body, so an unknown store is reported first.
+    pub fn check_store(&self, name: &str) -> Result<(), ApiError> {
+        self.store(name).map(|_| ())
+    }
+
     fn store(&self, name: &str) -> Result<Arc<StateEntry>, ApiError> {
         let snapshot = self.registry.snapshot();
         if snapshot.state.is_empty() {
@@ -441,15 +447,24 @@ fn op_error(e: &ComponentError, code: &str, prefix: String, etag_aware: bool) ->
             code,
             format!("{prefix}: invalid etag value: {d}"),
         ),
+        // A component's rich error keeps its code, HTTP status, tag, reason and domain.
         ComponentFailure::Kit {
             code: grpc,
             http,
             tag,
+            reason,
+            domain,
             message,
         } => {
             let mut err = ApiError::basic(grpc, http, code, format!("{prefix}: {message}"));
             if !tag.is_empty() {
                 err.0.error_code = tag;
+            }
+            if !reason.is_empty() {
+                err.0.reason = Some(reason);
+            }
+            if !domain.is_empty() {
+                err.0.domain = domain;
             }
             err
         }
@@ -554,6 +569,33 @@ mod tests {
             e.0.message.contains("invalid etag value: bad etag"),
             "{}",
             e.0.message
+        );
+        // A rich component error keeps its status, tag, reason and domain.
+        let status = tonic::Status::with_error_details(
+            Code::NotFound,
+            "no such table",
+            tonic_types::ErrorDetails::with_error_info(
+                "TABLE_MISSING",
+                "example.com",
+                std::collections::HashMap::from([
+                    ("kit_error".to_string(), "true".to_string()),
+                    ("http_code".to_string(), "404".to_string()),
+                    ("tag".to_string(), "ERR_TABLE".to_string()),
+                ]),
+            ),
+        );
+        let kit = ComponentError::Status {
+            component: "c".into(),
+            method: "Get",
+            status,
+        };
+        let e = op_error(&kit, "ERR_STATE_GET", "fail to get k".into(), false);
+        assert_eq!((e.code(), e.http_status()), (Code::NotFound, 404));
+        assert_eq!(e.to_json()["errorCode"], "ERR_TABLE");
+        let info = e.to_status().get_details_error_info().expect("error info");
+        assert_eq!(
+            (info.reason.as_str(), info.domain.as_str()),
+            ("TABLE_MISSING", "example.com")
         );
         // Reads are not etag-mapped.
         let e = op_error(

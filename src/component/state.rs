@@ -71,10 +71,6 @@ impl GrpcStateStore {
             features,
         ))
     }
-
-    pub fn connection(&self) -> &Connection {
-        &self.conn
-    }
 }
 
 #[async_trait]
@@ -197,16 +193,20 @@ pub enum KeyPrefix {
 /// The separator between prefix and key.
 pub const KEY_SEPARATOR: &str = "||";
 
+/// The metadata item that chooses the key prefix strategy.
+pub const KEY_PREFIX: &str = "keyPrefix";
+
 impl KeyPrefix {
-    /// Dapr's strategies: `appid` (default), `name`, `namespace`, `none`, or a custom prefix.
+    /// Dapr's strategies, from the `keyPrefix` metadata value (lower-cased as Dapr does):
+    /// `appid` (default), `name`, `namespace`, `none`, or a custom prefix.
     pub fn from_metadata(
         strategy: Option<&str>,
         app_id: &str,
         component: &str,
         namespace: Option<&str>,
-    ) -> Self {
-        let strategy = strategy.map(str::trim).unwrap_or("appid");
-        let prefix = match strategy.to_ascii_lowercase().as_str() {
+    ) -> Result<Self, String> {
+        let strategy = strategy.unwrap_or("appid").to_lowercase();
+        let prefix = match strategy.as_str() {
             "" | "appid" => app_id.to_string(),
             "name" => component.to_string(),
             "none" => String::new(),
@@ -214,13 +214,18 @@ impl KeyPrefix {
                 Some(ns) if !app_id.is_empty() => format!("{ns}.{app_id}"),
                 _ => app_id.to_string(),
             },
-            _ => strategy.to_string(),
+            custom if custom.contains(KEY_SEPARATOR) => {
+                return Err(format!(
+                    "the key prefix {custom:?} must not contain {KEY_SEPARATOR:?}"
+                ));
+            }
+            custom => custom.to_string(),
         };
-        if prefix.is_empty() {
+        Ok(if prefix.is_empty() {
             Self::None
         } else {
             Self::Prefix(prefix)
-        }
+        })
     }
 
     /// The key the component sees.
@@ -249,28 +254,22 @@ mod tests {
 
     #[test]
     fn key_prefix_strategies() {
-        let p = KeyPrefix::from_metadata(None, "app1", "store", None);
-        assert_eq!(p.apply("k"), "app1||k");
-        assert_eq!(p.strip("app1||k"), "k");
+        let p = |s: Option<&str>, ns: Option<&str>| {
+            KeyPrefix::from_metadata(s, "app1", "store", ns).expect("valid prefix")
+        };
+        assert_eq!(p(None, None).apply("k"), "app1||k");
+        assert_eq!(p(None, None).strip("app1||k"), "k");
+        assert_eq!(p(Some("name"), None).apply("k"), "store||k");
+        assert_eq!(p(Some("NONE"), None).apply("k"), "k");
+        assert_eq!(p(Some("MyPrefix"), None).apply("k"), "myprefix||k");
         assert_eq!(
-            KeyPrefix::from_metadata(Some("name"), "app1", "store", None).apply("k"),
-            "store||k"
-        );
-        assert_eq!(
-            KeyPrefix::from_metadata(Some("none"), "app1", "store", None).apply("k"),
-            "k"
-        );
-        assert_eq!(
-            KeyPrefix::from_metadata(Some("custom"), "app1", "store", None).apply("k"),
-            "custom||k"
-        );
-        assert_eq!(
-            KeyPrefix::from_metadata(Some("namespace"), "app1", "s", Some("prod")).apply("k"),
+            p(Some("namespace"), Some("prod")).apply("k"),
             "prod.app1||k"
         );
         assert_eq!(
             KeyPrefix::from_metadata(None, "", "store", None),
-            KeyPrefix::None
+            Ok(KeyPrefix::None)
         );
+        assert!(KeyPrefix::from_metadata(Some("a||b"), "app1", "store", None).is_err());
     }
 }

@@ -117,8 +117,8 @@ impl ComponentManifest {
 
     /// The value of a plain metadata item, if present.
     pub fn plain_metadata(&self, name: &str) -> Option<&str> {
-        self.metadata.iter().rev().find_map(|m| match &m.value {
-            MetadataValue::Plain(v) if m.name.eq_ignore_ascii_case(name) => Some(v.as_str()),
+        self.metadata.iter().find_map(|m| match &m.value {
+            MetadataValue::Plain(v) if m.name == name => Some(v.as_str()),
             _ => None,
         })
     }
