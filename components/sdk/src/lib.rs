@@ -103,6 +103,7 @@
 //!
 //! [Dapr pluggable components]: https://docs.dapr.io/developing-applications/develop-components/pluggable-components/
 
+pub mod client;
 pub mod multiplex;
 pub mod server;
 pub mod state;

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use hyper_util::rt::TokioIo;
 use plugd_component_sdk::proto::state_store_client::StateStoreClient;
 use plugd_component_sdk::proto::transactional_state_store_client::TransactionalStateStoreClient;
 use plugd_component_sdk::proto::{self as pb};
@@ -15,10 +14,9 @@ use plugd_component_sdk::state::{
     TransactionRequest, feature,
 };
 use plugd_component_sdk::{BoundServer, ComponentServer, INSTANCE_HEADER, ServeError};
-use tokio::net::UnixStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use tonic::{Code, Request};
 use tonic_types::StatusExt;
 
@@ -144,13 +142,7 @@ fn start(server: impl FnOnce(&Path) -> ComponentServer) -> Running {
 }
 
 async fn dial(socket: &Path) -> Channel {
-    let socket = socket.to_owned();
-    Endpoint::try_from("http://localhost")
-        .expect("endpoint")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
-        }))
+    plugd_component_sdk::client::connect(socket)
         .await
         .expect("connect over UDS")
 }

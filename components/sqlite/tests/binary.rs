@@ -6,13 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use plugd_component_sdk::INSTANCE_HEADER;
 use plugd_component_sdk::proto::state_store_client::StateStoreClient;
 use plugd_component_sdk::proto::transactional_state_store_client::TransactionalStateStoreClient;
 use plugd_component_sdk::proto::{self as pb};
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use tonic::{Code, Request};
 use tonic_types::StatusExt;
 
@@ -68,13 +66,7 @@ impl Drop for Component {
 }
 
 async fn dial(socket: &Path) -> Channel {
-    let socket = socket.to_owned();
-    Endpoint::try_from("http://localhost")
-        .expect("endpoint")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
-        }))
+    plugd_component_sdk::client::connect(socket)
         .await
         .expect("connect")
 }
