@@ -162,6 +162,8 @@ impl App {
 
         // Run until the shutdown signal, or until a server stops by itself; then stop both.
         let early = tokio::select! {
+            // The signal first: a server that stops because of it has not stopped early.
+            biased;
             _ = shutdown.cancelled() => None,
             r = &mut grpc_task => Some(("gRPC", joined(r))),
             r = &mut http_task => Some(("HTTP", joined(r))),

@@ -53,3 +53,80 @@ fn invalid_resources_stop_start_up_and_are_all_listed() {
         "{stderr}"
     );
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Starts the binary with no components and waits until its HTTP API answers.
+async fn start_binary(dirs: &TestDirs) -> (support::ChildGuard, String) {
+    let http_port = free_port();
+    let guard = support::ChildGuard::spawn(
+        "plugd",
+        plugd()
+            .args([
+                "--log-level",
+                "warn",
+                "--dapr-grpc-port",
+                &free_port().to_string(),
+            ])
+            .args(["--dapr-http-port", &http_port.to_string()])
+            .arg("--resources-path")
+            .arg(&dirs.resources)
+            .arg("--sockets-folder")
+            .arg(&dirs.sockets),
+    );
+    let base = format!("http://127.0.0.1:{http_port}/v1.0");
+    let http = reqwest::Client::new();
+    support::eventually(std::time::Duration::from_secs(20), "plugd healthz", || {
+        let req = http.get(format!("{base}/healthz"));
+        async move {
+            req.send()
+                .await
+                .ok()
+                .filter(|r| r.status() == 204)
+                .map(|_| ())
+        }
+    })
+    .await;
+    (guard, base)
+}
+
+fn wait_exit(guard: &mut support::ChildGuard) -> Option<i32> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(status)) = guard.child.try_wait() {
+            return status.code();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    None
+}
+
+#[tokio::test]
+async fn shutdown_through_the_api_or_sigterm_exits_cleanly() {
+    let dirs = TestDirs::new();
+    for _ in 0..3 {
+        let (mut guard, base) = start_binary(&dirs).await;
+        let r = reqwest::Client::new()
+            .post(format!("{base}/shutdown"))
+            .send()
+            .await
+            .expect("shutdown");
+        assert_eq!(r.status(), 204);
+        assert_eq!(
+            wait_exit(&mut guard),
+            Some(0),
+            "exit after POST /v1.0/shutdown"
+        );
+    }
+    let (mut guard, _) = start_binary(&dirs).await;
+    assert_eq!(
+        guard.terminate().and_then(|s| s.code()),
+        Some(0),
+        "exit after SIGTERM"
+    );
+}
