@@ -1,6 +1,10 @@
 //! Wiring: configuration → components → registry → API servers, and the bounded shutdown.
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -10,9 +14,9 @@ use tower_http::normalize_path::NormalizePathLayer;
 use crate::{
     api,
     config::{Config, manifest},
-    discovery,
-    lifecycle::{self, InitError},
-    registry::{ComponentStatus, Registry},
+    discovery, lifecycle,
+    registry::Registry,
+    reload,
 };
 
 /// Why plugd could not start.
@@ -20,21 +24,11 @@ use crate::{
 pub enum StartError {
     #[error("{0}")]
     Config(#[from] manifest::Problems),
-    #[error("{}", describe_failures(.0))]
-    Components(Vec<(String, InitError)>),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
-}
-
-fn describe_failures(failures: &[(String, InitError)]) -> String {
-    let mut out = format!("{} component(s) failed to initialise:", failures.len());
-    for (name, e) in failures {
-        out.push_str(&format!("\n  - {name}: {e}"));
-    }
-    out
 }
 
 /// A built plugd, ready to serve.
@@ -64,13 +58,47 @@ impl App {
             tracing::info!(component = %name, file = %file.display(), "component skipped: {why}");
         }
 
-        let discovery = discovery::scan(&config.sockets_folder, config.discovery_timeout).await;
-        let outcome = lifecycle::start_all(loaded.components, discovery, &config).await;
-        if !outcome.fatal.is_empty() {
-            return Err(StartError::Components(outcome.fatal));
-        }
-        let snapshot = outcome.snapshot;
-        log_summary(&config, &snapshot, started);
+        let mut scanner =
+            discovery::Scanner::new(config.sockets_folder.clone(), config.discovery_timeout);
+        let first = scanner.scan().await;
+        let registry = Arc::new(Registry::default());
+        registry.set_discovery(Arc::new(first.clone()));
+        let sockets =
+            discovery::watch_folder(scanner, first, config.rescan_interval, shutdown.clone());
+        let mirror = registry.clone();
+        let mut changes = sockets.clone();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let latest = changes.borrow_and_update().clone();
+                mirror.set_discovery(latest);
+            }
+        });
+
+        let longest_init = loaded
+            .components
+            .iter()
+            .map(|c| c.init_timeout)
+            .max()
+            .unwrap_or_default();
+        let mut manager = lifecycle::Manager::new(
+            registry.clone(),
+            lifecycle::Settings::from_config(&config),
+            sockets,
+            shutdown.clone(),
+        );
+        manager.start(loaded.components);
+        // Components whose sockets are there get their first Init before the APIs open.
+        manager
+            .settled(longest_init + Duration::from_millis(500))
+            .await;
+        reload::watch_resources(
+            config.resources_paths.clone(),
+            config.app_id.clone(),
+            config.namespace.clone(),
+            manager,
+            shutdown.clone(),
+        );
+        log_summary(&config, &registry.snapshot(), started);
 
         let grpc = TcpListener::bind(config.grpc_addr)
             .await
@@ -86,7 +114,7 @@ impl App {
             })?;
         Ok(Self {
             config,
-            registry: Arc::new(Registry::new(snapshot)),
+            registry,
             grpc,
             http,
             shutdown,
@@ -220,18 +248,10 @@ fn log_summary(config: &Config, snapshot: &crate::registry::Snapshot, started: I
     for f in &d.failures {
         tracing::warn!(socket = %f.path.display(), reason = %f.reason, "socket unusable");
     }
-    for c in &snapshot.components {
-        let state = match &c.status {
-            ComponentStatus::Ready => "ready".to_string(),
-            ComponentStatus::Failed { error, ignored } => {
-                format!(
-                    "failed{}: {error}",
-                    if *ignored { " (ignored)" } else { "" }
-                )
-            }
-            ComponentStatus::NotServed { reason } => format!("not served: {reason}"),
-        };
-        tracing::info!(component = %c.name, r#type = %c.type_name, features = ?c.features, %state, "component");
+    for c in snapshot.components.values() {
+        let reason = c.status.reason().unwrap_or("");
+        tracing::info!(component = %c.name, r#type = %c.type_name, features = ?c.features,
+            status = c.status.name(), reason, ignore_errors = c.ignore_errors, "component");
     }
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,

@@ -72,8 +72,29 @@ pub struct Args {
     /// How long to wait for in-flight requests at shutdown.
     #[arg(
         long = "dapr-graceful-shutdown-seconds",
+        visible_alias = "graceful-shutdown-seconds",
         env = "DAPR_GRACEFUL_SHUTDOWN_SECONDS",
         default_value_t = 5
     )]
     pub graceful_shutdown_seconds: u64,
+
+    /// How often each component is pinged (jittered by ±20%); the socket folder is also
+    /// rescanned at this pace, besides reacting to change events.
+    #[arg(long = "component-health-interval", env = "PLUGD_COMPONENT_HEALTH_INTERVAL",
+          default_value = "5s", value_parser = humantime::parse_duration)]
+    pub component_health_interval: std::time::Duration,
+
+    /// Consecutive failed pings after which a component is unhealthy (its calls fail fast).
+    #[arg(
+        long = "component-health-failures",
+        env = "PLUGD_COMPONENT_HEALTH_FAILURES",
+        default_value_t = 3
+    )]
+    pub component_health_failures: u32,
+
+    /// How long a component waits for its socket before it is reported failed (it still
+    /// starts when the socket appears later). Default: the component's initTimeout.
+    #[arg(long = "component-wait", env = "PLUGD_COMPONENT_WAIT",
+          value_parser = humantime::parse_duration)]
+    pub component_wait: Option<std::time::Duration>,
 }

@@ -111,6 +111,15 @@ impl ComponentError {
         }
     }
 
+    /// Whether the component could not be reached (rather than answering with an error).
+    pub fn is_connection_failure(&self) -> bool {
+        match self {
+            Self::Status { status, .. } => is_transport_failure(status),
+            Self::Connect { .. } => true,
+            Self::Timeout { .. } => false,
+        }
+    }
+
     /// The short text of the failure, without the component prefix.
     pub fn detail(&self) -> String {
         match self {
@@ -121,14 +130,32 @@ impl ComponentError {
     }
 }
 
+/// What a call on a channel whose connection broke fails with.
+pub const CONNECTION_LOST: &str =
+    "the connection to the component was lost; plugd re-initialises it before using it again";
+
 /// Opens a gRPC channel over a Unix socket, bounded by `timeout` (connect + HTTP/2 handshake).
+///
+/// The channel uses exactly one connection: once it breaks, tonic's attempts to reconnect fail
+/// at once (UNAVAILABLE). The process behind the socket may have restarted and would not know
+/// the instance, so plugd dials a new channel and runs Init again instead.
 pub async fn dial(socket: &Path, timeout: Duration) -> Result<Channel, ComponentError> {
     let path = socket.to_path_buf();
+    let used = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // The URI is only used for the :authority header; the connector ignores it.
     let endpoint = Endpoint::from_static("http://localhost");
     let connect = endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
         let path = path.clone();
-        async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        let first = !used.swap(true, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            if !first {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    CONNECTION_LOST,
+                ));
+            }
+            Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
+        }
     }));
     match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(channel)) => Ok(channel),
@@ -155,6 +182,15 @@ fn io_error_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::Error
         cur = err.source();
     }
     None
+}
+
+/// Whether `status` was made by the transport (the connection failed), not sent by the
+/// component: such statuses carry the transport error as their source.
+pub fn is_transport_failure(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+    ) && std::error::Error::source(status).is_some()
 }
 
 /// `e` and its sources, joined with ": ".
@@ -184,6 +220,8 @@ struct ConnInner {
     header: AsciiMetadataValue,
     socket: PathBuf,
     call_timeout: Duration,
+    lost: tokio::sync::Notify,
+    is_lost: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for Connection {
@@ -215,8 +253,31 @@ impl Connection {
                 header,
                 socket,
                 call_timeout,
+                lost: tokio::sync::Notify::new(),
+                is_lost: std::sync::atomic::AtomicBool::new(false),
             }),
         })
+    }
+
+    /// Whether a call found the connection broken.
+    pub fn is_lost(&self) -> bool {
+        self.inner.is_lost.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once a call finds the connection broken.
+    pub async fn lost(&self) {
+        let notified = self.inner.lost.notified();
+        if self.is_lost() {
+            return;
+        }
+        notified.await;
+    }
+
+    fn mark_lost(&self) {
+        self.inner
+            .is_lost
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner.lost.notify_waiters();
     }
 
     pub fn channel(&self) -> Channel {
@@ -288,11 +349,16 @@ impl Connection {
                     timeout,
                 })
             }
-            Ok(Err(status)) => Err(ComponentError::Status {
-                component: self.inner.instance.clone(),
-                method,
-                status,
-            }),
+            Ok(Err(status)) => {
+                if is_transport_failure(&status) {
+                    self.mark_lost();
+                }
+                Err(ComponentError::Status {
+                    component: self.inner.instance.clone(),
+                    method,
+                    status,
+                })
+            }
             Err(_) => Err(ComponentError::Timeout {
                 component: self.inner.instance.clone(),
                 method,

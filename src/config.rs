@@ -33,6 +33,11 @@ pub struct Config {
     pub discovery_timeout: Duration,
     pub call_timeout: Duration,
     pub graceful_shutdown: Duration,
+    pub health_interval: Duration,
+    pub health_failures: u32,
+    pub component_wait: Option<Duration>,
+    /// How often the socket folder is rescanned even without change events.
+    pub rescan_interval: Duration,
 }
 
 /// A bad flag value.
@@ -65,6 +70,10 @@ impl Config {
             discovery_timeout: args.discovery_timeout,
             call_timeout: args.component_call_timeout,
             graceful_shutdown: Duration::from_secs(args.graceful_shutdown_seconds),
+            health_interval: args.component_health_interval,
+            health_failures: args.component_health_failures,
+            component_wait: args.component_wait,
+            rescan_interval: args.component_health_interval,
         })
     }
 
@@ -81,6 +90,10 @@ impl Config {
             discovery_timeout: Duration::from_secs(2),
             call_timeout: Duration::from_secs(5),
             graceful_shutdown: Duration::from_secs(2),
+            health_interval: Duration::from_millis(500),
+            health_failures: 2,
+            component_wait: None,
+            rescan_interval: Duration::from_millis(500),
         }
     }
 }

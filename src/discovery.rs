@@ -6,10 +6,11 @@
 //! never delays or breaks the others.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     io::ErrorKind,
     os::unix::fs::FileTypeExt,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -27,6 +28,7 @@ pub struct DiscoveredSocket {
     pub kinds: Vec<ComponentKind>,
     /// Which reflection API answered: `v1alpha` or `v1`.
     pub reflection: &'static str,
+    pub identity: Identity,
 }
 
 /// A socket that could not be used, and why.
@@ -35,6 +37,7 @@ pub struct SocketFailure {
     pub path: PathBuf,
     pub name: String,
     pub reason: String,
+    pub identity: Identity,
 }
 
 /// The result of one scan.
@@ -70,13 +73,18 @@ pub fn type_name(path: &Path) -> String {
     stem.to_ascii_lowercase()
 }
 
-/// Lists the socket files of `folder` (sorted by name). A missing folder holds none.
-/// Symlinks to sockets count; other files and sub-folders are skipped with a warning.
-pub fn list_sockets(folder: &Path) -> Vec<PathBuf> {
+/// A socket file's identity (device, inode): a recreated socket is a new file.
+pub type Identity = (u64, u64);
+
+/// Lists the socket files of `folder` (sorted by name) with their identity. A missing folder
+/// holds none. Symlinks to sockets count; other files and sub-folders are skipped with a
+/// warning (once per path per `warned` set).
+pub fn list_sockets(folder: &Path) -> Vec<(PathBuf, Identity)> {
+    use std::os::unix::fs::MetadataExt;
     let entries = match std::fs::read_dir(folder) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            tracing::info!(folder = %folder.display(), "socket folder does not exist; no pluggable components");
+            tracing::debug!(folder = %folder.display(), "socket folder does not exist (yet)");
             return Vec::new();
         }
         Err(e) => {
@@ -88,84 +96,243 @@ pub fn list_sockets(folder: &Path) -> Vec<PathBuf> {
     paths.sort();
     paths
         .into_iter()
-        .filter(|path| match std::fs::metadata(path) {
-            Ok(m) if m.file_type().is_socket() => true,
+        .filter_map(|path| match std::fs::metadata(&path) {
+            Ok(m) if m.file_type().is_socket() => Some((path, (m.dev(), m.ino()))),
             Ok(m) if m.is_dir() => {
-                tracing::warn!(path = %path.display(), "skipping sub-folder in socket folder");
-                false
+                tracing::debug!(path = %path.display(), "skipping sub-folder in socket folder");
+                None
             }
             Ok(_) => {
-                tracing::warn!(path = %path.display(), "skipping file that is not a Unix socket");
-                false
+                tracing::debug!(path = %path.display(), "skipping file that is not a Unix socket");
+                None
             }
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "skipping unreadable entry in socket folder");
-                false
+                tracing::debug!(path = %path.display(), error = %e, "skipping unreadable entry in socket folder");
+                None
             }
         })
         .collect()
 }
 
-/// Scans `folder` and probes every socket concurrently, each bounded by `timeout` for the dial
-/// and again for the reflection call.
+/// Scans `folder` once and probes every socket concurrently, each bounded by `timeout` for the
+/// dial and again for the reflection call.
 pub async fn scan(folder: &Path, timeout: Duration) -> Discovery {
-    let paths = list_sockets(folder);
-    let probes = paths.into_iter().map(|path| async move {
-        let name = type_name(&path);
-        match probe(&path, timeout).await {
-            Ok((services, reflection)) => {
-                let kinds: Vec<ComponentKind> = services
-                    .iter()
-                    .filter_map(|s| ComponentKind::from_service_name(s))
-                    .collect();
-                Ok(DiscoveredSocket {
-                    path,
-                    name,
-                    services,
-                    kinds,
-                    reflection,
-                })
-            }
-            Err(reason) => Err(SocketFailure { path, name, reason }),
-        }
-    });
-    let mut discovery = Discovery {
-        folder: folder.to_path_buf(),
-        ..Default::default()
-    };
-    // Later files win on a name clash (as in Dapr), but plugd says so.
-    let mut by_name: BTreeMap<String, DiscoveredSocket> = BTreeMap::new();
-    for result in futures::future::join_all(probes).await {
-        match result {
-            Ok(socket) => {
-                if socket.kinds.is_empty() {
-                    tracing::warn!(socket = %socket.path.display(), services = ?socket.services,
-                        "socket serves no component service; ignored");
-                    discovery.failures.push(SocketFailure {
-                        path: socket.path.clone(),
-                        name: socket.name.clone(),
-                        reason: format!(
-                            "serves no component service (found {:?})",
-                            socket.services
-                        ),
-                    });
-                    continue;
-                }
-                tracing::info!(socket = %socket.path.display(), component_type = %socket.name,
-                    kinds = ?socket.kinds, reflection = socket.reflection, "pluggable component discovered");
-                if let Some(prev) = by_name.insert(socket.name.clone(), socket.clone()) {
-                    tracing::warn!(name = %socket.name, ignored = %prev.path.display(), used = %socket.path.display(),
-                        "two sockets have the same component type name; the later file wins");
-                }
-            }
-            Err(failure) => {
-                tracing::warn!(socket = %failure.path.display(), reason = %failure.reason, "socket skipped");
-                discovery.failures.push(failure);
-            }
+    Scanner::new(folder.to_path_buf(), timeout).scan().await
+}
+
+/// Repeated scans of one folder: sockets whose file has not changed since they last answered
+/// are not probed again; new, recreated and previously failing sockets are.
+pub struct Scanner {
+    folder: PathBuf,
+    timeout: Duration,
+    known: HashMap<PathBuf, (Identity, DiscoveredSocket)>,
+    failed: HashMap<PathBuf, (Identity, String)>,
+    warned: std::collections::HashSet<PathBuf>,
+}
+
+impl Scanner {
+    pub fn new(folder: PathBuf, timeout: Duration) -> Self {
+        Self {
+            folder,
+            timeout,
+            known: HashMap::new(),
+            failed: HashMap::new(),
+            warned: Default::default(),
         }
     }
-    discovery.sockets = by_name.into_values().collect();
-    discovery
+
+    pub fn folder(&self) -> &Path {
+        &self.folder
+    }
+
+    pub async fn scan(&mut self) -> Discovery {
+        self.warn_about_other_entries();
+        let listed = list_sockets(&self.folder);
+        let timeout = self.timeout;
+        let probes = listed.into_iter().map(|(path, identity)| {
+            let cached = self
+                .known
+                .get(&path)
+                .filter(|(id, _)| *id == identity)
+                .map(|(_, s)| s.clone());
+            async move {
+                if let Some(socket) = cached {
+                    return (identity, Ok(socket));
+                }
+                let name = type_name(&path);
+                let result = match probe(&path, timeout).await {
+                    Ok((services, reflection)) => {
+                        let kinds: Vec<ComponentKind> = services
+                            .iter()
+                            .filter_map(|s| ComponentKind::from_service_name(s))
+                            .collect();
+                        if kinds.is_empty() {
+                            Err(SocketFailure {
+                                reason: format!("serves no component service (found {services:?})"),
+                                path,
+                                name,
+                                identity,
+                            })
+                        } else {
+                            tracing::info!(socket = %path.display(), component_type = %name,
+                                kinds = ?kinds, reflection, "pluggable component discovered");
+                            Ok(DiscoveredSocket {
+                                path,
+                                name,
+                                services,
+                                kinds,
+                                reflection,
+                                identity,
+                            })
+                        }
+                    }
+                    Err(reason) => Err(SocketFailure {
+                        path,
+                        name,
+                        reason,
+                        identity,
+                    }),
+                };
+                (identity, result)
+            }
+        });
+        let mut discovery = Discovery {
+            folder: self.folder.clone(),
+            ..Default::default()
+        };
+        let mut known = HashMap::new();
+        let mut failed = HashMap::new();
+        // Later files win on a name clash (as in Dapr), but plugd says so.
+        let mut by_name: BTreeMap<String, DiscoveredSocket> = BTreeMap::new();
+        for (identity, result) in futures::future::join_all(probes).await {
+            match result {
+                Ok(socket) => {
+                    known.insert(socket.path.clone(), (identity, socket.clone()));
+                    if let Some(prev) = by_name.insert(socket.name.clone(), socket.clone()) {
+                        tracing::warn!(name = %socket.name, ignored = %prev.path.display(), used = %socket.path.display(),
+                            "two sockets have the same component type name; the later file wins");
+                    }
+                }
+                Err(failure) => {
+                    // Say it once per socket file and reason, not on every rescan.
+                    let said = (failure.identity, failure.reason.clone());
+                    if self.failed.get(&failure.path) != Some(&said) {
+                        tracing::warn!(socket = %failure.path.display(), reason = %failure.reason, "socket skipped");
+                    }
+                    failed.insert(failure.path.clone(), said);
+                    discovery.failures.push(failure);
+                }
+            }
+        }
+        self.failed = failed;
+        self.known = known;
+        discovery.sockets = by_name.into_values().collect();
+        discovery
+    }
+
+    fn warn_about_other_entries(&mut self) {
+        let Ok(entries) = std::fs::read_dir(&self.folder) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if self.warned.contains(&path) {
+                continue;
+            }
+            match std::fs::metadata(&path) {
+                Ok(m) if m.file_type().is_socket() => continue,
+                Ok(m) if m.is_dir() => {
+                    tracing::warn!(path = %path.display(), "skipping sub-folder in socket folder")
+                }
+                Ok(_) => {
+                    tracing::warn!(path = %path.display(), "skipping file that is not a Unix socket")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "skipping unreadable entry in socket folder")
+                }
+            }
+            self.warned.insert(path);
+        }
+    }
+}
+
+/// Watches the socket folder (inotify, debounced) and rescans on every change, and every
+/// `rescan_every` in any case (to retry sockets that failed and cover missed events). Each
+/// scan that differs from the last is published.
+pub fn watch_folder(
+    mut scanner: Scanner,
+    first: Discovery,
+    rescan_every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::sync::watch::Receiver<Arc<Discovery>> {
+    use notify::Watcher;
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(first));
+    let (events_tx, mut events) = tokio::sync::mpsc::channel::<()>(16);
+    let folder = scanner.folder().to_path_buf();
+    if let Err(e) = std::fs::create_dir_all(&folder) {
+        tracing::warn!(folder = %folder.display(), error = %e, "cannot create the socket folder");
+    }
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok() {
+            let _ = events_tx.try_send(());
+        }
+    })
+    .and_then(|mut w| {
+        w.watch(&folder, notify::RecursiveMode::NonRecursive)
+            .map(|()| w)
+    });
+    let watcher = match watcher {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(folder = %folder.display(), error = %e,
+                "cannot watch the socket folder; rescanning every {rescan_every:?} only");
+            None
+        }
+    };
+    tokio::spawn(async move {
+        let _watcher = watcher;
+        let mut last = fingerprint(&tx.borrow());
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                Some(()) = events.recv() => {
+                    // Debounce: let a burst of events settle.
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    while events.try_recv().is_ok() {}
+                }
+                _ = tokio::time::sleep(rescan_every) => {}
+            }
+            let discovery = scanner.scan().await;
+            let now = fingerprint(&discovery);
+            if now != last {
+                tracing::debug!(
+                    sockets = discovery.sockets.len(),
+                    failed = discovery.failures.len(),
+                    "socket folder changed"
+                );
+                last = now;
+                if tx.send(Arc::new(discovery)).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    rx
+}
+
+fn fingerprint(d: &Discovery) -> Vec<(PathBuf, Identity, bool)> {
+    let mut out: Vec<_> = d
+        .sockets
+        .iter()
+        .map(|s| (s.path.clone(), s.identity, true))
+        .chain(
+            d.failures
+                .iter()
+                .map(|f| (f.path.clone(), f.identity, false)),
+        )
+        .collect();
+    out.sort();
+    out
 }
 
 /// Dials one socket and lists its services: v1alpha reflection, then v1.

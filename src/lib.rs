@@ -15,6 +15,7 @@ pub mod discovery;
 pub mod lifecycle;
 pub mod proto;
 pub mod registry;
+pub mod reload;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -1,9 +1,16 @@
 //! Bringing component instances up: socket → kind check → properties → dial → Init →
 //! Features → Ping, the whole of it bounded by the component's `initTimeout`.
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use async_trait::async_trait;
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
@@ -15,8 +22,8 @@ use crate::{
         Config,
         manifest::{Category, ComponentManifest, MetadataValue},
     },
-    discovery::Discovery,
-    registry::{ComponentInfo, ComponentStatus, Snapshot, StateEntry},
+    discovery::{DiscoveredSocket, Discovery, Identity},
+    registry::{ComponentInfo, ComponentStatus, Publish, Registry},
 };
 
 /// Why one component could not be brought up.
@@ -166,125 +173,450 @@ fn apply_templates(value: &str, ctx: &TemplateContext) -> Result<String, String>
     Ok(out.replace("{appID}", &ctx.app_id))
 }
 
-/// The outcome of bringing up every component.
-pub struct Started {
-    pub snapshot: Snapshot,
-    /// Failures of components without `ignoreErrors`: plugd must not serve.
-    pub fatal: Vec<(String, InitError)>,
+/// Settings every supervisor shares.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub app_id: String,
+    pub namespace: Option<String>,
+    pub call_timeout: Duration,
+    pub health_interval: Duration,
+    pub health_failures: u32,
+    /// How long a component waits for its socket before it is reported failed; `None` = its
+    /// own `initTimeout`. It keeps waiting (and starts when the socket appears) either way.
+    pub component_wait: Option<Duration>,
+    pub pod_name: Option<String>,
 }
 
-/// Brings up every component concurrently, each bounded by its own `initTimeout`.
-pub async fn start_all(
-    manifests: Vec<ComponentManifest>,
-    discovery: Discovery,
-    config: &Config,
-) -> Started {
-    let ctx = TemplateContext {
-        app_id: config.app_id.clone(),
-        namespace: config.namespace.clone(),
-        pod_name: std::env::var("POD_NAME").ok(),
-    };
-    let env = |k: &str| std::env::var(k).ok();
-    let tasks = manifests.iter().map(|m| {
-        let span = tracing::info_span!("component", name = %m.name, r#type = %m.type_name());
-        start_one(m, &discovery, config, &ctx, &env).instrument(span)
-    });
-    let results = futures::future::join_all(tasks).await;
+impl Settings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            app_id: config.app_id.clone(),
+            namespace: config.namespace.clone(),
+            call_timeout: config.call_timeout,
+            health_interval: config.health_interval,
+            health_failures: config.health_failures.max(1),
+            component_wait: config.component_wait,
+            pod_name: std::env::var("POD_NAME").ok(),
+        }
+    }
 
-    let mut snapshot = Snapshot::default();
-    let mut fatal = Vec::new();
-    for (m, result) in manifests.iter().zip(results) {
-        let socket = discovery.socket(&m.socket_name).map(|s| s.path.clone());
-        let mut info = ComponentInfo {
-            name: m.name.clone(),
-            type_name: m.type_name(),
-            version: if m.version.is_empty() {
-                "v1".into()
-            } else {
-                m.version.clone()
-            },
-            kinds: m.category.kinds().to_vec(),
-            socket,
-            file: m.file.clone(),
-            features: Vec::new(),
-            status: ComponentStatus::Ready,
+    fn templates(&self) -> TemplateContext {
+        TemplateContext {
+            app_id: self.app_id.clone(),
+            namespace: self.namespace.clone(),
+            pod_name: self.pod_name.clone(),
+        }
+    }
+}
+
+/// Owns one supervisor per component: starts them, and applies hot-reloaded resources.
+pub struct Manager {
+    registry: Arc<Registry>,
+    settings: Arc<Settings>,
+    discovery: watch::Receiver<Arc<Discovery>>,
+    stop: CancellationToken,
+    running: HashMap<String, Running>,
+    next_generation: u64,
+}
+
+struct Running {
+    manifest: ComponentManifest,
+    generation: u64,
+    stop: CancellationToken,
+}
+
+impl Manager {
+    pub fn new(
+        registry: Arc<Registry>,
+        settings: Settings,
+        discovery: watch::Receiver<Arc<Discovery>>,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            registry,
+            settings: Arc::new(settings),
+            discovery,
+            stop,
+            running: HashMap::new(),
+            next_generation: 1,
+        }
+    }
+
+    fn spawn(&mut self, m: ComponentManifest, ready: Option<oneshot::Sender<()>>) -> Running {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let stop = self.stop.child_token();
+        let supervisor = Supervisor {
+            info: initial_info(&m, generation),
+            m: m.clone(),
+            registry: self.registry.clone(),
+            discovery: self.discovery.clone(),
+            settings: self.settings.clone(),
+            stop: stop.clone(),
+            shadow: ready,
         };
-        match result {
-            Ok(Instance::State {
-                store,
-                features,
-                key_prefix,
-            }) => {
-                info.features = features;
-                let info = Arc::new(info);
-                tracing::info!(component = %m.name, r#type = %info.type_name, features = ?info.features, "component ready");
-                snapshot.state.insert(
-                    m.name.clone(),
-                    Arc::new(StateEntry {
-                        info: info.clone(),
-                        store,
-                        key_prefix,
-                    }),
-                );
-                snapshot.components.push(info);
+        if supervisor.shadow.is_none() {
+            self.registry
+                .publish(Publish::Info(supervisor.info.clone()));
+        }
+        let span = tracing::info_span!("component", name = %m.name, r#type = %m.type_name());
+        tokio::spawn(supervisor.run().instrument(span));
+        Running {
+            manifest: m,
+            generation,
+            stop,
+        }
+    }
+
+    /// Starts a supervisor for each component.
+    pub fn start(&mut self, manifests: Vec<ComponentManifest>) {
+        for m in manifests {
+            let running = self.spawn(m.clone(), None);
+            self.running.insert(m.name.clone(), running);
+        }
+    }
+
+    /// Waits (bounded) until no component is still on its first Init attempt.
+    pub async fn settled(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            let snapshot = self.registry.snapshot();
+            if !snapshot
+                .components
+                .values()
+                .any(|c| c.status == ComponentStatus::Initializing)
+            {
+                return;
             }
-            Ok(Instance::NotServed(reason)) => {
-                tracing::warn!(component = %m.name, r#type = %info.type_name, "{reason}");
-                info.status = ComponentStatus::NotServed { reason };
-                snapshot.components.push(Arc::new(info));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Applies a new, valid set of components: new ones start, removed ones stop, changed ones
+    /// get a new instance that replaces the old one once it is ready (the old one keeps serving
+    /// until then, and if the new one fails to come up within its `initTimeout`).
+    pub async fn apply(&mut self, manifests: Vec<ComponentManifest>) {
+        let wanted: HashMap<String, ComponentManifest> =
+            manifests.into_iter().map(|m| (m.name.clone(), m)).collect();
+        let removed: Vec<String> = self
+            .running
+            .keys()
+            .filter(|n| !wanted.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(old) = self.running.remove(&name) {
+                tracing::info!(component = %name, "component removed from the resources; closing it");
+                old.stop.cancel();
+                self.registry.remove(&name, old.generation);
             }
-            Err(e) => {
-                let error = e.to_string();
-                if m.ignore_errors {
-                    tracing::warn!(component = %m.name, r#type = %info.type_name, %error, "component failed; ignored (ignoreErrors)");
-                } else {
-                    tracing::error!(component = %m.name, r#type = %info.type_name, %error, "component failed");
-                    fatal.push((m.name.clone(), e));
+        }
+        for (name, m) in wanted {
+            match self.running.get(&name) {
+                Some(old) if old.manifest == m => {}
+                Some(_) => {
+                    tracing::info!(component = %name, "component changed; starting a new instance");
+                    let (tx, rx) = oneshot::channel();
+                    let limit =
+                        m.init_timeout + self.settings.component_wait.unwrap_or(Duration::ZERO);
+                    let new = self.spawn(m, Some(tx));
+                    match tokio::time::timeout(limit, rx).await {
+                        Ok(Ok(())) => {
+                            if let Some(old) = self.running.insert(name.clone(), new) {
+                                old.stop.cancel();
+                            }
+                            tracing::info!(component = %name, "new instance serving; old instance closed");
+                        }
+                        _ => {
+                            new.stop.cancel();
+                            tracing::error!(component = %name,
+                                "the changed component did not become ready within {limit:?}; the old instance keeps serving");
+                        }
+                    }
                 }
-                info.status = ComponentStatus::Failed {
-                    error,
-                    ignored: m.ignore_errors,
-                };
-                snapshot.components.push(Arc::new(info));
+                None => {
+                    tracing::info!(component = %name, "component added");
+                    let running = self.spawn(m, None);
+                    self.running.insert(name, running);
+                }
             }
         }
     }
-    snapshot.discovery = discovery;
-    Started { snapshot, fatal }
 }
 
-enum Instance {
-    State {
-        store: Arc<dyn StateStore>,
-        features: Vec<String>,
-        key_prefix: KeyPrefix,
-    },
-    NotServed(String),
+fn initial_info(m: &ComponentManifest, generation: u64) -> ComponentInfo {
+    ComponentInfo {
+        name: m.name.clone(),
+        type_name: m.type_name(),
+        version: if m.version.is_empty() {
+            "v1".into()
+        } else {
+            m.version.clone()
+        },
+        kinds: m.category.kinds().to_vec(),
+        socket: None,
+        file: m.file.clone(),
+        features: Vec::new(),
+        status: ComponentStatus::Initializing,
+        since: SystemTime::now(),
+        last_error: None,
+        ignore_errors: m.ignore_errors,
+        generation,
+    }
 }
 
-async fn start_one(
-    m: &ComponentManifest,
-    discovery: &Discovery,
-    config: &Config,
-    ctx: &TemplateContext,
-    env: &(dyn Fn(&str) -> Option<String> + Sync),
-) -> Result<Instance, InitError> {
-    let socket = match discovery.socket(&m.socket_name) {
-        Some(s) => s,
-        None => {
-            return Err(match discovery.failure(&m.socket_name) {
-                Some(f) => InitError::BadSocket {
-                    type_name: m.type_name(),
-                    socket: f.path.clone(),
-                    reason: f.reason.clone(),
-                },
-                None => InitError::NoSocket {
-                    type_name: m.type_name(),
-                    expected: format!("{}.sock", m.socket_name),
-                    folder: discovery.folder.clone(),
-                },
-            });
+/// Keeps one component instance alive: waits for its socket, initialises it, pings it, and
+/// initialises it again whenever the process behind the socket may have changed.
+struct Supervisor {
+    m: ComponentManifest,
+    info: ComponentInfo,
+    registry: Arc<Registry>,
+    discovery: watch::Receiver<Arc<Discovery>>,
+    settings: Arc<Settings>,
+    stop: CancellationToken,
+    /// Set for a hot-reloaded instance: publish nothing until it is ready, then say so.
+    shadow: Option<oneshot::Sender<()>>,
+}
+
+enum Exit {
+    Stop,
+    Reinit(String),
+}
+
+impl Supervisor {
+    fn set(&mut self, status: ComponentStatus, store: Option<(Arc<dyn StateStore>, KeyPrefix)>) {
+        if let Some(error) = status
+            .reason()
+            .filter(|_| !matches!(status, ComponentStatus::NotServed { .. }))
+        {
+            self.info.last_error = Some((error.to_string(), SystemTime::now()));
         }
+        if self.info.status != status {
+            self.info.since = SystemTime::now();
+            match &status {
+                ComponentStatus::Ready => {
+                    tracing::info!(features = ?self.info.features, "component ready")
+                }
+                ComponentStatus::Failed { error } if !self.info.ignore_errors => {
+                    tracing::error!(%error, "component failed")
+                }
+                other => tracing::warn!(
+                    status = other.name(),
+                    reason = other.reason().unwrap_or(""),
+                    "component status"
+                ),
+            }
+        }
+        self.info.status = status;
+        if self.shadow.is_some() && self.info.status != ComponentStatus::Ready {
+            return;
+        }
+        match store {
+            Some((store, prefix)) => {
+                self.registry
+                    .publish(Publish::State(self.info.clone(), store, prefix))
+            }
+            None => self.registry.publish(Publish::Info(self.info.clone())),
+        }
+        if let Some(ready) = self.shadow.take() {
+            let _ = ready.send(());
+        }
+    }
+
+    async fn run(mut self) {
+        let templates = self.settings.templates();
+        let env = |k: &str| std::env::var(k).ok();
+        let properties = match resolve_properties(&self.m, &templates, &NoSecretStores, &env).await
+        {
+            Ok(p) => p,
+            Err(e) => return self.fail_until_stopped(e.to_string()).await,
+        };
+        let key_prefix = match KeyPrefix::from_metadata(
+            properties.get(KEY_PREFIX).map(String::as_str),
+            &self.settings.app_id,
+            &self.m.name,
+            self.settings.namespace.as_deref(),
+        ) {
+            Ok(p) => p,
+            Err(reason) => {
+                let e = InitError::Metadata {
+                    field: KEY_PREFIX.into(),
+                    reason,
+                };
+                return self.fail_until_stopped(e.to_string()).await;
+            }
+        };
+        let mut waiting_since = tokio::time::Instant::now();
+        let mut backoff = Backoff::default();
+        loop {
+            if self.stop.is_cancelled() {
+                return;
+            }
+            let discovery = self.discovery.borrow_and_update().clone();
+            let socket = match find_socket(&self.m, &discovery) {
+                Ok(socket) => socket.clone(),
+                Err(e) => {
+                    let limit = self.settings.component_wait.unwrap_or(self.m.init_timeout);
+                    let overdue = waiting_since.elapsed() >= limit;
+                    let status = if overdue {
+                        ComponentStatus::Failed {
+                            error: format!("{e} (waited {limit:?}; still waiting)"),
+                        }
+                    } else {
+                        ComponentStatus::Waiting {
+                            reason: e.to_string(),
+                        }
+                    };
+                    self.info.socket = None;
+                    self.set(status, None);
+                    self.registry.drop_store(&self.m.name, self.info.generation);
+                    let left = limit.saturating_sub(waiting_since.elapsed());
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return,
+                        r = self.discovery.changed() => if r.is_err() { return self.stop.cancelled().await },
+                        _ = tokio::time::sleep(left), if !overdue => {}
+                    }
+                    continue;
+                }
+            };
+            if self.m.category != Category::State {
+                self.info.socket = Some(socket.path.clone());
+                self.set(
+                    ComponentStatus::NotServed {
+                        reason: format!(
+                            "{} components are discovered but not served by this plugd version yet",
+                            self.m.category.prefix()
+                        ),
+                    },
+                    None,
+                );
+                return self.stop.cancelled().await;
+            }
+            self.info.socket = Some(socket.path.clone());
+            match init_state(&self.m, &socket, properties.clone(), &self.settings).await {
+                Ok((store, features)) => {
+                    backoff = Backoff::default();
+                    self.info.features = features;
+                    let store = Arc::new(store);
+                    self.set(
+                        ComponentStatus::Ready,
+                        Some((store.clone(), key_prefix.clone())),
+                    );
+                    match self.serve(&store, socket.identity).await {
+                        Exit::Stop => return,
+                        Exit::Reinit(reason) => {
+                            tracing::warn!(%reason, "re-initialising the component");
+                            self.set(ComponentStatus::Unhealthy { error: reason }, None);
+                            waiting_since = tokio::time::Instant::now();
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.set(
+                        ComponentStatus::Failed {
+                            error: e.to_string(),
+                        },
+                        None,
+                    );
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return,
+                        r = self.discovery.changed() => if r.is_err() { return self.stop.cancelled().await },
+                        _ = tokio::time::sleep(backoff.next()) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn fail_until_stopped(mut self, error: String) {
+        self.set(ComponentStatus::Failed { error }, None);
+        self.stop.cancelled().await;
+    }
+
+    /// Pings on a jittered schedule while the connection and the socket stay the same.
+    async fn serve(&mut self, store: &Arc<GrpcStateStore>, identity: Identity) -> Exit {
+        let conn = store.connection().clone();
+        let mut failures = 0u32;
+        loop {
+            let jitter = rand::random_range(0.8..1.2);
+            let tick = self.settings.health_interval.mul_f64(jitter);
+            tokio::select! {
+                _ = self.stop.cancelled() => return Exit::Stop,
+                _ = conn.lost() => {
+                    return Exit::Reinit(format!("the connection to {} was lost", conn.socket().display()));
+                }
+                r = self.discovery.changed() => {
+                    if r.is_err() {
+                        continue;
+                    }
+                    let discovery = self.discovery.borrow_and_update().clone();
+                    match discovery.socket(&self.m.socket_name) {
+                        Some(s) if s.identity == identity => {}
+                        Some(s) => return Exit::Reinit(format!("socket {} was recreated", s.path.display())),
+                        None => return Exit::Reinit(format!("socket {} was removed", conn.socket().display())),
+                    }
+                }
+                _ = tokio::time::sleep(tick) => match store.ping().await {
+                    Ok(()) => {
+                        failures = 0;
+                        if self.info.status != ComponentStatus::Ready {
+                            self.set(ComponentStatus::Ready, None);
+                        }
+                    }
+                    // A component without Ping is healthy while its calls succeed.
+                    Err(e) if e.status().is_some_and(|s| s.code() == tonic::Code::Unimplemented) => failures = 0,
+                    Err(_) if conn.is_lost() => {
+                        return Exit::Reinit(format!("the connection to {} was lost", conn.socket().display()));
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        self.info.last_error = Some((e.to_string(), SystemTime::now()));
+                        if failures >= self.settings.health_failures {
+                            self.set(ComponentStatus::Unhealthy { error: format!("{failures} pings failed: {e}") }, None);
+                        } else {
+                            tracing::warn!(error = %e, failures, "ping failed");
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Retry delays: 100 ms doubling to 2 s, jittered.
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(Duration::from_millis(100))
+    }
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(2));
+        d.mul_f64(rand::random_range(0.75..1.25))
+    }
+}
+
+fn find_socket<'a>(
+    m: &ComponentManifest,
+    discovery: &'a Discovery,
+) -> Result<&'a DiscoveredSocket, InitError> {
+    let Some(socket) = discovery.socket(&m.socket_name) else {
+        return Err(match discovery.failure(&m.socket_name) {
+            Some(f) => InitError::BadSocket {
+                type_name: m.type_name(),
+                socket: f.path.clone(),
+                reason: f.reason.clone(),
+            },
+            None => InitError::NoSocket {
+                type_name: m.type_name(),
+                expected: format!("{}.sock", m.socket_name),
+                folder: discovery.folder.clone(),
+            },
+        });
     };
     let wanted = m.category.kinds();
     if !wanted.iter().any(|k| socket.kinds.contains(k)) {
@@ -294,39 +626,27 @@ async fn start_one(
             wanted: join_kinds(wanted),
         });
     }
-    if m.category != Category::State {
-        return Ok(Instance::NotServed(format!(
-            "{} components are discovered but not served by this plugd version yet",
-            m.category.prefix()
-        )));
-    }
-    let properties = resolve_properties(m, ctx, &NoSecretStores, env).await?;
-    let key_prefix = KeyPrefix::from_metadata(
-        properties.get(KEY_PREFIX).map(String::as_str),
-        &config.app_id,
-        &m.name,
-        config.namespace.as_deref(),
-    )
-    .map_err(|reason| InitError::Metadata {
-        field: KEY_PREFIX.into(),
-        reason,
-    })?;
+    Ok(socket)
+}
+
+/// Dial → Init → Features → Ping, all of it bounded by `initTimeout`.
+async fn init_state(
+    m: &ComponentManifest,
+    socket: &DiscoveredSocket,
+    properties: HashMap<String, String>,
+    settings: &Settings,
+) -> Result<(GrpcStateStore, Vec<String>), InitError> {
     let timeout = m.init_timeout;
-    let path = socket.path.clone();
     let deadline = tokio::time::Instant::now() + timeout;
     let init = async {
-        let channel = dial(&path, timeout).await?;
-        let conn = Connection::new(channel, &m.name, path.clone(), config.call_timeout)?;
+        let channel = dial(&socket.path, timeout).await?;
+        let conn = Connection::new(channel, &m.name, socket.path.clone(), settings.call_timeout)?;
         let (store, features) = GrpcStateStore::init(conn, properties, deadline).await?;
         store.ping().await?;
         Ok::<_, ComponentError>((store, features))
     };
     match tokio::time::timeout_at(deadline, init).await {
-        Ok(Ok((store, features))) => Ok(Instance::State {
-            store: Arc::new(store),
-            features,
-            key_prefix,
-        }),
+        Ok(Ok(ready)) => Ok(ready),
         // A call cut short by the init deadline is the init timing out.
         Ok(Err(ComponentError::Timeout { .. })) if tokio::time::Instant::now() >= deadline => {
             Err(InitError::Timeout(timeout))

@@ -1,10 +1,11 @@
 //! The registry: component name → `Arc<dyn Trait>` per kind, plus what the metadata and health
-//! APIs report. Readers take a cheap snapshot; writers swap a whole new one.
+//! APIs report. Readers take a cheap snapshot; each component's supervisor publishes changes.
 
 use std::{
     collections::{BTreeMap, HashMap},
     path::PathBuf,
     sync::{Arc, RwLock},
+    time::SystemTime,
 };
 
 use arc_swap::ArcSwap;
@@ -20,16 +21,41 @@ use crate::{
 /// Where a component instance stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ComponentStatus {
+    /// Being initialised for the first time.
+    Initializing,
+    /// Waiting for its socket (not there yet, gone, or unusable).
+    Waiting { reason: String },
+    /// Serving.
     Ready,
-    /// Init failed; `ignored` when the component has `ignoreErrors: true`.
-    Failed {
-        error: String,
-        ignored: bool,
-    },
+    /// Pings failed, or the connection was lost: calls fail fast until it recovers.
+    Unhealthy { error: String },
+    /// Init failed; retried in the background.
+    Failed { error: String },
     /// Valid, but of a kind this plugd does not serve yet.
-    NotServed {
-        reason: String,
-    },
+    NotServed { reason: String },
+}
+
+impl ComponentStatus {
+    /// The short name shown by the metadata API.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Initializing => "INITIALIZING",
+            Self::Waiting { .. } => "WAITING",
+            Self::Ready => "READY",
+            Self::Unhealthy { .. } => "UNHEALTHY",
+            Self::Failed { .. } => "FAILED",
+            Self::NotServed { .. } => "NOT_SERVED",
+        }
+    }
+
+    /// Why it is not ready, if it is not.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Self::Waiting { reason } | Self::NotServed { reason } => Some(reason),
+            Self::Unhealthy { error } | Self::Failed { error } => Some(error),
+            Self::Initializing | Self::Ready => None,
+        }
+    }
 }
 
 /// What plugd knows of one component instance.
@@ -43,12 +69,26 @@ pub struct ComponentInfo {
     pub file: PathBuf,
     pub features: Vec<String>,
     pub status: ComponentStatus,
+    /// When `status` last changed.
+    pub since: SystemTime,
+    /// The last error seen, and when.
+    pub last_error: Option<(String, SystemTime)>,
+    pub ignore_errors: bool,
+    /// Which supervisor published this; a newer one (hot reload) wins.
+    pub generation: u64,
 }
 
 impl ComponentInfo {
     /// Whether this component keeps plugd from being ready.
     pub fn blocks_readiness(&self) -> bool {
-        matches!(self.status, ComponentStatus::Failed { ignored: false, .. })
+        !self.ignore_errors
+            && matches!(
+                self.status,
+                ComponentStatus::Initializing
+                    | ComponentStatus::Waiting { .. }
+                    | ComponentStatus::Unhealthy { .. }
+                    | ComponentStatus::Failed { .. }
+            )
     }
 }
 
@@ -66,29 +106,49 @@ impl StateEntry {
 }
 
 /// One consistent view of every component.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Snapshot {
+    /// State stores that have been initialised (check `info.status` before use).
     pub state: HashMap<String, Arc<StateEntry>>,
-    pub components: Vec<Arc<ComponentInfo>>,
-    pub discovery: Discovery,
+    pub components: BTreeMap<String, Arc<ComponentInfo>>,
+    pub discovery: Arc<Discovery>,
 }
 
 impl Snapshot {
     pub fn ready(&self) -> bool {
-        !self.components.iter().any(|c| c.blocks_readiness())
+        !self.components.values().any(|c| c.blocks_readiness())
     }
 
     /// The components that keep plugd from being ready, for `/v1.0/healthz`.
     pub fn not_ready(&self) -> Vec<String> {
         self.components
-            .iter()
+            .values()
             .filter(|c| c.blocks_readiness())
-            .map(|c| c.name.clone())
+            .map(|c| {
+                format!(
+                    "{} ({})",
+                    c.name,
+                    c.status.reason().unwrap_or(c.status.name())
+                )
+            })
             .collect()
+    }
+
+    /// The component's status as the API layer needs it: the info of a known component.
+    pub fn component(&self, name: &str) -> Option<&Arc<ComponentInfo>> {
+        self.components.get(name)
     }
 }
 
-/// Shared by every API handler.
+/// A change a supervisor publishes for its component.
+pub enum Publish {
+    /// New info; the live state store, when there is one, stays.
+    Info(ComponentInfo),
+    /// New info and a (new) live state store.
+    State(ComponentInfo, Arc<dyn StateStore>, KeyPrefix),
+}
+
+/// Shared by every API handler and supervisor.
 pub struct Registry {
     current: ArcSwap<Snapshot>,
     extended: RwLock<BTreeMap<String, String>>,
@@ -110,6 +170,89 @@ impl Registry {
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// Publishes a component's new state, unless a newer generation already owns the name.
+    pub fn publish(&self, change: Publish) {
+        let (info, store) = match change {
+            Publish::Info(info) => (Arc::new(info), None),
+            Publish::State(info, store, prefix) => (Arc::new(info), Some((store, prefix))),
+        };
+        self.current.rcu(|old| {
+            let mut next = Snapshot::clone(old);
+            if next
+                .components
+                .get(&info.name)
+                .is_some_and(|c| c.generation > info.generation)
+            {
+                return next;
+            }
+            next.components.insert(info.name.clone(), info.clone());
+            match &store {
+                Some((store, prefix)) => {
+                    next.state.insert(
+                        info.name.clone(),
+                        Arc::new(StateEntry {
+                            info: info.clone(),
+                            store: store.clone(),
+                            key_prefix: prefix.clone(),
+                        }),
+                    );
+                }
+                None => {
+                    if let Some(entry) = next.state.get(&info.name).cloned() {
+                        next.state.insert(
+                            info.name.clone(),
+                            Arc::new(StateEntry {
+                                info: info.clone(),
+                                store: entry.store.clone(),
+                                key_prefix: entry.key_prefix.clone(),
+                            }),
+                        );
+                    }
+                }
+            }
+            next
+        });
+    }
+
+    /// Removes a component, if `generation` still owns it.
+    pub fn remove(&self, name: &str, generation: u64) {
+        self.current.rcu(|old| {
+            let mut next = Snapshot::clone(old);
+            if next
+                .components
+                .get(name)
+                .is_some_and(|c| c.generation == generation)
+            {
+                next.components.remove(name);
+                next.state.remove(name);
+            }
+            next
+        });
+    }
+
+    /// Drops the live state store of a component (its connection closes with it).
+    pub fn drop_store(&self, name: &str, generation: u64) {
+        self.current.rcu(|old| {
+            let mut next = Snapshot::clone(old);
+            if next
+                .state
+                .get(name)
+                .is_some_and(|e| e.info.generation == generation)
+            {
+                next.state.remove(name);
+            }
+            next
+        });
+    }
+
+    pub fn set_discovery(&self, discovery: Arc<Discovery>) {
+        self.current.rcu(|old| {
+            let mut next = Snapshot::clone(old);
+            next.discovery = discovery.clone();
+            next
+        });
     }
 
     /// Attributes set by the app through `SetMetadata`.

@@ -10,13 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use plugd::{
-    app::StartError,
-    component::ComponentKind,
-    config::Config,
-    lifecycle::InitError,
-    registry::{ComponentStatus, Registry},
-};
+use plugd::{component::ComponentKind, config::Config, registry::Registry};
 use plugd_component_sdk::{
     ComponentServer,
     state::{
@@ -198,18 +192,30 @@ impl Zoo {
 }
 
 /// Builds plugd, measuring how long it took.
-async fn timed_start(config: Config) -> (Result<support::RunningPlugd, StartError>, Duration) {
+async fn timed_start(config: Config) -> (support::RunningPlugd, Duration) {
     let started = Instant::now();
-    let result = support::start_plugd(config).await;
-    (result, started.elapsed())
+    let plugd = support::start_plugd(config)
+        .await
+        .unwrap_or_else(|e| panic!("plugd did not start: {e}"));
+    (plugd, started.elapsed())
 }
 
-fn failures(result: Result<support::RunningPlugd, StartError>) -> Vec<(String, InitError)> {
-    match result {
-        Ok(_) => panic!("plugd started although a component failed"),
-        Err(StartError::Components(failures)) => failures,
-        Err(other) => panic!("unexpected start error: {other}"),
-    }
+/// A component's status and reason from `/v1.0/metadata`.
+async fn component_status(plugd: &support::RunningPlugd, name: &str) -> (String, String) {
+    let m: Value = reqwest::get(plugd.http_url("/v1.0/metadata"))
+        .await
+        .expect("metadata")
+        .json()
+        .await
+        .expect("JSON");
+    let c = m["components"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("{name} not in {m}"));
+    (
+        c["status"].as_str().unwrap_or_default().to_string(),
+        c["reason"].as_str().unwrap_or_default().to_string(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,120 +284,93 @@ async fn scan_reports_every_bad_socket_within_a_bound() {
     }
 }
 
+/// A hung Init is abandoned at its initTimeout; plugd serves everything else meanwhile. With
+/// `ignoreErrors` it does not make plugd unready; without, `/v1.0/healthz` says which one is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ignored_init_timeout_does_not_block_serving() {
-    let zoo = Zoo::start().await;
-    zoo.dirs.state_component("statestore", "sqlite", "");
-    zoo.write_hung("  initTimeout: 1s\n  ignoreErrors: true\n");
+async fn hung_init_is_abandoned_and_the_rest_is_served() {
+    for ignore in [true, false] {
+        let zoo = Zoo::start().await;
+        zoo.dirs.state_component("statestore", "sqlite", "");
+        zoo.write_hung(if ignore {
+            "  initTimeout: 1s\n  ignoreErrors: true\n"
+        } else {
+            "  initTimeout: 1s\n"
+        });
 
-    let (result, elapsed) = timed_start(zoo.config()).await;
-    let plugd = result.unwrap_or_else(|e| panic!("plugd did not start: {e}"));
-    assert!(elapsed < Duration::from_secs(5), "start took {elapsed:?}");
-    assert!(
-        elapsed >= Duration::from_secs(1),
-        "initTimeout not waited for: {elapsed:?}"
-    );
+        let (plugd, elapsed) = timed_start(zoo.config()).await;
+        assert!(elapsed < Duration::from_secs(5), "start took {elapsed:?}");
+        assert!(
+            elapsed >= Duration::from_secs(1),
+            "initTimeout not waited for: {elapsed:?}"
+        );
 
-    let snapshot = plugd.registry.snapshot();
-    let hung = snapshot
-        .components
-        .iter()
-        .find(|c| c.name == "hung")
-        .expect("hung is recorded");
-    match &hung.status {
-        ComponentStatus::Failed { ignored, .. } => assert!(ignored),
-        other => panic!("hung is {other:?}"),
+        let (status, reason) = component_status(&plugd, "hung").await;
+        assert_eq!(status, "FAILED", "{reason}");
+        assert!(
+            reason.contains("initTimeout 1s") && reason.contains("abandoned"),
+            "{reason}"
+        );
+        assert_eq!(component_status(&plugd, "statestore").await.0, "READY");
+
+        let http = reqwest::Client::new();
+        let r = http
+            .post(plugd.http_url("/v1.0/state/statestore"))
+            .json(&json!([{"key": "k", "value": "v"}]))
+            .send()
+            .await
+            .expect("save");
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        let r = http
+            .get(plugd.http_url("/v1.0/state/statestore/k"))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.text().await.expect("body"), "\"v\"");
+
+        // The hung store fails fast, naming itself and its socket.
+        let started = Instant::now();
+        let r = http
+            .get(plugd.http_url("/v1.0/state/hung/k"))
+            .send()
+            .await
+            .expect("get");
+        assert!(started.elapsed() < Duration::from_millis(500));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body: Value = r.json().await.expect("JSON");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("hung") && message.contains("hang.sock"),
+            "{body}"
+        );
+
+        let r = http
+            .get(plugd.http_url("/v1.0/healthz"))
+            .send()
+            .await
+            .expect("healthz");
+        if ignore {
+            assert_eq!(
+                r.status(),
+                StatusCode::NO_CONTENT,
+                "an ignored failure must not make plugd unready"
+            );
+        } else {
+            assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            let body: Value = r.json().await.expect("JSON");
+            assert_eq!(body["errorCode"], "ERR_HEALTH_NOT_READY");
+            assert!(
+                body["message"].as_str().is_some_and(|m| m.contains("hung")),
+                "{body}"
+            );
+        }
+        let r = http
+            .get(plugd.http_url("/v1.0/healthz/outbound"))
+            .send()
+            .await
+            .expect("outbound");
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        plugd.stop().await;
     }
-
-    let http = reqwest::Client::new();
-    let r = http
-        .post(plugd.http_url("/v1.0/state/statestore"))
-        .json(&json!([{"key": "k", "value": "v"}]))
-        .send()
-        .await
-        .expect("save");
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let r = http
-        .get(plugd.http_url("/v1.0/state/statestore/k"))
-        .send()
-        .await
-        .expect("get");
-    assert_eq!(r.text().await.expect("body"), "\"v\"");
-    let r = http
-        .get(plugd.http_url("/v1.0/healthz"))
-        .send()
-        .await
-        .expect("healthz");
-    assert_eq!(
-        r.status(),
-        StatusCode::NO_CONTENT,
-        "an ignored failure must not make plugd unready"
-    );
-    let m: Value = http
-        .get(plugd.http_url("/v1.0/metadata"))
-        .send()
-        .await
-        .expect("metadata")
-        .json()
-        .await
-        .expect("metadata JSON");
-    let names: Vec<&str> = m["components"]
-        .as_array()
-        .expect("components")
-        .iter()
-        .filter_map(|c| c["name"].as_str())
-        .collect();
-    assert_eq!(names, ["statestore"], "{m}");
-    // The hung store is not served.
-    let r = http
-        .get(plugd.http_url("/v1.0/state/hung/k"))
-        .send()
-        .await
-        .expect("get");
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    plugd.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn init_timeout_without_ignore_errors_fails_start() {
-    let zoo = Zoo::start().await;
-    zoo.dirs.state_component("statestore", "sqlite", "");
-    zoo.write_hung("  initTimeout: 1s\n");
-
-    let (result, elapsed) = timed_start(zoo.config()).await;
-    assert!(elapsed < Duration::from_secs(5), "start took {elapsed:?}");
-    assert!(
-        elapsed >= Duration::from_secs(1),
-        "initTimeout not waited for: {elapsed:?}"
-    );
-    let failures = failures(result);
-    let names: Vec<&str> = failures.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["hung"], "{failures:?}");
-    let text = StartError::Components(failures).to_string();
-    assert!(text.contains("hung"), "{text}");
-}
-
-/// The failure of a hung Init says that `initTimeout` ran out and the component was abandoned,
-/// whichever deadline (the Init RPC's own or the overall one) fires first.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hung_init_is_reported_as_init_timeout() {
-    let zoo = Zoo::start().await;
-    zoo.write_hung("  initTimeout: 1s\n");
-
-    let (result, _) = timed_start(zoo.config()).await;
-    let failures = failures(result);
-    assert_eq!(failures.len(), 1, "{failures:?}");
-    let (name, error) = &failures[0];
-    assert_eq!(name, "hung");
-    assert!(
-        matches!(error, InitError::Timeout(d) if *d == Duration::from_secs(1)),
-        "not InitError::Timeout: {error:?}"
-    );
-    let text = StartError::Components(failures).to_string();
-    assert!(
-        text.contains("initTimeout") && text.contains("abandoned"),
-        "{text}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,28 +386,31 @@ async fn missing_and_unusable_sockets_are_named() {
         "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: dead\nspec:\n  type: state.stale\n  version: v1\n",
     );
 
-    let (result, elapsed) = timed_start(zoo.config()).await;
+    let (plugd, elapsed) = timed_start(zoo.config()).await;
     assert!(elapsed < Duration::from_secs(5), "start took {elapsed:?}");
-    let mut failures = failures(result);
-    failures.sort_by(|a, b| a.0.cmp(&b.0));
-    let names: Vec<&str> = failures.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["dead", "nowhere"], "{failures:?}");
     let folder = zoo.dirs.sockets.display().to_string();
-    let absent = failures[1].1.to_string();
-    assert!(
-        matches!(failures[1].1, InitError::NoSocket { .. }),
-        "{absent}"
-    );
+    let (status, absent) = component_status(&plugd, "nowhere").await;
+    assert_eq!(status, "WAITING", "{absent}");
     assert!(
         absent.contains("absent.sock") && absent.contains(&folder),
         "{absent}"
     );
-    let stale = failures[0].1.to_string();
+    let (status, stale) = component_status(&plugd, "dead").await;
+    assert_eq!(status, "WAITING", "{stale}");
     assert!(
         stale.contains(&zoo.socket("stale.sock").display().to_string()),
         "{stale}"
     );
     assert!(stale.to_lowercase().contains("refused"), "{stale}");
+    let r = reqwest::get(plugd.http_url("/v1.0/healthz"))
+        .await
+        .expect("healthz");
+    assert_eq!(
+        r.status(),
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "waiting components make plugd unready"
+    );
+    plugd.stop().await;
 
     // Under ignoreErrors both are skipped and plugd serves.
     for (file, name, ty) in [
@@ -440,8 +422,7 @@ async fn missing_and_unusable_sockets_are_named() {
             &format!("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\nspec:\n  type: state.{ty}\n  version: v1\n  ignoreErrors: true\n"),
         );
     }
-    let (result, _) = timed_start(zoo.config()).await;
-    let plugd = result.unwrap_or_else(|e| panic!("plugd did not start: {e}"));
+    let (plugd, _) = timed_start(zoo.config()).await;
     let http = reqwest::Client::new();
     let r = http
         .get(plugd.http_url("/v1.0/healthz"))

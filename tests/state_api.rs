@@ -743,7 +743,6 @@ async fn data_survives_a_component_restart() {
 /// process listens. It does not: plugd never re-runs Init on the new process, whose instance
 /// is uninitialised, so every call fails (see the report: lifecycle has no re-init).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "host bug: plugd does not re-Init a component after it restarts"]
 async fn running_plugd_recovers_after_a_component_restart() {
     let mut env = Env::start(|_| {}).await;
     let mut c = env.grpc().await;
@@ -752,7 +751,8 @@ async fn running_plugd_recovers_after_a_component_restart() {
         .expect("save");
 
     restart_sqlite(&env.dirs, &mut env.sqlite);
-    // tonic reconnects to the new process by itself; poll (bounded) until a read succeeds.
+    // plugd sees the connection go, dials the new process and runs Init again; poll (bounded)
+    // until a read succeeds.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut last = String::new();
     while tokio::time::Instant::now() < deadline {

@@ -203,8 +203,7 @@ impl rt::dapr_server::Dapr for DaprApi {
             id: self.app_id.clone(),
             registered_components: snapshot
                 .components
-                .iter()
-                .filter(|c| c.status == crate::registry::ComponentStatus::Ready)
+                .values()
                 .map(|c| rt::RegisteredComponents {
                     name: c.name.clone(),
                     r#type: c.type_name.clone(),

@@ -27,7 +27,7 @@ use crate::{
         self,
         state_options::{StateConcurrency, StateConsistency},
     },
-    registry::{ComponentStatus, Registry},
+    registry::Registry,
 };
 
 /// Dapr's default request body limit.
@@ -246,14 +246,26 @@ async fn healthz_outbound() -> StatusCode {
 
 async fn metadata(State(ctx): State<Ctx>) -> Json<Value> {
     let snapshot = ctx.registry.snapshot();
+    // Dapr's four fields, plus plugd's health: status, why, since when, and the last error.
     let components: Vec<Value> = snapshot
         .components
-        .iter()
-        .filter(|c| c.status == ComponentStatus::Ready)
+        .values()
         .map(|c| {
-            serde_json::json!({
+            let mut o = serde_json::json!({
                 "name": c.name, "type": c.type_name, "version": c.version, "capabilities": c.features,
-            })
+                "status": c.status.name(),
+                "since": rfc3339(c.since),
+            });
+            if let Some(reason) = c.status.reason() {
+                o["reason"] = Value::String(reason.to_string());
+            }
+            if let Some(socket) = &c.socket {
+                o["socket"] = Value::String(socket.display().to_string());
+            }
+            if let Some((error, at)) = &c.last_error {
+                o["lastError"] = serde_json::json!({"message": error, "time": rfc3339(*at)});
+            }
+            o
         })
         .collect();
     let mut extended: Map<String, Value> = ctx
@@ -277,6 +289,10 @@ async fn metadata(State(ctx): State<Ctx>) -> Json<Value> {
         "httpEndpoints": [],
         "actorRuntime": { "runtimeStatus": "DISABLED", "hostReady": false },
     }))
+}
+
+fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 async fn set_metadata(State(ctx): State<Ctx>, Path(key): Path<String>, body: Bytes) -> StatusCode {

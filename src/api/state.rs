@@ -7,9 +7,10 @@ use tonic::Code;
 
 use super::{ApiError, ComponentFailure};
 use crate::{
+    component::ComponentKind,
     component::{ComponentError, state::KEY_SEPARATOR},
     proto::{common, components as pb, runtime},
-    registry::{Registry, StateEntry},
+    registry::{ComponentInfo, ComponentStatus, Registry, StateEntry},
 };
 
 /// Feature a store must report for transactions.
@@ -51,26 +52,35 @@ impl StateApi {
 
     fn store(&self, name: &str) -> Result<Arc<StateEntry>, ApiError> {
         let snapshot = self.registry.snapshot();
-        if snapshot.state.is_empty() {
+        let is_state = |c: &ComponentInfo| c.kinds.contains(&ComponentKind::State);
+        let Some(info) = snapshot.component(name).filter(|c| is_state(c)) else {
+            if !snapshot.components.values().any(|c| is_state(c)) {
+                return Err(ApiError::named(
+                    Code::FailedPrecondition,
+                    500,
+                    "ERR_STATE_STORE_NOT_CONFIGURED",
+                    "DAPR_STATE_NOT_CONFIGURED",
+                    format!("state store {name} is not configured"),
+                )
+                .with_metadata("appID", &self.app_id));
+            }
             return Err(ApiError::named(
-                Code::FailedPrecondition,
-                500,
-                "ERR_STATE_STORE_NOT_CONFIGURED",
-                "DAPR_STATE_NOT_CONFIGURED",
-                format!("state store {name} is not configured"),
-            )
-            .with_metadata("appID", &self.app_id));
-        }
-        snapshot.state.get(name).cloned().ok_or_else(|| {
-            ApiError::named(
                 Code::InvalidArgument,
                 400,
                 "ERR_STATE_STORE_NOT_FOUND",
                 "DAPR_STATE_NOT_FOUND",
                 format!("state store {name} is not found"),
             )
-            .with_metadata("appID", &self.app_id)
-        })
+            .with_metadata("appID", &self.app_id));
+        };
+        // Not ready (waiting for its socket, unhealthy, being re-initialised): fail fast.
+        match snapshot.state.get(name) {
+            Some(entry) if info.status == ComponentStatus::Ready => Ok(entry.clone()),
+            _ => Err(unavailable(
+                info,
+                info.status.reason().unwrap_or(info.status.name()),
+            )),
+        }
     }
 
     fn key(entry: &StateEntry, key: &str) -> Result<String, ApiError> {
@@ -424,6 +434,24 @@ impl StateApi {
     }
 }
 
+/// The error for a component that cannot take calls now: gRPC UNAVAILABLE / HTTP 503, naming the
+/// component and its socket.
+pub fn unavailable(info: &ComponentInfo, why: &str) -> ApiError {
+    let socket = info
+        .socket
+        .as_ref()
+        .map(|s| format!(" (socket {})", s.display()))
+        .unwrap_or_default();
+    ApiError::named(
+        Code::Unavailable,
+        503,
+        "ERR_COMPONENT_UNAVAILABLE",
+        "PLUGD_COMPONENT_UNAVAILABLE",
+        format!("component {}{socket} is not available: {why}", info.name),
+    )
+    .with_resource(&info.type_name, &info.name)
+}
+
 fn options(o: Option<common::StateOptions>) -> pb::StateOptions {
     let o = o.unwrap_or_default();
     pb::StateOptions {
@@ -434,6 +462,16 @@ fn options(o: Option<common::StateOptions>) -> pb::StateOptions {
 
 /// Maps a failed write or read to Dapr's error, applying the etag conventions when `etag_aware`.
 fn op_error(e: &ComponentError, code: &str, prefix: String, etag_aware: bool) -> ApiError {
+    if e.is_connection_failure() {
+        let mut err = ApiError::basic(
+            Code::Unavailable,
+            503,
+            code,
+            format!("{prefix}: {}", e.detail()),
+        );
+        err.0.reason = Some("PLUGD_COMPONENT_UNAVAILABLE".into());
+        return err;
+    }
     match ComponentFailure::classify(e) {
         ComponentFailure::EtagMismatch(d) if etag_aware => ApiError::basic(
             Code::Aborted,

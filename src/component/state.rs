@@ -39,6 +39,10 @@ pub struct GrpcStateStore {
 }
 
 impl GrpcStateStore {
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
     /// Calls `Init` with `properties` and then `Features`, both done by `deadline`.
     /// Returns the store and its features.
     pub async fn init(

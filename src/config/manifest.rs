@@ -93,7 +93,7 @@ pub struct MetadataItem {
 }
 
 /// A validated Component resource.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ComponentManifest {
     pub file: PathBuf,
     pub name: String,
