@@ -207,6 +207,41 @@ async fn main() -> anyhow::Result<()> {
         meta["components"]
     );
 
+    // plugd keeps up with the component: kill it, see calls fail fast, restart it, see them work.
+    let _ = sqlite.child.kill();
+    let _ = sqlite.child.wait();
+    println!("\n== plugd-sqlite killed with SIGKILL");
+    let t = std::time::Instant::now();
+    let resp = http
+        .get(format!("{base}/state/statestore/order-2"))
+        .send()
+        .await?;
+    println!(
+        "HTTP GET  order-2 -> {} in {:?}: {}",
+        resp.status(),
+        t.elapsed(),
+        resp.text().await?
+    );
+    sqlite = support::spawn_sqlite(&dirs.sockets, "sqlite");
+    let restarted = std::time::Instant::now();
+    println!("== plugd-sqlite restarted on the same socket and database");
+    let value = support::eventually(
+        Duration::from_secs(10),
+        "the restarted component to serve",
+        || {
+            let req = http.get(format!("{base}/state/statestore/order-2"));
+            async move {
+                let resp = req.send().await.ok().filter(|r| r.status() == 200)?;
+                resp.text().await.ok()
+            }
+        },
+    )
+    .await;
+    println!(
+        "HTTP GET  order-2 -> 200 {value} again, {:?} after the restart (plugd ran Init on the new process first)",
+        restarted.elapsed()
+    );
+
     let resp = http.post(format!("{base}/shutdown")).send().await?;
     println!("\n== HTTP POST /v1.0/shutdown -> {}", resp.status());
     let status = plugd.terminate();

@@ -115,7 +115,8 @@ impl StateApi {
             consistency,
         };
         let resp = entry.store.get(req).await.map_err(|e| {
-            op_error(
+            call_error(
+                &entry,
                 &e,
                 "ERR_STATE_GET",
                 format!("fail to get {key} from state store {store}"),
@@ -156,7 +157,8 @@ impl StateApi {
             options: Some(pb::BulkGetRequestOptions { parallelism }),
         };
         let resp = entry.store.bulk_get(req).await.map_err(|e| {
-            op_error(
+            call_error(
+                &entry,
                 &e,
                 "ERR_STATE_BULK_GET",
                 format!("failed getting state in state store {store}"),
@@ -229,7 +231,8 @@ impl StateApi {
             }
         };
         result.map_err(|e| {
-            op_error(
+            call_error(
+                &entry,
                 &e,
                 "ERR_STATE_SAVE",
                 format!("failed saving state in state store {store}"),
@@ -243,7 +246,8 @@ impl StateApi {
         let key = item.key.clone();
         let req = Self::delete_request(&entry, item)?;
         entry.store.delete(req).await.map_err(|e| {
-            op_error(
+            call_error(
+                &entry,
                 &e,
                 "ERR_STATE_DELETE",
                 format!("failed deleting state with key {key}"),
@@ -277,7 +281,8 @@ impl StateApi {
             }
         };
         result.map_err(|e| {
-            op_error(
+            call_error(
+                &entry,
                 &e,
                 "ERR_STATE_BULK_DELETE",
                 format!("failed deleting state in state store {store}"),
@@ -360,6 +365,9 @@ impl StateApi {
             })
             .await
             .map_err(|e| {
+                if e.is_connection_failure() {
+                    return unavailable(&entry.info, &e.detail());
+                }
                 // As in Dapr, a failed transaction (an etag conflict included) is INTERNAL / 500.
                 let detail = match ComponentFailure::classify(&e) {
                     ComponentFailure::EtagMismatch(d) => {
@@ -404,7 +412,9 @@ impl StateApi {
             })
             .await
             .map_err(|e| {
-                if e.status().is_some_and(|s| s.code() == Code::Unimplemented) {
+                if e.is_connection_failure() {
+                    unavailable(&entry.info, &e.detail())
+                } else if e.status().is_some_and(|s| s.code() == Code::Unimplemented) {
                     ApiError::named(
                         Code::Internal,
                         500,
@@ -460,18 +470,23 @@ fn options(o: Option<common::StateOptions>) -> pb::StateOptions {
     }
 }
 
+/// A failed call: a component that could not be reached is unavailable (503, naming it and its
+/// socket); otherwise [`op_error`].
+fn call_error(
+    entry: &StateEntry,
+    e: &ComponentError,
+    code: &str,
+    prefix: String,
+    etag_aware: bool,
+) -> ApiError {
+    if e.is_connection_failure() {
+        return unavailable(&entry.info, &e.detail());
+    }
+    op_error(e, code, prefix, etag_aware)
+}
+
 /// Maps a failed write or read to Dapr's error, applying the etag conventions when `etag_aware`.
 fn op_error(e: &ComponentError, code: &str, prefix: String, etag_aware: bool) -> ApiError {
-    if e.is_connection_failure() {
-        let mut err = ApiError::basic(
-            Code::Unavailable,
-            503,
-            code,
-            format!("{prefix}: {}", e.detail()),
-        );
-        err.0.reason = Some("PLUGD_COMPONENT_UNAVAILABLE".into());
-        return err;
-    }
     match ComponentFailure::classify(e) {
         ComponentFailure::EtagMismatch(d) if etag_aware => ApiError::basic(
             Code::Aborted,
