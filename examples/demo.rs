@@ -216,11 +216,11 @@ async fn main() -> anyhow::Result<()> {
         .get(format!("{base}/state/statestore/order-2"))
         .send()
         .await?;
+    let (status, elapsed) = (resp.status(), t.elapsed());
+    let body: serde_json::Value = resp.json().await?;
     println!(
-        "HTTP GET  order-2 -> {} in {:?}: {}",
-        resp.status(),
-        t.elapsed(),
-        resp.text().await?
+        "HTTP GET  order-2 -> {status} in {elapsed:?}: {} {}",
+        body["errorCode"], body["message"]
     );
     sqlite = support::spawn_sqlite(&dirs.sockets, "sqlite");
     let restarted = std::time::Instant::now();
