@@ -537,6 +537,7 @@ impl Supervisor {
     async fn serve(&mut self, store: &Arc<GrpcStateStore>, identity: Identity) -> Exit {
         let conn = store.connection().clone();
         let mut failures = 0u32;
+        let mut discovery_open = true;
         loop {
             let jitter = rand::random_range(0.8..1.2);
             let tick = self.settings.health_interval.mul_f64(jitter);
@@ -545,8 +546,9 @@ impl Supervisor {
                 _ = conn.lost() => {
                     return Exit::Reinit(format!("the connection to {} was lost", conn.socket().display()));
                 }
-                r = self.discovery.changed() => {
+                r = self.discovery.changed(), if discovery_open => {
                     if r.is_err() {
+                        discovery_open = false;
                         continue;
                     }
                     let discovery = self.discovery.borrow_and_update().clone();
