@@ -77,8 +77,8 @@ pub fn type_name(path: &Path) -> String {
 pub type Identity = (u64, u64);
 
 /// Lists the socket files of `folder` (sorted by name) with their identity. A missing folder
-/// holds none. Symlinks to sockets count; other files and sub-folders are skipped with a
-/// warning (once per path per `warned` set).
+/// holds none. Symlinks to sockets count; other files and sub-folders are skipped (the
+/// [`Scanner`] warns about each once).
 pub fn list_sockets(folder: &Path) -> Vec<(PathBuf, Identity)> {
     use std::os::unix::fs::MetadataExt;
     let entries = match std::fs::read_dir(folder) {
