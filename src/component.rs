@@ -80,7 +80,7 @@ impl fmt::Display for ComponentKind {
 /// A failure talking to a component. The upstream `Status` is kept intact.
 #[derive(Debug, thiserror::Error)]
 pub enum ComponentError {
-    #[error("component {component}: {method} failed: {}", .status.message())]
+    #[error("component {component}: {method} failed: {}", status_text(.status))]
     Status {
         component: String,
         method: &'static str,
@@ -123,7 +123,7 @@ impl ComponentError {
     /// The short text of the failure, without the component prefix.
     pub fn detail(&self) -> String {
         match self {
-            Self::Status { status, .. } => status.message().to_string(),
+            Self::Status { status, .. } => status_text(status),
             Self::Timeout { timeout, .. } => format!("timed out after {timeout:?}"),
             Self::Connect { reason, .. } => reason.clone(),
         }
@@ -184,12 +184,25 @@ fn io_error_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::Error
     None
 }
 
+/// A status's message, or its code when the message is empty.
+fn status_text(status: &Status) -> String {
+    if status.message().is_empty() {
+        format!("{:?} (no message)", status.code())
+    } else {
+        status.message().to_string()
+    }
+}
+
 /// Whether `status` was made by the transport (the connection failed), not sent by the
 /// component: such statuses carry the transport error as their source.
 pub fn is_transport_failure(status: &Status) -> bool {
     matches!(
         status.code(),
-        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Internal
+            // A request queued while the connection closes is cancelled by the transport.
+            | tonic::Code::Cancelled
     ) && std::error::Error::source(status).is_some()
 }
 

@@ -73,8 +73,9 @@ pub fn type_name(path: &Path) -> String {
     stem.to_ascii_lowercase()
 }
 
-/// A socket file's identity (device, inode): a recreated socket is a new file.
-pub type Identity = (u64, u64);
+/// A socket file's identity: device, inode and change time. A recreated socket is a new file
+/// even when the file system hands out the same inode number again (ext4 does, at once).
+pub type Identity = (u64, u64, i64, i64);
 
 /// Lists the socket files of `folder` (sorted by name) with their identity. A missing folder
 /// holds none. Symlinks to sockets count; other files and sub-folders are skipped (the
@@ -97,7 +98,9 @@ pub fn list_sockets(folder: &Path) -> Vec<(PathBuf, Identity)> {
     paths
         .into_iter()
         .filter_map(|path| match std::fs::metadata(&path) {
-            Ok(m) if m.file_type().is_socket() => Some((path, (m.dev(), m.ino()))),
+            Ok(m) if m.file_type().is_socket() => {
+                Some((path, (m.dev(), m.ino(), m.ctime(), m.ctime_nsec())))
+            }
             Ok(m) if m.is_dir() => {
                 tracing::debug!(path = %path.display(), "skipping sub-folder in socket folder");
                 None

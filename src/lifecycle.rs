@@ -644,7 +644,13 @@ async fn init_state(
         let channel = dial(&socket.path, timeout).await?;
         let conn = Connection::new(channel, &m.name, socket.path.clone(), settings.call_timeout)?;
         let (store, features) = GrpcStateStore::init(conn, properties, deadline).await?;
-        store.ping().await?;
+        match store.ping().await {
+            // A component without Ping is healthy while its calls succeed.
+            Err(e)
+                if e.status()
+                    .is_some_and(|s| s.code() == tonic::Code::Unimplemented) => {}
+            other => other?,
+        }
         Ok::<_, ComponentError>((store, features))
     };
     match tokio::time::timeout_at(deadline, init).await {
