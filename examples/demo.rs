@@ -6,17 +6,10 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use plugd::proto::{common, runtime as rt};
-use support::{ChildGuard, TestDirs};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+use support::TestDirs;
 
 fn item(key: &str, value: &str, etag: Option<&str>) -> common::StateItem {
     common::StateItem {
@@ -43,31 +36,10 @@ async fn main() -> anyhow::Result<()> {
         std::fs::read_to_string(&yaml)?
     );
 
-    let (grpc_port, http_port) = (free_port(), free_port());
-    let mut plugd = ChildGuard::spawn(
-        "plugd",
-        Command::new(support::binary("plugd"))
-            .args(["--app-id", "demo", "--log-level", "info"])
-            .arg("--resources-path")
-            .arg(&dirs.resources)
-            .arg("--sockets-folder")
-            .arg(&dirs.sockets)
-            .args(["--dapr-grpc-port", &grpc_port.to_string()])
-            .args(["--dapr-http-port", &http_port.to_string()]),
-    );
+    let mut plugd = support::PlugdProcess::spawn(&support::binary("plugd"), &dirs, "demo", "info");
+    let (grpc_port, http_port, base) = (plugd.grpc_port, plugd.http_port, plugd.base());
+    plugd.wait_healthy(Duration::from_secs(30)).await;
     let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{http_port}/v1.0");
-    support::eventually(Duration::from_secs(30), "plugd to be healthy", || {
-        let req = http.get(format!("{base}/healthz"));
-        async move {
-            req.send()
-                .await
-                .ok()
-                .filter(|r| r.status() == 204)
-                .map(|_| ())
-        }
-    })
-    .await;
     println!("== plugd is healthy (gRPC :{grpc_port}, HTTP :{http_port})\n");
 
     let mut client =
@@ -244,7 +216,7 @@ async fn main() -> anyhow::Result<()> {
 
     let resp = http.post(format!("{base}/shutdown")).send().await?;
     println!("\n== HTTP POST /v1.0/shutdown -> {}", resp.status());
-    let status = plugd.terminate();
+    let status = plugd.guard.terminate();
     println!("== plugd exited: {status:?}");
     sqlite.terminate();
     Ok(())

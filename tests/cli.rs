@@ -2,7 +2,7 @@
 
 mod support;
 
-use std::process::Command;
+use std::{path::Path, process::Command};
 
 use support::TestDirs;
 
@@ -54,45 +54,13 @@ fn invalid_resources_stop_start_up_and_are_all_listed() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// Starts the binary with no components and waits until its HTTP API answers.
 async fn start_binary(dirs: &TestDirs) -> (support::ChildGuard, String) {
-    let http_port = free_port();
-    let guard = support::ChildGuard::spawn(
-        "plugd",
-        plugd()
-            .args([
-                "--log-level",
-                "warn",
-                "--dapr-grpc-port",
-                &free_port().to_string(),
-            ])
-            .args(["--dapr-http-port", &http_port.to_string()])
-            .arg("--resources-path")
-            .arg(&dirs.resources)
-            .arg("--sockets-folder")
-            .arg(&dirs.sockets),
-    );
-    let base = format!("http://127.0.0.1:{http_port}/v1.0");
-    let http = reqwest::Client::new();
-    support::eventually(std::time::Duration::from_secs(20), "plugd healthz", || {
-        let req = http.get(format!("{base}/healthz"));
-        async move {
-            req.send()
-                .await
-                .ok()
-                .filter(|r| r.status() == 204)
-                .map(|_| ())
-        }
-    })
-    .await;
-    (guard, base)
+    let plugd =
+        support::PlugdProcess::spawn(Path::new(env!("CARGO_BIN_EXE_plugd")), dirs, "cli", "warn");
+    plugd.wait_healthy(std::time::Duration::from_secs(20)).await;
+    let base = plugd.base();
+    (plugd.guard, base)
 }
 
 fn wait_exit(guard: &mut support::ChildGuard) -> Option<i32> {

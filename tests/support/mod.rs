@@ -224,3 +224,63 @@ pub async fn start_plugd(
         registry,
     })
 }
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The `plugd` binary running as a child process on free ports.
+pub struct PlugdProcess {
+    pub guard: ChildGuard,
+    pub grpc_port: u16,
+    pub http_port: u16,
+}
+
+impl PlugdProcess {
+    /// Starts `plugd` (the binary at `bin`) on `dirs` with `--app-id app_id` and `log_level`.
+    pub fn spawn(bin: &Path, dirs: &TestDirs, app_id: &str, log_level: &str) -> Self {
+        let (grpc_port, http_port) = (free_port(), free_port());
+        let guard = ChildGuard::spawn(
+            "plugd",
+            Command::new(bin)
+                .args(["--app-id", app_id, "--log-level", log_level])
+                .arg("--resources-path")
+                .arg(&dirs.resources)
+                .arg("--sockets-folder")
+                .arg(&dirs.sockets)
+                .args(["--dapr-grpc-port", &grpc_port.to_string()])
+                .args(["--dapr-http-port", &http_port.to_string()]),
+        );
+        Self {
+            guard,
+            grpc_port,
+            http_port,
+        }
+    }
+
+    /// The HTTP API base URL, `http://127.0.0.1:<port>/v1.0`.
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}/v1.0", self.http_port)
+    }
+
+    /// Polls `/v1.0/healthz` until it answers 204, or panics after `within`.
+    pub async fn wait_healthy(&self, within: Duration) {
+        let http = reqwest::Client::new();
+        let url = format!("{}/healthz", self.base());
+        eventually(within, "plugd to be healthy", || {
+            let req = http.get(&url);
+            async move {
+                req.send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status() == 204)
+                    .map(|_| ())
+            }
+        })
+        .await;
+    }
+}
