@@ -41,8 +41,10 @@ pub struct App {
 }
 
 impl App {
-    /// Validates the resources, discovers sockets, initialises components and binds the API
-    /// ports. Fails if the resources are invalid or a component without `ignoreErrors` fails.
+    /// Validates the resources, binds the API ports, discovers sockets and starts a supervisor per
+    /// component (components whose sockets are there get their first Init before this returns).
+    /// Fails only if the resources are invalid or a port cannot be bound: components that cannot
+    /// be initialised are reported and retried.
     pub async fn build(config: Config, shutdown: CancellationToken) -> Result<Self, StartError> {
         let started = Instant::now();
         let (docs, mut problems) = manifest::read_documents(&config.resources_paths);
@@ -58,6 +60,19 @@ impl App {
             tracing::info!(component = %name, file = %file.display(), "component skipped: {why}");
         }
 
+        // Bind first: a port in use stops start-up before any component is touched.
+        let grpc = TcpListener::bind(config.grpc_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.grpc_addr,
+                source,
+            })?;
+        let http = TcpListener::bind(config.http_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.http_addr,
+                source,
+            })?;
         let mut scanner =
             discovery::Scanner::new(config.sockets_folder.clone(), config.discovery_timeout);
         let first = scanner.scan().await;
@@ -100,18 +115,6 @@ impl App {
         );
         log_summary(&config, &registry.snapshot(), started);
 
-        let grpc = TcpListener::bind(config.grpc_addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.grpc_addr,
-                source,
-            })?;
-        let http = TcpListener::bind(config.http_addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.http_addr,
-                source,
-            })?;
         Ok(Self {
             config,
             registry,

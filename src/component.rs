@@ -17,6 +17,7 @@ use std::{
 
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{
     Request, Status,
     metadata::{AsciiMetadataValue, MetadataValue},
@@ -135,18 +136,32 @@ pub const CONNECTION_LOST: &str =
     "the connection to the component was lost; plugd re-initialises it before using it again";
 
 /// Opens a gRPC channel over a Unix socket, bounded by `timeout` (connect + HTTP/2 handshake).
+pub async fn dial(socket: &Path, timeout: Duration) -> Result<Channel, ComponentError> {
+    dial_watched(socket, timeout)
+        .await
+        .map(|(channel, _)| channel)
+}
+
+/// Like [`dial`], and also returns a token that is cancelled when the channel's connection
+/// closes (the component exited or dropped it).
 ///
-/// The channel uses exactly one connection: once it breaks, tonic's attempts to reconnect fail
+/// The channel uses exactly one connection: once it closes, tonic's attempts to reconnect fail
 /// at once (UNAVAILABLE). The process behind the socket may have restarted and would not know
 /// the instance, so plugd dials a new channel and runs Init again instead.
-pub async fn dial(socket: &Path, timeout: Duration) -> Result<Channel, ComponentError> {
+pub async fn dial_watched(
+    socket: &Path,
+    timeout: Duration,
+) -> Result<(Channel, CancellationToken), ComponentError> {
     let path = socket.to_path_buf();
     let used = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let closed = CancellationToken::new();
+    let on_close = closed.clone();
     // The URI is only used for the :authority header; the connector ignores it.
     let endpoint = Endpoint::from_static("http://localhost");
     let connect = endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
         let path = path.clone();
         let first = !used.swap(true, std::sync::atomic::Ordering::SeqCst);
+        let on_close = on_close.clone();
         async move {
             if !first {
                 return Err(std::io::Error::new(
@@ -154,11 +169,15 @@ pub async fn dial(socket: &Path, timeout: Duration) -> Result<Channel, Component
                     CONNECTION_LOST,
                 ));
             }
-            Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
+            let stream = UnixStream::connect(path).await?;
+            Ok::<_, std::io::Error>(WatchedIo {
+                io: TokioIo::new(stream),
+                _on_close: on_close.drop_guard(),
+            })
         }
     }));
     match tokio::time::timeout(timeout, connect).await {
-        Ok(Ok(channel)) => Ok(channel),
+        Ok(Ok(channel)) => Ok((channel, closed)),
         Ok(Err(e)) => Err(ComponentError::Connect {
             socket: socket.to_path_buf(),
             kind: io_error_kind(&e),
@@ -169,6 +188,46 @@ pub async fn dial(socket: &Path, timeout: Duration) -> Result<Channel, Component
             kind: Some(std::io::ErrorKind::TimedOut),
             reason: format!("no answer within {timeout:?}"),
         }),
+    }
+}
+
+/// The connection's IO: when hyper drops it (the connection ended), the token is cancelled.
+struct WatchedIo {
+    io: TokioIo<UnixStream>,
+    _on_close: tokio_util::sync::DropGuard,
+}
+
+impl hyper::rt::Read for WatchedIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for WatchedIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -233,8 +292,7 @@ struct ConnInner {
     header: AsciiMetadataValue,
     socket: PathBuf,
     call_timeout: Duration,
-    lost: tokio::sync::Notify,
-    is_lost: std::sync::atomic::AtomicBool,
+    closed: CancellationToken,
 }
 
 impl fmt::Debug for Connection {
@@ -254,6 +312,23 @@ impl Connection {
         socket: PathBuf,
         call_timeout: Duration,
     ) -> Result<Self, ComponentError> {
+        Self::watched(
+            channel,
+            CancellationToken::new(),
+            instance,
+            socket,
+            call_timeout,
+        )
+    }
+
+    /// A connection whose `closed` token (from [`dial_watched`]) says when it has ended.
+    pub fn watched(
+        channel: Channel,
+        closed: CancellationToken,
+        instance: &str,
+        socket: PathBuf,
+        call_timeout: Duration,
+    ) -> Result<Self, ComponentError> {
         let header = MetadataValue::try_from(instance).map_err(|_| ComponentError::Connect {
             socket: socket.clone(),
             kind: None,
@@ -266,31 +341,19 @@ impl Connection {
                 header,
                 socket,
                 call_timeout,
-                lost: tokio::sync::Notify::new(),
-                is_lost: std::sync::atomic::AtomicBool::new(false),
+                closed,
             }),
         })
     }
 
-    /// Whether a call found the connection broken.
+    /// Whether the connection has closed.
     pub fn is_lost(&self) -> bool {
-        self.inner.is_lost.load(std::sync::atomic::Ordering::SeqCst)
+        self.inner.closed.is_cancelled()
     }
 
-    /// Resolves once a call finds the connection broken.
+    /// Resolves once the connection has closed.
     pub async fn lost(&self) {
-        let notified = self.inner.lost.notified();
-        if self.is_lost() {
-            return;
-        }
-        notified.await;
-    }
-
-    fn mark_lost(&self) {
-        self.inner
-            .is_lost
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.inner.lost.notify_waiters();
+        self.inner.closed.cancelled().await
     }
 
     pub fn channel(&self) -> Channel {
@@ -362,16 +425,11 @@ impl Connection {
                     timeout,
                 })
             }
-            Ok(Err(status)) => {
-                if is_transport_failure(&status) {
-                    self.mark_lost();
-                }
-                Err(ComponentError::Status {
-                    component: self.inner.instance.clone(),
-                    method,
-                    status,
-                })
-            }
+            Ok(Err(status)) => Err(ComponentError::Status {
+                component: self.inner.instance.clone(),
+                method,
+                status,
+            }),
             Err(_) => Err(ComponentError::Timeout {
                 component: self.inner.instance.clone(),
                 method,

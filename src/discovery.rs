@@ -275,8 +275,9 @@ pub fn watch_folder(
     if let Err(e) = std::fs::create_dir_all(&folder) {
         tracing::warn!(folder = %folder.display(), error = %e, "cannot create the socket folder");
     }
+    // Only changes count: scans open the folder themselves, and opens must not trigger scans.
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        if res.is_ok_and(|e| !e.kind.is_access()) {
             let _ = events_tx.try_send(());
         }
     })
@@ -295,15 +296,24 @@ pub fn watch_folder(
     tokio::spawn(async move {
         let _watcher = watcher;
         let mut last = fingerprint(&tx.borrow());
+        // Sockets that fail (e.g. bound but not serving yet) are retried soon, then less often.
+        let mut retry = FIRST_RETRY;
         loop {
+            let failing = !tx.borrow().failures.is_empty();
+            let wait = if failing {
+                retry.min(rescan_every)
+            } else {
+                rescan_every
+            };
             tokio::select! {
                 _ = stop.cancelled() => break,
                 Some(()) = events.recv() => {
                     // Debounce: let a burst of events settle.
                     tokio::time::sleep(Duration::from_millis(30)).await;
                     while events.try_recv().is_ok() {}
+                    retry = FIRST_RETRY;
                 }
-                _ = tokio::time::sleep(rescan_every) => {}
+                _ = tokio::time::sleep(wait) => retry = (retry * 2).min(rescan_every),
             }
             let discovery = scanner.scan().await;
             let now = fingerprint(&discovery);
@@ -314,6 +324,7 @@ pub fn watch_folder(
                     "socket folder changed"
                 );
                 last = now;
+                retry = FIRST_RETRY;
                 if tx.send(Arc::new(discovery)).is_err() {
                     break;
                 }
@@ -322,6 +333,8 @@ pub fn watch_folder(
     });
     rx
 }
+
+const FIRST_RETRY: Duration = Duration::from_millis(100);
 
 fn fingerprint(d: &Discovery) -> Vec<(PathBuf, Identity, bool)> {
     let mut out: Vec<_> = d

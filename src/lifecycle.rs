@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use crate::{
     component::{
-        ComponentError, ComponentKind, Connection, dial,
+        ComponentError, ComponentKind, Connection, dial_watched,
         state::{GrpcStateStore, KEY_PREFIX, KeyPrefix, StateStore},
     },
     config::{
@@ -242,7 +242,7 @@ impl Manager {
         }
     }
 
-    fn spawn(&mut self, m: ComponentManifest, ready: Option<oneshot::Sender<()>>) -> Running {
+    fn spawn(&mut self, m: ComponentManifest, ready: Option<oneshot::Sender<Publish>>) -> Running {
         let generation = self.next_generation;
         self.next_generation += 1;
         let stop = self.stop.child_token();
@@ -314,20 +314,43 @@ impl Manager {
         for (name, m) in wanted {
             match self.running.get(&name) {
                 Some(old) if old.manifest == m => {}
-                Some(_) => {
+                Some(old) => {
+                    let old_ready = self.registry.snapshot().component(&name).is_some_and(|c| {
+                        c.generation == old.generation && c.status == ComponentStatus::Ready
+                    });
+                    if !old_ready {
+                        // Nothing good to keep: replace at once.
+                        tracing::info!(component = %name, "component changed; replacing it");
+                        let new = self.spawn(m, None);
+                        if let Some(old) = self.running.insert(name.clone(), new) {
+                            old.stop.cancel();
+                        }
+                        continue;
+                    }
                     tracing::info!(component = %name, "component changed; starting a new instance");
-                    let (tx, rx) = oneshot::channel();
+                    let (tx, mut rx) = oneshot::channel();
                     let limit =
                         m.init_timeout + self.settings.component_wait.unwrap_or(Duration::ZERO);
                     let new = self.spawn(m, Some(tx));
-                    match tokio::time::timeout(limit, rx).await {
-                        Ok(Ok(())) => {
+                    let handed = match tokio::time::timeout(limit, &mut rx).await {
+                        Ok(Ok(change)) => Some(change),
+                        Ok(Err(_)) => None,
+                        Err(_) => {
+                            // Close first, then look once more: a handover that raced the
+                            // timeout is not lost.
+                            rx.close();
+                            rx.try_recv().ok()
+                        }
+                    };
+                    match handed {
+                        Some(change) => {
+                            self.registry.publish(change);
                             if let Some(old) = self.running.insert(name.clone(), new) {
                                 old.stop.cancel();
                             }
                             tracing::info!(component = %name, "new instance serving; old instance closed");
                         }
-                        _ => {
+                        None => {
                             new.stop.cancel();
                             tracing::error!(component = %name,
                                 "the changed component did not become ready within {limit:?}; the old instance keeps serving");
@@ -374,8 +397,9 @@ struct Supervisor {
     discovery: watch::Receiver<Arc<Discovery>>,
     settings: Arc<Settings>,
     stop: CancellationToken,
-    /// Set for a hot-reloaded instance: publish nothing until it is ready, then say so.
-    shadow: Option<oneshot::Sender<()>>,
+    /// Set for a hot-reloaded instance: publish nothing; hand the first ready state to the
+    /// manager instead.
+    shadow: Option<oneshot::Sender<Publish>>,
 }
 
 enum Exit {
@@ -391,7 +415,7 @@ impl Supervisor {
         {
             self.info.last_error = Some((error.to_string(), SystemTime::now()));
         }
-        if self.info.status != status {
+        if self.info.status.name() != status.name() {
             self.info.since = SystemTime::now();
             match &status {
                 ComponentStatus::Ready => {
@@ -408,18 +432,23 @@ impl Supervisor {
             }
         }
         self.info.status = status;
-        if self.shadow.is_some() && self.info.status != ComponentStatus::Ready {
-            return;
-        }
-        match store {
-            Some((store, prefix)) => {
-                self.registry
-                    .publish(Publish::State(self.info.clone(), store, prefix))
+        let change = match store {
+            Some((store, prefix)) => Publish::State(self.info.clone(), store, prefix),
+            None => Publish::Info(self.info.clone()),
+        };
+        match self.shadow.take() {
+            // A hot-reloaded instance hands its first good state to the manager, which swaps it
+            // in (or has given up, and stops this instance).
+            Some(handover)
+                if matches!(
+                    self.info.status,
+                    ComponentStatus::Ready | ComponentStatus::NotServed { .. }
+                ) =>
+            {
+                let _ = handover.send(change);
             }
-            None => self.registry.publish(Publish::Info(self.info.clone())),
-        }
-        if let Some(ready) = self.shadow.take() {
-            let _ = ready.send(());
+            Some(handover) => self.shadow = Some(handover),
+            None => self.registry.publish(change),
         }
     }
 
@@ -493,7 +522,11 @@ impl Supervisor {
                 return self.stop.cancelled().await;
             }
             self.info.socket = Some(socket.path.clone());
-            match init_state(&self.m, &socket, properties.clone(), &self.settings).await {
+            let init = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                r = init_state(&self.m, &socket, properties.clone(), &self.settings) => r,
+            };
+            match init {
                 Ok((store, features)) => {
                     backoff = Backoff::default();
                     self.info.features = features;
@@ -558,19 +591,18 @@ impl Supervisor {
                         None => return Exit::Reinit(format!("socket {} was removed", conn.socket().display())),
                     }
                 }
-                _ = tokio::time::sleep(tick) => match store.ping().await {
-                    Ok(()) => {
+                _ = tokio::time::sleep(tick) => match ping(store, &self.stop).await {
+                    None => return Exit::Stop,
+                    Some(Ok(())) => {
                         failures = 0;
                         if self.info.status != ComponentStatus::Ready {
                             self.set(ComponentStatus::Ready, None);
                         }
                     }
-                    // A component without Ping is healthy while its calls succeed.
-                    Err(e) if e.status().is_some_and(|s| s.code() == tonic::Code::Unimplemented) => failures = 0,
-                    Err(_) if conn.is_lost() => {
+                    Some(Err(_)) if conn.is_lost() => {
                         return Exit::Reinit(format!("the connection to {} was lost", conn.socket().display()));
                     }
-                    Err(e) => {
+                    Some(Err(e)) => {
                         failures += 1;
                         self.info.last_error = Some((e.to_string(), SystemTime::now()));
                         if failures >= self.settings.health_failures {
@@ -582,6 +614,21 @@ impl Supervisor {
                 },
             }
         }
+    }
+}
+
+/// One Ping, unless the supervisor is stopped first (`None`). A component without Ping
+/// (`UNIMPLEMENTED`) counts as healthy while its calls succeed.
+async fn ping(
+    store: &GrpcStateStore,
+    stop: &CancellationToken,
+) -> Option<Result<(), ComponentError>> {
+    tokio::select! {
+        _ = stop.cancelled() => None,
+        r = store.ping() => Some(match r {
+            Err(e) if e.status().is_some_and(|s| s.code() == tonic::Code::Unimplemented) => Ok(()),
+            other => other,
+        }),
     }
 }
 
@@ -641,8 +688,14 @@ async fn init_state(
     let timeout = m.init_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
     let init = async {
-        let channel = dial(&socket.path, timeout).await?;
-        let conn = Connection::new(channel, &m.name, socket.path.clone(), settings.call_timeout)?;
+        let (channel, closed) = dial_watched(&socket.path, timeout).await?;
+        let conn = Connection::watched(
+            channel,
+            closed,
+            &m.name,
+            socket.path.clone(),
+            settings.call_timeout,
+        )?;
         let (store, features) = GrpcStateStore::init(conn, properties, deadline).await?;
         match store.ping().await {
             // A component without Ping is healthy while its calls succeed.

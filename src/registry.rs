@@ -108,6 +108,9 @@ impl StateEntry {
 /// One consistent view of every component.
 #[derive(Default, Clone)]
 pub struct Snapshot {
+    /// The newest generation removed per name: publishes from it or older ones are ignored, so a
+    /// removed component never comes back through a late publish.
+    pub retired: HashMap<String, u64>,
     /// State stores that have been initialised (check `info.status` before use).
     pub state: HashMap<String, Arc<StateEntry>>,
     pub components: BTreeMap<String, Arc<ComponentInfo>>,
@@ -180,11 +183,15 @@ impl Registry {
         };
         self.current.rcu(|old| {
             let mut next = Snapshot::clone(old);
-            if next
+            let superseded = next
                 .components
                 .get(&info.name)
-                .is_some_and(|c| c.generation > info.generation)
-            {
+                .is_some_and(|c| c.generation > info.generation);
+            let retired = next
+                .retired
+                .get(&info.name)
+                .is_some_and(|g| *g >= info.generation);
+            if superseded || retired {
                 return next;
             }
             next.components.insert(info.name.clone(), info.clone());
@@ -223,11 +230,13 @@ impl Registry {
             if next
                 .components
                 .get(name)
-                .is_some_and(|c| c.generation == generation)
+                .is_some_and(|c| c.generation <= generation)
             {
                 next.components.remove(name);
                 next.state.remove(name);
             }
+            let retired = next.retired.entry(name.to_string()).or_insert(0);
+            *retired = (*retired).max(generation);
             next
         });
     }
@@ -264,5 +273,56 @@ impl Registry {
         if let Ok(mut m) = self.extended.write() {
             m.insert(key, value);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str, generation: u64, status: ComponentStatus) -> ComponentInfo {
+        ComponentInfo {
+            name: name.into(),
+            type_name: "state.x".into(),
+            version: "v1".into(),
+            kinds: vec![ComponentKind::State],
+            socket: None,
+            file: PathBuf::from("x.yaml"),
+            features: Vec::new(),
+            status,
+            since: SystemTime::now(),
+            last_error: None,
+            ignore_errors: false,
+            generation,
+        }
+    }
+
+    #[test]
+    fn newer_generations_win_and_removed_ones_stay_removed() {
+        let r = Registry::default();
+        r.publish(Publish::Info(info("a", 2, ComponentStatus::Ready)));
+        // An older supervisor's late publish does not replace the newer one.
+        r.publish(Publish::Info(info(
+            "a",
+            1,
+            ComponentStatus::Waiting {
+                reason: "old".into(),
+            },
+        )));
+        assert_eq!(r.snapshot().components["a"].generation, 2);
+        // Removed: a late publish from the removed generation does not bring it back...
+        r.remove("a", 2);
+        r.publish(Publish::Info(info("a", 2, ComponentStatus::Ready)));
+        assert!(r.snapshot().components.is_empty());
+        // ...but the component added again (a newer generation) is served.
+        r.publish(Publish::Info(info("a", 3, ComponentStatus::Ready)));
+        assert_eq!(r.snapshot().components["a"].generation, 3);
+        assert!(r.snapshot().ready());
+        r.publish(Publish::Info(info(
+            "a",
+            3,
+            ComponentStatus::Failed { error: "x".into() },
+        )));
+        assert_eq!(r.snapshot().not_ready(), ["a (x)"]);
     }
 }
