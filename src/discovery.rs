@@ -77,44 +77,43 @@ pub fn type_name(path: &Path) -> String {
 /// even when the file system hands out the same inode number again (ext4 does, at once).
 pub type Identity = (u64, u64, i64, i64);
 
-/// Lists the socket files of `folder` (sorted by name) with their identity. A missing folder
-/// holds none. Symlinks to sockets count; other files and sub-folders are skipped (the
-/// [`Scanner`] warns about each once).
-pub fn list_sockets(folder: &Path) -> Vec<(PathBuf, Identity)> {
+/// What one read of the socket folder found.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Socket files (symlinks to sockets count), sorted by name, with their identity.
+    pub sockets: Vec<(PathBuf, Identity)>,
+    /// Everything else (files, sub-folders, unreadable entries), with why it is skipped.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Reads `folder` once. A missing folder holds nothing.
+pub fn list_sockets(folder: &Path) -> Listing {
     use std::os::unix::fs::MetadataExt;
     let entries = match std::fs::read_dir(folder) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             tracing::debug!(folder = %folder.display(), "socket folder does not exist (yet)");
-            return Vec::new();
+            return Listing::default();
         }
         Err(e) => {
             tracing::warn!(folder = %folder.display(), error = %e, "cannot read socket folder");
-            return Vec::new();
+            return Listing::default();
         }
     };
     let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
     paths.sort();
-    paths
-        .into_iter()
-        .filter_map(|path| match std::fs::metadata(&path) {
-            Ok(m) if m.file_type().is_socket() => {
-                Some((path, (m.dev(), m.ino(), m.ctime(), m.ctime_nsec())))
-            }
-            Ok(m) if m.is_dir() => {
-                tracing::debug!(path = %path.display(), "skipping sub-folder in socket folder");
-                None
-            }
-            Ok(_) => {
-                tracing::debug!(path = %path.display(), "skipping file that is not a Unix socket");
-                None
-            }
-            Err(e) => {
-                tracing::debug!(path = %path.display(), error = %e, "skipping unreadable entry in socket folder");
-                None
-            }
-        })
-        .collect()
+    let mut listing = Listing::default();
+    for path in paths {
+        match std::fs::metadata(&path) {
+            Ok(m) if m.file_type().is_socket() => listing
+                .sockets
+                .push((path, (m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))),
+            Ok(m) if m.is_dir() => listing.skipped.push((path, "a sub-folder".into())),
+            Ok(_) => listing.skipped.push((path, "not a Unix socket".into())),
+            Err(e) => listing.skipped.push((path, format!("unreadable: {e}"))),
+        }
+    }
+    listing
 }
 
 /// Scans `folder` once and probes every socket concurrently, each bounded by `timeout` for the
@@ -149,8 +148,17 @@ impl Scanner {
     }
 
     pub async fn scan(&mut self) -> Discovery {
-        self.warn_about_other_entries();
-        let listed = list_sockets(&self.folder);
+        let Listing {
+            sockets: listed,
+            skipped,
+        } = list_sockets(&self.folder);
+        // Say each skipped entry once, while it stays.
+        self.warned.retain(|p| skipped.iter().any(|(s, _)| s == p));
+        for (path, why) in skipped {
+            if self.warned.insert(path.clone()) {
+                tracing::warn!(path = %path.display(), "skipping entry in socket folder: {why}");
+            }
+        }
         let timeout = self.timeout;
         let probes = listed.into_iter().map(|(path, identity)| {
             let cached = self
@@ -231,31 +239,6 @@ impl Scanner {
         self.known = known;
         discovery.sockets = by_name.into_values().collect();
         discovery
-    }
-
-    fn warn_about_other_entries(&mut self) {
-        let Ok(entries) = std::fs::read_dir(&self.folder) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if self.warned.contains(&path) {
-                continue;
-            }
-            match std::fs::metadata(&path) {
-                Ok(m) if m.file_type().is_socket() => continue,
-                Ok(m) if m.is_dir() => {
-                    tracing::warn!(path = %path.display(), "skipping sub-folder in socket folder")
-                }
-                Ok(_) => {
-                    tracing::warn!(path = %path.display(), "skipping file that is not a Unix socket")
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "skipping unreadable entry in socket folder")
-                }
-            }
-            self.warned.insert(path);
-        }
     }
 }
 
