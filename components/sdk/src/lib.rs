@@ -20,13 +20,16 @@
 //!   [`ComponentServer::serve_with_shutdown`] on any future (for a
 //!   `CancellationToken`, `token.cancelled_owned()`). In-flight calls get a
 //!   bounded grace ([`ComponentServer::shutdown_grace`]).
-//! - **Errors.** [`state::StateError`] variants become the statuses and
-//!   `google.rpc` error details daprd understands (etag mismatch →
-//!   `FAILED_PRECONDITION` with one `BadRequest` violation on `etag`, …).
+//! - **Errors.** [`state::StateError`] and [`pubsub::PubSubError`] variants
+//!   become the statuses and `google.rpc` error details daprd understands
+//!   (etag mismatch → `FAILED_PRECONDITION` with one `BadRequest` violation on
+//!   `etag`, …).
 //!
-//! Kinds live in one module each. Only [`state`] exists so far; pub/sub,
-//! bindings and secret stores will follow the same shape (a trait, a
-//! `ComponentServer::<kind>(factory)` method, an adapter).
+//! Kinds live in one module each, all of the same shape (a trait, a
+//! `ComponentServer::<kind>(factory)` method, an adapter): [`state`] for state
+//! stores and [`pubsub`] for brokers so far; bindings and secret stores will
+//! follow. One server can serve several kinds on the same socket
+//! (`.state_store(..).pubsub(..)`).
 //!
 //! # Clients that send the socket path as `:authority`
 //!
@@ -105,6 +108,7 @@
 
 pub mod client;
 pub mod multiplex;
+pub mod pubsub;
 pub mod server;
 pub mod state;
 
