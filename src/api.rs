@@ -3,6 +3,7 @@
 
 pub mod grpc;
 pub mod http;
+pub mod pubsub;
 pub mod state;
 
 use std::collections::HashMap;

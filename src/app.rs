@@ -24,6 +24,8 @@ use crate::{
 pub enum StartError {
     #[error("{0}")]
     Config(#[from] manifest::Problems),
+    #[error("app channel: {0}")]
+    AppChannel(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -52,6 +54,14 @@ impl App {
             Ok(loaded) if problems.is_empty() => loaded,
             Ok(_) => return Err(manifest::Problems(problems).into()),
             Err(manifest::Problems(more)) => {
+                problems.extend(more);
+                return Err(manifest::Problems(problems).into());
+            }
+        };
+        let subscriptions = match crate::pubsub::subscription::declarative(&docs, &config.app_id) {
+            Ok(subs) if problems.is_empty() => subs,
+            Ok(_) => return Err(manifest::Problems(problems).into()),
+            Err(more) => {
                 problems.extend(more);
                 return Err(manifest::Problems(problems).into());
             }
@@ -89,6 +99,12 @@ impl App {
             }
         });
 
+        let pubsubs: std::collections::HashSet<String> = loaded
+            .components
+            .iter()
+            .filter(|c| c.category == manifest::Category::PubSub)
+            .map(|c| c.name.clone())
+            .collect();
         let longest_init = loaded
             .components
             .iter()
@@ -113,6 +129,26 @@ impl App {
             manager,
             shutdown.clone(),
         );
+        match &config.app {
+            Some(app) => {
+                crate::pubsub::delivery::start(
+                    app,
+                    subscriptions,
+                    pubsubs,
+                    registry.clone(),
+                    config.subscription_concurrency,
+                    shutdown.clone(),
+                )
+                .map_err(StartError::AppChannel)?;
+            }
+            None if !subscriptions.is_empty() => {
+                tracing::warn!(
+                    count = subscriptions.len(),
+                    "Subscription resources found but no --app-port: nothing will be delivered"
+                );
+            }
+            None => {}
+        }
         log_summary(&config, &registry.snapshot(), started);
 
         Ok(Self {

@@ -97,4 +97,40 @@ pub struct Args {
     #[arg(long = "component-wait", env = "PLUGD_COMPONENT_WAIT",
           value_parser = humantime::parse_duration)]
     pub component_wait: Option<std::time::Duration>,
+
+    /// Port the app listens on; plugd delivers pub/sub events there. Without it, nothing is
+    /// delivered to the app.
+    #[arg(long = "app-port", env = "APP_PORT")]
+    pub app_port: Option<u16>,
+
+    /// Protocol of the app channel: grpc (AppCallback) or http.
+    #[arg(long = "app-protocol", env = "APP_PROTOCOL", default_value = "http")]
+    pub app_protocol: String,
+
+    /// Address the app listens on.
+    #[arg(
+        long = "app-channel-address",
+        env = "APP_CHANNEL_ADDRESS",
+        default_value = "127.0.0.1"
+    )]
+    pub app_channel_address: String,
+
+    /// Most calls in flight to the app at once, across all subscriptions (default: no limit
+    /// beyond each subscription's own).
+    #[arg(long = "app-max-concurrency", env = "APP_MAX_CONCURRENCY")]
+    pub app_max_concurrency: Option<usize>,
+
+    /// Messages of one subscription handled at once. 1 (the default) keeps the order the
+    /// component delivers in. A subscription's `concurrency` metadata overrides it.
+    #[arg(
+        long = "subscription-concurrency",
+        env = "PLUGD_SUBSCRIPTION_CONCURRENCY",
+        default_value_t = 1
+    )]
+    pub subscription_concurrency: usize,
+
+    /// Bound on each call to the app (delivering one event, listing subscriptions).
+    #[arg(long = "app-call-timeout", env = "PLUGD_APP_CALL_TIMEOUT", default_value = "60s",
+          value_parser = humantime::parse_duration)]
+    pub app_call_timeout: std::time::Duration,
 }

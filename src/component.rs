@@ -5,6 +5,7 @@
 //! `Channel` per component instance over the component's Unix socket, the
 //! `x-component-instance` header on every call, and a deadline on every call.
 
+pub mod pubsub;
 pub mod state;
 
 use std::{
@@ -378,6 +379,14 @@ impl Connection {
         req.metadata_mut()
             .insert(INSTANCE_HEADER, self.inner.header.clone());
         req.set_timeout(timeout);
+        req
+    }
+
+    /// Wraps the request of a long-lived stream: the instance header, no deadline.
+    pub fn stream_request<T>(&self, message: T) -> Request<T> {
+        let mut req = Request::new(message);
+        req.metadata_mut()
+            .insert(INSTANCE_HEADER, self.inner.header.clone());
         req
     }
 

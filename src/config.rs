@@ -38,6 +38,43 @@ pub struct Config {
     pub component_wait: Option<Duration>,
     /// How often the socket folder is rescanned even without change events.
     pub rescan_interval: Duration,
+    /// Where the app is, if plugd delivers to it.
+    pub app: Option<AppConfig>,
+    /// Messages of one subscription handled at once.
+    pub subscription_concurrency: usize,
+}
+
+/// How plugd reaches the app.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub address: SocketAddr,
+    pub protocol: AppProtocol,
+    /// Sent as `dapr-api-token` on every call to the app (`APP_API_TOKEN`).
+    pub token: Option<String>,
+    pub max_concurrency: Option<usize>,
+    pub call_timeout: Duration,
+}
+
+/// The app channel protocols plugd speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppProtocol {
+    Grpc,
+    Http,
+}
+
+impl std::str::FromStr for AppProtocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "grpc" => Ok(Self::Grpc),
+            "http" => Ok(Self::Http),
+            "grpcs" | "https" | "h2c" => {
+                Err(format!("{s} is not supported by plugd; use grpc or http"))
+            }
+            _ => Err("must be grpc or http".into()),
+        }
+    }
 }
 
 /// A bad flag value.
@@ -57,6 +94,47 @@ impl Config {
             value: args.listen_address.clone(),
             reason: format!("{e}"),
         })?;
+        let app = match args.app_port {
+            None => None,
+            Some(port) => {
+                let ip: IpAddr = args
+                    .app_channel_address
+                    .parse()
+                    .or_else(|_| {
+                        if args.app_channel_address == "localhost" {
+                            Ok(IpAddr::from([127, 0, 0, 1]))
+                        } else {
+                            Err("must be an IP address")
+                        }
+                    })
+                    .map_err(|reason| ConfigError {
+                        flag: "--app-channel-address",
+                        value: args.app_channel_address.clone(),
+                        reason: reason.to_string(),
+                    })?;
+                let protocol = args.app_protocol.parse().map_err(|reason| ConfigError {
+                    flag: "--app-protocol",
+                    value: args.app_protocol.clone(),
+                    reason,
+                })?;
+                Some(AppConfig {
+                    address: SocketAddr::new(ip, port),
+                    protocol,
+                    token: std::env::var("APP_API_TOKEN")
+                        .ok()
+                        .filter(|t| !t.is_empty()),
+                    max_concurrency: args.app_max_concurrency.filter(|n| *n > 0),
+                    call_timeout: args.app_call_timeout,
+                })
+            }
+        };
+        if args.subscription_concurrency == 0 {
+            return Err(ConfigError {
+                flag: "--subscription-concurrency",
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
         let sockets_folder = args
             .sockets_folder
             .unwrap_or_else(|| sockets_folder_from_env(|k| std::env::var(k).ok()));
@@ -74,6 +152,8 @@ impl Config {
             health_failures: args.component_health_failures,
             component_wait: args.component_wait,
             rescan_interval: args.component_health_interval,
+            app,
+            subscription_concurrency: args.subscription_concurrency,
         })
     }
 
@@ -94,6 +174,8 @@ impl Config {
             health_failures: 2,
             component_wait: None,
             rescan_interval: Duration::from_millis(500),
+            app: None,
+            subscription_concurrency: 1,
         }
     }
 }

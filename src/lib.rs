@@ -8,12 +8,14 @@
 
 pub mod api;
 pub mod app;
+pub mod appchannel;
 pub mod cli;
 pub mod component;
 pub mod config;
 pub mod discovery;
 pub mod lifecycle;
 pub mod proto;
+pub mod pubsub;
 pub mod registry;
 pub mod reload;
 pub mod shutdown;

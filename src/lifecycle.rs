@@ -16,6 +16,7 @@ use tracing::Instrument;
 use crate::{
     component::{
         ComponentError, ComponentKind, Connection, dial_watched,
+        pubsub::{GrpcPubSub, PubSub},
         state::{GrpcStateStore, KEY_PREFIX, KeyPrefix, StateStore},
     },
     config::{
@@ -23,7 +24,7 @@ use crate::{
         manifest::{Category, ComponentManifest, MetadataValue},
     },
     discovery::{DiscoveredSocket, Discovery, Identity},
-    registry::{ComponentInfo, ComponentStatus, Publish, Registry},
+    registry::{ComponentInfo, ComponentStatus, Live, Publish, Registry, TopicScopes},
 };
 
 /// Why one component could not be brought up.
@@ -408,7 +409,7 @@ enum Exit {
 }
 
 impl Supervisor {
-    fn set(&mut self, status: ComponentStatus, store: Option<(Arc<dyn StateStore>, KeyPrefix)>) {
+    fn set(&mut self, status: ComponentStatus, live: Option<Live>) {
         if let Some(error) = status
             .reason()
             .filter(|_| !matches!(status, ComponentStatus::NotServed { .. }))
@@ -432,8 +433,8 @@ impl Supervisor {
             }
         }
         self.info.status = status;
-        let change = match store {
-            Some((store, prefix)) => Publish::State(self.info.clone(), store, prefix),
+        let change = match live {
+            Some(live) => Publish::Live(self.info.clone(), live),
             None => Publish::Info(self.info.clone()),
         };
         match self.shadow.take() {
@@ -455,10 +456,20 @@ impl Supervisor {
     async fn run(mut self) {
         let templates = self.settings.templates();
         let env = |k: &str| std::env::var(k).ok();
-        let properties = match resolve_properties(&self.m, &templates, &NoSecretStores, &env).await
-        {
-            Ok(p) => p,
-            Err(e) => return self.fail_until_stopped(e.to_string()).await,
+        let mut properties =
+            match resolve_properties(&self.m, &templates, &NoSecretStores, &env).await {
+                Ok(p) => p,
+                Err(e) => return self.fail_until_stopped(e.to_string()).await,
+            };
+        let topic_scopes = if self.m.category == Category::PubSub {
+            // As daprd: the consumer group defaults to the app id.
+            let consumer = properties.entry(CONSUMER_ID.to_string()).or_default();
+            if consumer.is_empty() {
+                consumer.clone_from(&self.settings.app_id);
+            }
+            topic_scopes(&properties, &self.settings.app_id)
+        } else {
+            TopicScopes::default()
         };
         let key_prefix = match KeyPrefix::from_metadata(
             properties.get(KEY_PREFIX).map(String::as_str),
@@ -508,7 +519,7 @@ impl Supervisor {
                     continue;
                 }
             };
-            if self.m.category != Category::State {
+            if !matches!(self.m.category, Category::State | Category::PubSub) {
                 self.info.socket = Some(socket.path.clone());
                 self.set(
                     ComponentStatus::NotServed {
@@ -524,18 +535,20 @@ impl Supervisor {
             self.info.socket = Some(socket.path.clone());
             let init = tokio::select! {
                 _ = self.stop.cancelled() => return,
-                r = init_state(&self.m, &socket, properties.clone(), &self.settings) => r,
+                r = init_component(&self.m, &socket, properties.clone(), &self.settings) => r,
             };
             match init {
-                Ok((store, features)) => {
+                Ok((component, features)) => {
                     backoff = Backoff::default();
                     self.info.features = features;
-                    let store = Arc::new(store);
-                    self.set(
-                        ComponentStatus::Ready,
-                        Some((store.clone(), key_prefix.clone())),
-                    );
-                    match self.serve(&store, socket.identity).await {
+                    let live = match &component {
+                        Initialized::State(store) => Live::State(store.clone(), key_prefix.clone()),
+                        Initialized::PubSub(pubsub) => {
+                            Live::PubSub(pubsub.clone(), topic_scopes.clone())
+                        }
+                    };
+                    self.set(ComponentStatus::Ready, Some(live));
+                    match self.serve(&component, socket.identity).await {
                         Exit::Stop => return,
                         Exit::Reinit(reason) => {
                             tracing::warn!(%reason, "re-initialising the component");
@@ -567,8 +580,8 @@ impl Supervisor {
     }
 
     /// Pings on a jittered schedule while the connection and the socket stay the same.
-    async fn serve(&mut self, store: &Arc<GrpcStateStore>, identity: Identity) -> Exit {
-        let conn = store.connection().clone();
+    async fn serve(&mut self, component: &Initialized, identity: Identity) -> Exit {
+        let conn = component.connection().clone();
         let mut failures = 0u32;
         let mut discovery_open = true;
         loop {
@@ -591,7 +604,7 @@ impl Supervisor {
                         None => return Exit::Reinit(format!("socket {} was removed", conn.socket().display())),
                     }
                 }
-                _ = tokio::time::sleep(tick) => match ping(store, &self.stop).await {
+                _ = tokio::time::sleep(tick) => match ping(component, &self.stop).await {
                     None => return Exit::Stop,
                     Some(Ok(())) => {
                         failures = 0;
@@ -620,12 +633,12 @@ impl Supervisor {
 /// One Ping, unless the supervisor is stopped first (`None`). A component without Ping
 /// (`UNIMPLEMENTED`) counts as healthy while its calls succeed.
 async fn ping(
-    store: &GrpcStateStore,
+    component: &Initialized,
     stop: &CancellationToken,
 ) -> Option<Result<(), ComponentError>> {
     tokio::select! {
         _ = stop.cancelled() => None,
-        r = store.ping() => Some(match r {
+        r = component.ping() => Some(match r {
             Err(e) if e.status().is_some_and(|s| s.code() == tonic::Code::Unimplemented) => Ok(()),
             other => other,
         }),
@@ -678,13 +691,71 @@ fn find_socket<'a>(
     Ok(socket)
 }
 
+/// An initialised component instance, by kind.
+enum Initialized {
+    State(Arc<GrpcStateStore>),
+    PubSub(Arc<GrpcPubSub>),
+}
+
+impl Initialized {
+    fn connection(&self) -> &Connection {
+        match self {
+            Self::State(s) => s.connection(),
+            Self::PubSub(p) => p.connection(),
+        }
+    }
+
+    async fn ping(&self) -> Result<(), ComponentError> {
+        match self {
+            Self::State(s) => s.ping().await,
+            Self::PubSub(p) => p.ping().await,
+        }
+    }
+}
+
+/// The Init property naming a pub/sub component's consumer group.
+pub const CONSUMER_ID: &str = "consumerID";
+
+/// The topic restrictions of a pub/sub component's metadata, for `app_id`: `allowedTopics`
+/// (`a,b`), `publishingScopes` / `subscriptionScopes` (`app1=a,b;app2=c`), `protectedTopics`.
+pub fn topic_scopes(props: &HashMap<String, String>, app_id: &str) -> TopicScopes {
+    let list = |v: &str| -> Vec<String> {
+        v.split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let for_app = |key: &str| -> Option<Vec<String>> {
+        let value = props.get(key)?;
+        value.split(';').find_map(|part| {
+            let (app, topics) = part.split_once('=')?;
+            (app.trim() == app_id).then(|| list(topics))
+        })
+    };
+    let allowed = props
+        .get("allowedTopics")
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| list(v));
+    let protected = props
+        .get("protectedTopics")
+        .map(|v| list(v))
+        .unwrap_or_default();
+    TopicScopes {
+        allowed,
+        protected,
+        publish: for_app("publishingScopes"),
+        subscribe: for_app("subscriptionScopes"),
+    }
+}
+
 /// Dial → Init → Features → Ping, all of it bounded by `initTimeout`.
-async fn init_state(
+async fn init_component(
     m: &ComponentManifest,
     socket: &DiscoveredSocket,
     properties: HashMap<String, String>,
     settings: &Settings,
-) -> Result<(GrpcStateStore, Vec<String>), InitError> {
+) -> Result<(Initialized, Vec<String>), InitError> {
     let timeout = m.init_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
     let init = async {
@@ -696,15 +767,24 @@ async fn init_state(
             socket.path.clone(),
             settings.call_timeout,
         )?;
-        let (store, features) = GrpcStateStore::init(conn, properties, deadline).await?;
-        match store.ping().await {
+        let (component, features) = match m.category {
+            Category::PubSub => {
+                let (p, f) = GrpcPubSub::init(conn, properties, deadline).await?;
+                (Initialized::PubSub(Arc::new(p)), f)
+            }
+            _ => {
+                let (s, f) = GrpcStateStore::init(conn, properties, deadline).await?;
+                (Initialized::State(Arc::new(s)), f)
+            }
+        };
+        match component.ping().await {
             // A component without Ping is healthy while its calls succeed.
             Err(e)
                 if e.status()
                     .is_some_and(|s| s.code() == tonic::Code::Unimplemented) => {}
             other => other?,
         }
-        Ok::<_, ComponentError>((store, features))
+        Ok::<_, ComponentError>((component, features))
     };
     match tokio::time::timeout_at(deadline, init).await {
         Ok(Ok(ready)) => Ok(ready),

@@ -9,10 +9,12 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 
 use crate::{
     component::{
         ComponentKind,
+        pubsub::PubSub,
         state::{KeyPrefix, StateStore},
     },
     discovery::Discovery,
@@ -105,6 +107,62 @@ impl StateEntry {
     }
 }
 
+/// A pub/sub component as the API and subscription layers use it.
+pub struct PubSubEntry {
+    pub info: Arc<ComponentInfo>,
+    pub pubsub: Arc<dyn PubSub>,
+    /// Topics the app may publish to / subscribe to (`publishingScopes`, `subscriptionScopes`,
+    /// `allowedTopics`, `protectedTopics` of the component); `None` = any.
+    pub scopes: TopicScopes,
+}
+
+impl PubSubEntry {
+    pub fn has_feature(&self, feature: &str) -> bool {
+        self.info.features.iter().any(|f| f == feature)
+    }
+}
+
+/// The topic restrictions of one pub/sub component for this app.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicScopes {
+    /// `allowedTopics`: `None` = any topic.
+    pub allowed: Option<Vec<String>>,
+    /// `protectedTopics`: only usable when listed in this app's scope.
+    pub protected: Vec<String>,
+    /// This app's `publishingScopes` entry, if it has one.
+    pub publish: Option<Vec<String>>,
+    /// This app's `subscriptionScopes` entry, if it has one.
+    pub subscribe: Option<Vec<String>>,
+}
+
+impl TopicScopes {
+    fn may(&self, scope: Option<&Vec<String>>, topic: &str) -> bool {
+        let listed = |l: &Vec<String>| l.iter().any(|x| x == topic);
+        if self.allowed.as_ref().is_some_and(|a| !listed(a)) {
+            return false;
+        }
+        match scope {
+            Some(s) => listed(s),
+            None => !self.protected.iter().any(|x| x == topic),
+        }
+    }
+
+    pub fn may_publish(&self, topic: &str) -> bool {
+        self.may(self.publish.as_ref(), topic)
+    }
+
+    pub fn may_subscribe(&self, topic: &str) -> bool {
+        self.may(self.subscribe.as_ref(), topic)
+    }
+}
+
+/// A live component object, by kind.
+#[derive(Clone)]
+pub enum Live {
+    State(Arc<dyn StateStore>, KeyPrefix),
+    PubSub(Arc<dyn PubSub>, TopicScopes),
+}
+
 /// One consistent view of every component.
 #[derive(Default, Clone)]
 pub struct Snapshot {
@@ -113,6 +171,8 @@ pub struct Snapshot {
     pub retired: HashMap<String, u64>,
     /// State stores that have been initialised (check `info.status` before use).
     pub state: HashMap<String, Arc<StateEntry>>,
+    /// Pub/sub components that have been initialised (check `info.status` before use).
+    pub pubsub: HashMap<String, Arc<PubSubEntry>>,
     pub components: BTreeMap<String, Arc<ComponentInfo>>,
     pub discovery: Arc<Discovery>,
 }
@@ -147,13 +207,14 @@ impl Snapshot {
 pub enum Publish {
     /// New info; the live state store, when there is one, stays.
     Info(ComponentInfo),
-    /// New info and a (new) live state store.
-    State(ComponentInfo, Arc<dyn StateStore>, KeyPrefix),
+    /// New info and a (new) live component object.
+    Live(ComponentInfo, Live),
 }
 
 /// Shared by every API handler and supervisor.
 pub struct Registry {
     current: ArcSwap<Snapshot>,
+    changed: watch::Sender<u64>,
     extended: RwLock<BTreeMap<String, String>>,
 }
 
@@ -167,6 +228,7 @@ impl Registry {
     pub fn new(snapshot: Snapshot) -> Self {
         Self {
             current: ArcSwap::from_pointee(snapshot),
+            changed: watch::Sender::new(0),
             extended: RwLock::new(BTreeMap::new()),
         }
     }
@@ -177,9 +239,9 @@ impl Registry {
 
     /// Publishes a component's new state, unless a newer generation already owns the name.
     pub fn publish(&self, change: Publish) {
-        let (info, store) = match change {
+        let (info, live) = match change {
             Publish::Info(info) => (Arc::new(info), None),
-            Publish::State(info, store, prefix) => (Arc::new(info), Some((store, prefix))),
+            Publish::Live(info, live) => (Arc::new(info), Some(live)),
         };
         self.current.rcu(|old| {
             let mut next = Snapshot::clone(old);
@@ -195,32 +257,47 @@ impl Registry {
                 return next;
             }
             next.components.insert(info.name.clone(), info.clone());
-            match &store {
-                Some((store, prefix)) => {
+            // Without a new live object, the current one (if any) stays, with the new info.
+            let live = live.clone().or_else(|| {
+                if let Some(e) = next.state.get(&info.name) {
+                    Some(Live::State(e.store.clone(), e.key_prefix.clone()))
+                } else {
+                    next.pubsub
+                        .get(&info.name)
+                        .map(|e| Live::PubSub(e.pubsub.clone(), e.scopes.clone()))
+                }
+            });
+            match live {
+                Some(Live::State(store, key_prefix)) => {
                     next.state.insert(
                         info.name.clone(),
                         Arc::new(StateEntry {
                             info: info.clone(),
-                            store: store.clone(),
-                            key_prefix: prefix.clone(),
+                            store,
+                            key_prefix,
                         }),
                     );
                 }
-                None => {
-                    if let Some(entry) = next.state.get(&info.name).cloned() {
-                        next.state.insert(
-                            info.name.clone(),
-                            Arc::new(StateEntry {
-                                info: info.clone(),
-                                store: entry.store.clone(),
-                                key_prefix: entry.key_prefix.clone(),
-                            }),
-                        );
-                    }
+                Some(Live::PubSub(pubsub, scopes)) => {
+                    next.pubsub.insert(
+                        info.name.clone(),
+                        Arc::new(PubSubEntry {
+                            info: info.clone(),
+                            pubsub,
+                            scopes,
+                        }),
+                    );
                 }
+                None => {}
             }
             next
         });
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Resolves after the next change published to the registry.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     /// Removes a component, if `generation` still owns it.
@@ -234,14 +311,16 @@ impl Registry {
             {
                 next.components.remove(name);
                 next.state.remove(name);
+                next.pubsub.remove(name);
             }
             let retired = next.retired.entry(name.to_string()).or_insert(0);
             *retired = (*retired).max(generation);
             next
         });
+        self.changed.send_modify(|n| *n += 1);
     }
 
-    /// Drops the live state store of a component (its connection closes with it).
+    /// Drops the live object of a component (its connection closes with it).
     pub fn drop_store(&self, name: &str, generation: u64) {
         self.current.rcu(|old| {
             let mut next = Snapshot::clone(old);
@@ -252,8 +331,16 @@ impl Registry {
             {
                 next.state.remove(name);
             }
+            if next
+                .pubsub
+                .get(name)
+                .is_some_and(|e| e.info.generation == generation)
+            {
+                next.pubsub.remove(name);
+            }
             next
         });
+        self.changed.send_modify(|n| *n += 1);
     }
 
     pub fn set_discovery(&self, discovery: Arc<Discovery>) {

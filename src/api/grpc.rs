@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     ApiError,
+    pubsub::{self as publish, BulkEntry, PubSubApi},
     state::{StateApi, TxOp},
 };
 use crate::{
@@ -19,6 +20,7 @@ use crate::{
 #[derive(Clone)]
 pub struct DaprApi {
     state: StateApi,
+    pubsub: PubSubApi,
     registry: Arc<Registry>,
     app_id: String,
     shutdown: CancellationToken,
@@ -28,6 +30,7 @@ impl DaprApi {
     pub fn new(registry: Arc<Registry>, app_id: String, shutdown: CancellationToken) -> Self {
         Self {
             state: StateApi::new(registry.clone(), app_id.clone()),
+            pubsub: PubSubApi::new(registry.clone(), app_id.clone()),
             registry,
             app_id,
             shutdown,
@@ -37,6 +40,51 @@ impl DaprApi {
     pub fn into_server(self) -> rt::dapr_server::DaprServer<Self> {
         rt::dapr_server::DaprServer::new(self)
     }
+}
+
+impl DaprApi {
+    async fn bulk_publish(
+        &self,
+        req: Request<rt::BulkPublishRequest>,
+    ) -> Reply<rt::BulkPublishResponse> {
+        let trace = trace_of(&req);
+        let r = req.into_inner();
+        let entries = r
+            .entries
+            .into_iter()
+            .map(|e| BulkEntry {
+                entry_id: e.entry_id,
+                message: publish::Message {
+                    data: e.event,
+                    content_type: e.content_type,
+                    metadata: e.metadata,
+                },
+            })
+            .collect();
+        let failed = self
+            .pubsub
+            .bulk_publish(&r.pubsub_name, &r.topic, entries, r.metadata, &trace)
+            .await?;
+        Ok(Response::new(rt::BulkPublishResponse {
+            failed_entries: failed
+                .into_iter()
+                .map(|f| rt::BulkPublishResponseFailedEntry {
+                    entry_id: f.entry_id,
+                    error: f.error,
+                })
+                .collect(),
+        }))
+    }
+}
+
+/// The W3C trace context a gRPC request carries.
+fn trace_of<T>(req: &Request<T>) -> crate::pubsub::cloudevents::Trace {
+    publish::trace_from(|k| {
+        req.metadata()
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    })
 }
 
 fn unserved(api: &str) -> Status {
@@ -143,22 +191,32 @@ impl rt::dapr_server::Dapr for DaprApi {
         Ok(Response::new(()))
     }
 
-    async fn publish_event(&self, _: Request<rt::PublishEventRequest>) -> Reply<()> {
-        Err(unserved("publish (PublishEvent)"))
+    async fn publish_event(&self, req: Request<rt::PublishEventRequest>) -> Reply<()> {
+        let trace = trace_of(&req);
+        let r = req.into_inner();
+        let message = publish::Message {
+            data: r.data,
+            content_type: r.data_content_type,
+            metadata: r.metadata,
+        };
+        self.pubsub
+            .publish(&r.pubsub_name, &r.topic, message, &trace)
+            .await?;
+        Ok(Response::new(()))
     }
 
     async fn bulk_publish_event(
         &self,
-        _: Request<rt::BulkPublishRequest>,
+        req: Request<rt::BulkPublishRequest>,
     ) -> Reply<rt::BulkPublishResponse> {
-        Err(unserved("bulk publish (BulkPublishEvent)"))
+        self.bulk_publish(req).await
     }
 
     async fn bulk_publish_event_alpha1(
         &self,
-        _: Request<rt::BulkPublishRequest>,
+        req: Request<rt::BulkPublishRequest>,
     ) -> Reply<rt::BulkPublishResponse> {
-        Err(unserved("bulk publish (BulkPublishEventAlpha1)"))
+        self.bulk_publish(req).await
     }
 
     type SubscribeTopicEventsAlpha1Stream =

@@ -20,6 +20,7 @@ use tonic::Code;
 
 use super::{
     ApiError,
+    pubsub::{self as publish, BulkEntry, PubSubApi},
     state::{StateApi, TxOp},
 };
 use crate::{
@@ -36,6 +37,7 @@ pub const MAX_BODY: usize = 4 * 1024 * 1024;
 #[derive(Clone)]
 struct Ctx {
     state: StateApi,
+    pubsub: PubSubApi,
     registry: Arc<Registry>,
     app_id: String,
     shutdown: CancellationToken,
@@ -47,6 +49,7 @@ type Params = Query<Vec<(String, String)>>;
 pub fn router(registry: Arc<Registry>, app_id: String, shutdown: CancellationToken) -> Router {
     let ctx = Ctx {
         state: StateApi::new(registry.clone(), app_id.clone()),
+        pubsub: PubSubApi::new(registry.clone(), app_id.clone()),
         registry,
         app_id,
         shutdown,
@@ -70,6 +73,19 @@ pub fn router(registry: Arc<Registry>, app_id: String, shutdown: CancellationTok
         .route(
             "/v1.0-alpha1/state/{store}/query",
             post(query_state).put(query_state),
+        )
+        // Topics may contain `/`.
+        .route(
+            "/v1.0/publish/{pubsub}/{*topic}",
+            post(publish_event).put(publish_event),
+        )
+        .route(
+            "/v1.0-alpha1/publish/bulk/{pubsub}/{*topic}",
+            post(bulk_publish).put(bulk_publish),
+        )
+        .route(
+            "/v1.0/publish/bulk/{pubsub}/{*topic}",
+            post(bulk_publish).put(bulk_publish),
         )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -551,4 +567,168 @@ async fn query_state(
         body["metadata"] = serde_json::to_value(resp.metadata).unwrap_or(Value::Null);
     }
     Ok(Json(body).into_response())
+}
+
+fn trace_of(headers: &HeaderMap) -> crate::pubsub::cloudevents::Trace {
+    publish::trace_from(|k| {
+        headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    })
+}
+
+/// `POST /v1.0/publish/{pubsub}/{topic}`: the body is the payload, `Content-Type` its type.
+async fn publish_event(
+    State(ctx): State<Ctx>,
+    Path((pubsub, topic)): Path<(String, String)>,
+    Query(params): Params,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let message = publish::Message {
+        data: body.to_vec(),
+        content_type,
+        metadata: query_metadata(&params),
+    };
+    ctx.pubsub
+        .publish(&pubsub, &topic, message, &trace_of(&headers))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn events_error(pubsub: &str, topic: &str, error: String) -> ApiError {
+    ApiError::named(
+        Code::InvalidArgument,
+        400,
+        "ERR_PUBSUB_EVENTS_SER",
+        "DAPR_PUBSUB_UNMARSHAL_EVENTS",
+        format!("error when unmarshaling the request for topic {topic} pubsub {pubsub}: {error}"),
+    )
+}
+
+/// A bulk entry's `event` as bytes, by its content type.
+fn bulk_event(event: &Value, content_type: &str) -> Result<(Vec<u8>, String), String> {
+    use crate::pubsub::cloudevents::{is_binary, is_cloudevent, is_json, media_type};
+    let ct = if content_type.is_empty() {
+        match event {
+            Value::String(_) => "text/plain",
+            _ => "application/json",
+        }
+    } else {
+        content_type
+    };
+    let m = media_type(ct);
+    let bytes = if is_binary(ct) {
+        let Value::String(b64) = event else {
+            return Err(format!("an {m} event must be a base64 string"));
+        };
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(b64.as_bytes())
+            .map_err(|e| format!("the event is not valid base64: {e}"))?
+    } else if m.starts_with("text/") || m == "application/xml" {
+        match event {
+            Value::String(s) => s.clone().into_bytes(),
+            _ => return Err(format!("a {m} event must be a string")),
+        }
+    } else if is_json(ct) || is_cloudevent(ct) {
+        serde_json::to_vec(event).map_err(|e| e.to_string())?
+    } else {
+        return Err(format!(
+            "content type {ct:?} is not supported in bulk publish"
+        ));
+    };
+    Ok((bytes, ct.to_string()))
+}
+
+/// `POST /v1.0-alpha1/publish/bulk/{pubsub}/{topic}`: a JSON array of entries.
+async fn bulk_publish(
+    State(ctx): State<Ctx>,
+    Path((pubsub, topic)): Path<(String, String)>,
+    Query(params): Params,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Ok(Value::Array(items)) = serde_json::from_slice::<Value>(&body) else {
+        return Err(events_error(
+            &pubsub,
+            &topic,
+            "the body must be a JSON array of entries".into(),
+        ));
+    };
+    let mut entries = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let Value::Object(obj) = item else {
+            return Err(events_error(
+                &pubsub,
+                &topic,
+                format!("entry {i} is not an object"),
+            ));
+        };
+        let entry_id = match field(obj, "entryId") {
+            Some(Value::String(s)) => s.clone(),
+            None | Some(Value::Null) => String::new(),
+            Some(other) => other.to_string(),
+        };
+        let content_type = match field(obj, "contentType") {
+            Some(Value::String(s)) => s.clone(),
+            _ => String::new(),
+        };
+        let event = field(obj, "event").unwrap_or(&Value::Null);
+        let (data, content_type) = bulk_event(event, &content_type).map_err(|e| {
+            ApiError::named(
+                Code::InvalidArgument,
+                400,
+                "ERR_PUBSUB_EVENTS_SER",
+                "DAPR_PUBSUB_MARSHAL_EVENTS",
+                format!("error marshaling events to bytes for topic {topic} pubsub {pubsub}. error: entry {entry_id:?}: {e}"),
+            )
+        })?;
+        let metadata = string_map(field(obj, "metadata"), "metadata")?;
+        entries.push(BulkEntry {
+            entry_id,
+            message: publish::Message {
+                data,
+                content_type,
+                metadata,
+            },
+        });
+    }
+    let failed = ctx
+        .pubsub
+        .bulk_publish(
+            &pubsub,
+            &topic,
+            entries,
+            query_metadata(&params),
+            &trace_of(&headers),
+        )
+        .await?;
+    if failed.is_empty() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let failed_json: Vec<Value> = failed
+        .iter()
+        .map(|f| serde_json::json!({"entryId": f.entry_id, "error": f.error}))
+        .collect();
+    let body = serde_json::json!({
+        "failedEntries": failed_json,
+        "errorCode": "ERR_PUBSUB_PUBLISH_MESSAGE",
+    });
+    let mut resp = (StatusCode::INTERNAL_SERVER_ERROR, Json(body.clone())).into_response();
+    if let Ok(v) = HeaderValue::from_str(&body["failedEntries"].to_string()) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static("metadata.responsedata"), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("{} entries failed", failed.len())) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static("metadata.error"), v);
+    }
+    Ok(resp)
 }

@@ -1,0 +1,342 @@
+//! The app channel: how plugd calls the app (`--app-port`, `--app-protocol`), to ask for its
+//! subscriptions and to deliver events to it.
+
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    Code,
+    metadata::{AsciiMetadataKey, AsciiMetadataValue},
+    transport::{Channel, Endpoint},
+};
+
+use crate::{
+    config::AppProtocol,
+    proto::runtime::{
+        TopicEventRequest, app_callback_client::AppCallbackClient,
+        topic_event_response::TopicEventResponseStatus,
+    },
+    pubsub::{
+        cloudevents::{CLOUDEVENTS_JSON, Event},
+        subscription::{self, Subscription},
+    },
+};
+
+/// The header carrying the app token (`APP_API_TOKEN`) on every call to the app.
+pub const API_TOKEN_HEADER: &str = "dapr-api-token";
+
+/// What the app decided about one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Processed: acknowledge it.
+    Success,
+    /// Not processed: the component redelivers it.
+    Retry(String),
+    /// Not wanted: acknowledge it (after the dead-letter topic, if any).
+    Drop(String),
+}
+
+/// An event on its way to the app.
+pub struct TopicDelivery<'a> {
+    pub event: &'a Event,
+    pub pubsub: &'a str,
+    pub topic: &'a str,
+    pub path: &'a str,
+    /// The broker message metadata (becomes headers / gRPC metadata).
+    pub metadata: &'a HashMap<String, String>,
+}
+
+/// Calls into the app.
+#[async_trait]
+pub trait AppChannel: Send + Sync {
+    /// Where the app is, for logs.
+    fn address(&self) -> String;
+    /// The app's programmatic subscriptions; an app without any answers with none.
+    async fn subscriptions(&self) -> Result<Vec<Subscription>, String>;
+    async fn topic_event(&self, delivery: TopicDelivery<'_>) -> Outcome;
+}
+
+/// Settings of the app channel.
+#[derive(Debug, Clone)]
+pub struct AppSettings {
+    pub address: SocketAddr,
+    pub protocol: AppProtocol,
+    pub token: Option<String>,
+    /// Bound on each call to the app.
+    pub call_timeout: Duration,
+}
+
+/// Builds the channel for `settings`.
+pub fn connect(settings: AppSettings) -> Result<Box<dyn AppChannel>, String> {
+    Ok(match settings.protocol {
+        AppProtocol::Grpc => Box::new(GrpcApp::new(settings)?),
+        AppProtocol::Http => Box::new(HttpApp::new(settings)?),
+    })
+}
+
+/// Waits until the app's port accepts connections; logs while it does not. Returns false if
+/// stopped first.
+pub async fn wait_for_app(address: SocketAddr, stop: &CancellationToken) -> bool {
+    let started = tokio::time::Instant::now();
+    let mut next_log = Duration::from_secs(2);
+    let mut delay = Duration::from_millis(20);
+    loop {
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect(address),
+        );
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            r = attempt => if let Ok(Ok(_)) = r {
+                tracing::info!(app = %address, waited = ?started.elapsed(), "app is listening");
+                return true;
+            },
+        }
+        if started.elapsed() >= next_log {
+            tracing::warn!(app = %address, waited = ?started.elapsed(),
+                "waiting for the app to listen before subscribing");
+            next_log = (next_log * 2).min(Duration::from_secs(60)) + started.elapsed();
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_millis(500));
+    }
+}
+
+struct GrpcApp {
+    settings: AppSettings,
+    channel: Channel,
+}
+
+impl GrpcApp {
+    fn new(settings: AppSettings) -> Result<Self, String> {
+        let endpoint = Endpoint::from_shared(format!("http://{}", settings.address))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true);
+        Ok(Self {
+            channel: endpoint.connect_lazy(),
+            settings,
+        })
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        req.set_timeout(self.settings.call_timeout);
+        if let Some(token) = self
+            .settings
+            .token
+            .as_deref()
+            .and_then(|t| AsciiMetadataValue::try_from(t).ok())
+        {
+            req.metadata_mut().insert(API_TOKEN_HEADER, token);
+        }
+        req
+    }
+}
+
+#[async_trait]
+impl AppChannel for GrpcApp {
+    fn address(&self) -> String {
+        format!("grpc://{}", self.settings.address)
+    }
+
+    async fn subscriptions(&self) -> Result<Vec<Subscription>, String> {
+        let mut client = AppCallbackClient::new(self.channel.clone());
+        match client.list_topic_subscriptions(self.request(())).await {
+            Ok(resp) => {
+                let mut subs = Vec::new();
+                for s in resp.into_inner().subscriptions {
+                    let label = format!("{}/{}", s.pubsub_name, s.topic);
+                    match subscription::from_grpc(s) {
+                        Ok(sub) => subs.push(sub),
+                        Err(e) => {
+                            tracing::error!(subscription = %label, "subscription ignored: {e}")
+                        }
+                    }
+                }
+                Ok(subs)
+            }
+            Err(status) if status.code() == Code::Unimplemented => Ok(Vec::new()),
+            Err(status) => Err(format!(
+                "ListTopicSubscriptions failed: {:?}: {}",
+                status.code(),
+                status.message()
+            )),
+        }
+    }
+
+    async fn topic_event(&self, d: TopicDelivery<'_>) -> Outcome {
+        let message: TopicEventRequest = match d.event.to_topic_event(d.topic, d.pubsub, d.path) {
+            Ok(m) => m,
+            Err(e) => return Outcome::Retry(e),
+        };
+        let mut req = self.request(message);
+        for (k, v) in d.metadata {
+            let key = k.to_ascii_lowercase();
+            if matches!(key.as_str(), "content-type" | "content-length") {
+                continue;
+            }
+            if let (Ok(key), Ok(value)) = (
+                AsciiMetadataKey::from_bytes(key.as_bytes()),
+                AsciiMetadataValue::try_from(v.as_str()),
+            ) {
+                req.metadata_mut().insert(key, value);
+            }
+        }
+        if let Some(tp) = d
+            .event
+            .str("traceparent")
+            .filter(|t| !t.is_empty())
+            .and_then(|t| AsciiMetadataValue::try_from(t).ok())
+        {
+            req.metadata_mut().insert("traceparent", tp);
+        }
+        let mut client = AppCallbackClient::new(self.channel.clone());
+        match client.on_topic_event(req).await {
+            Ok(resp) => match TopicEventResponseStatus::try_from(resp.into_inner().status) {
+                Ok(TopicEventResponseStatus::Success) => Outcome::Success,
+                Ok(TopicEventResponseStatus::Retry) => {
+                    Outcome::Retry("the app answered RETRY".into())
+                }
+                Ok(TopicEventResponseStatus::Drop) => Outcome::Drop("the app answered DROP".into()),
+                Err(_) => Outcome::Retry("the app answered an unknown status".into()),
+            },
+            Err(status) if status.code() == Code::Unimplemented => Outcome::Drop(format!(
+                "the app does not handle this event: {}",
+                status.message()
+            )),
+            Err(status) => Outcome::Retry(format!(
+                "OnTopicEvent failed: {:?}: {}",
+                status.code(),
+                status.message()
+            )),
+        }
+    }
+}
+
+struct HttpApp {
+    settings: AppSettings,
+    client: reqwest::Client,
+    base: String,
+}
+
+impl HttpApp {
+    fn new(settings: AppSettings) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .timeout(settings.call_timeout)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            base: format!("http://{}", settings.address),
+            settings,
+            client,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        if path.starts_with('/') {
+            format!("{}{path}", self.base)
+        } else {
+            format!("{}/{path}", self.base)
+        }
+    }
+
+    fn with_token(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.settings.token {
+            Some(t) => req.header(API_TOKEN_HEADER, t),
+            None => req,
+        }
+    }
+}
+
+#[async_trait]
+impl AppChannel for HttpApp {
+    fn address(&self) -> String {
+        self.base.clone()
+    }
+
+    async fn subscriptions(&self) -> Result<Vec<Subscription>, String> {
+        let resp = self
+            .with_token(self.client.get(self.url("/dapr/subscribe")))
+            .send()
+            .await
+            .map_err(|e| format!("GET /dapr/subscribe failed: {e}"))?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(Vec::new());
+        }
+        if !status.is_success() {
+            return Err(format!("GET /dapr/subscribe answered {status}"));
+        }
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| format!("GET /dapr/subscribe: reading the body: {e}"))?;
+        let items: Vec<serde_json::Value> = serde_json::from_slice(&body)
+            .map_err(|e| format!("GET /dapr/subscribe: the body is not a JSON array: {e}"))?;
+        let mut subs = Vec::new();
+        for item in items {
+            let parsed = serde_json::from_value::<subscription::HttpSubscription>(item.clone())
+                .map_err(|e| e.to_string())
+                .and_then(subscription::from_http);
+            match parsed {
+                Ok(Some(sub)) => subs.push(sub),
+                Ok(None) => tracing::warn!(%item, "subscription without a route ignored"),
+                Err(e) => tracing::error!(%item, "subscription ignored: {e}"),
+            }
+        }
+        Ok(subs)
+    }
+
+    async fn topic_event(&self, d: TopicDelivery<'_>) -> Outcome {
+        let mut req = self
+            .client
+            .post(self.url(d.path))
+            .header(http::header::CONTENT_TYPE, CLOUDEVENTS_JSON);
+        for (k, v) in d.metadata {
+            if k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("content-type") {
+                continue;
+            }
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(k.as_bytes()),
+                http::HeaderValue::from_str(v),
+            ) {
+                req = req.header(name, value);
+            }
+        }
+        if let Some(tp) = d.event.str("traceparent").filter(|t| !t.is_empty()) {
+            req = req.header("traceparent", tp);
+        }
+        let resp = match self
+            .with_token(req)
+            .body(d.event.bytes.clone())
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return Outcome::Retry(format!("POST {} failed: {e}", d.path)),
+        };
+        let status = resp.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Outcome::Drop(format!("POST {} answered 404", d.path));
+        }
+        if !status.is_success() {
+            return Outcome::Retry(format!("POST {} answered {status}", d.path));
+        }
+        let body = resp.bytes().await.unwrap_or_default();
+        let verdict = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("status").and_then(|s| s.as_str().map(str::to_string)));
+        match verdict.as_deref() {
+            None | Some("") | Some("SUCCESS") => Outcome::Success,
+            Some("DROP") => Outcome::Drop("the app answered DROP".into()),
+            Some("RETRY") => Outcome::Retry("the app answered RETRY".into()),
+            Some(other) => Outcome::Retry(format!("the app answered an unknown status {other:?}")),
+        }
+    }
+}

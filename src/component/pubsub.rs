@@ -1,0 +1,198 @@
+//! Pub/sub components: the trait the API and subscription layers call, and its gRPC adapter.
+
+use std::{collections::HashMap, time::Duration};
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{ComponentError, Connection};
+use crate::proto::components::{self as pb, pub_sub_client::PubSubClient};
+
+/// The feature a pub/sub component reports when it implements `BulkPublish`.
+pub const FEATURE_BULK_PUBSUB: &str = "BULK_PUBSUB";
+/// The feature a pub/sub component reports when it honours `ttlInSeconds` itself.
+pub const FEATURE_MESSAGE_TTL: &str = "MESSAGE_TTL";
+
+/// How many acks may wait to be written to one stream.
+const ACK_QUEUE: usize = 256;
+
+/// What plugd needs from a pub/sub component.
+#[async_trait]
+pub trait PubSub: Send + Sync {
+    async fn publish(&self, req: pb::PublishRequest) -> Result<(), ComponentError>;
+    async fn bulk_publish(
+        &self,
+        req: pb::BulkPublishRequest,
+    ) -> Result<pb::BulkPublishResponse, ComponentError>;
+    /// Opens a `PullMessages` stream for `topic`: the first message (the topic) is queued at
+    /// once; messages arrive on the returned stream. Dropping it closes the stream.
+    async fn pull(&self, topic: pb::Topic) -> Result<MessageStream, ComponentError>;
+    async fn pause(&self, timeout: Duration) -> Result<(), ComponentError>;
+    async fn ping(&self) -> Result<(), ComponentError>;
+    /// The connection the component is reached by (to notice that it closed).
+    fn connection(&self) -> &Connection;
+}
+
+/// One open `PullMessages` stream: messages in, acks out.
+/// Dropping it closes the stream (the component redelivers what was not acked).
+pub struct MessageStream {
+    /// Messages in order; an `Err` or the end of the channel ends the stream.
+    pub messages: mpsc::Receiver<Result<pb::PullMessagesResponse, tonic::Status>>,
+    pub acks: Acker,
+}
+
+/// Sends acks on one stream; cheap to clone. Sends are serialised by the channel.
+#[derive(Clone)]
+pub struct Acker(mpsc::Sender<pb::PullMessagesRequest>);
+
+impl Acker {
+    /// Acknowledges a message (`error` = `None`) or rejects it so the component redelivers it.
+    /// Returns false when the stream has ended (the component will redeliver anyway).
+    pub async fn ack(&self, id: String, error: Option<String>) -> bool {
+        let req = pb::PullMessagesRequest {
+            topic: None,
+            ack_message_id: id,
+            ack_error: error.map(|message| pb::AckMessageError { message }),
+        };
+        self.0.send(req).await.is_ok()
+    }
+}
+
+/// A pub/sub component served over gRPC.
+pub struct GrpcPubSub {
+    conn: Connection,
+}
+
+impl GrpcPubSub {
+    /// Calls `Init` with `properties` and then `Features`, both done by `deadline`.
+    pub async fn init(
+        conn: Connection,
+        properties: HashMap<String, String>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Self, Vec<String>), ComponentError> {
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        let req = pb::PubSubInitRequest {
+            metadata: Some(pb::MetadataRequest { properties }),
+        };
+        conn.call_with_timeout("Init", left(), req, |ch, r| async move {
+            PubSubClient::new(ch).init(r).await
+        })
+        .await?;
+        let features = conn
+            .call_with_timeout(
+                "Features",
+                left(),
+                pb::FeaturesRequest {},
+                |ch, r| async move { PubSubClient::new(ch).features(r).await },
+            )
+            .await?
+            .features;
+        Ok((Self { conn }, features))
+    }
+}
+
+#[async_trait]
+impl PubSub for GrpcPubSub {
+    async fn publish(&self, req: pb::PublishRequest) -> Result<(), ComponentError> {
+        self.conn
+            .call("Publish", req, |ch, r| async move {
+                PubSubClient::new(ch).publish(r).await
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn bulk_publish(
+        &self,
+        req: pb::BulkPublishRequest,
+    ) -> Result<pb::BulkPublishResponse, ComponentError> {
+        self.conn
+            .call("BulkPublish", req, |ch, r| async move {
+                PubSubClient::new(ch).bulk_publish(r).await
+            })
+            .await
+    }
+
+    async fn pull(&self, topic: pb::Topic) -> Result<MessageStream, ComponentError> {
+        let (tx, rx) = mpsc::channel(ACK_QUEUE);
+        let first = pb::PullMessagesRequest {
+            topic: Some(topic),
+            ack_message_id: String::new(),
+            ack_error: None,
+        };
+        // Queued before the call starts, so the component has the topic as soon as the stream
+        // opens (the channel is empty, so there is room).
+        if tx.try_send(first).is_err() {
+            return Err(ComponentError::Status {
+                component: self.conn.instance().to_string(),
+                method: "PullMessages",
+                status: tonic::Status::internal("could not queue the subscription request"),
+            });
+        }
+        let req = self.conn.stream_request(ReceiverStream::new(rx));
+        let channel = self.conn.channel();
+        let (out, messages) = mpsc::channel(1);
+        // Some servers (grpcio) send response headers only with the first message, so the call
+        // is awaited here, in the background, rather than bounded by a timeout: the stream is
+        // open as far as plugd is concerned once the first request is queued, as in daprd.
+        tokio::spawn(async move {
+            let mut client = PubSubClient::new(channel);
+            let opened = tokio::select! {
+                _ = out.closed() => return,
+                r = client.pull_messages(req) => r,
+            };
+            let mut inbound = match opened {
+                Ok(resp) => resp.into_inner(),
+                Err(status) => {
+                    let _ = out.send(Err(status)).await;
+                    return;
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    _ = out.closed() => return,
+                    m = inbound.message() => m,
+                };
+                match next {
+                    Ok(Some(m)) => {
+                        if out.send(Ok(m)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(status) => {
+                        let _ = out.send(Err(status)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(MessageStream {
+            messages,
+            acks: Acker(tx),
+        })
+    }
+
+    async fn pause(&self, timeout: Duration) -> Result<(), ComponentError> {
+        self.conn
+            .call_with_timeout("Pause", timeout, pb::PauseRequest {}, |ch, r| async move {
+                PubSubClient::new(ch).pause(r).await
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), ComponentError> {
+        self.conn
+            .call("Ping", pb::PingRequest {}, |ch, r| async move {
+                PubSubClient::new(ch).ping(r).await
+            })
+            .await?;
+        Ok(())
+    }
+
+    fn connection(&self) -> &Connection {
+        &self.conn
+    }
+}

@@ -1,0 +1,360 @@
+//! Delivering messages to the app: one `PullMessages` stream per subscription (component instance
+//! and topic), re-established whenever it breaks, with every message acknowledged only after the
+//! app has answered.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{
+    cloudevents::{CLOUDEVENTS_JSON, Event},
+    subscription::Subscription,
+};
+use crate::{
+    appchannel::{self, AppChannel, Outcome, TopicDelivery},
+    component::pubsub::{Acker, MessageStream},
+    config::AppConfig,
+    proto::components as pb,
+    registry::{ComponentStatus, PubSubEntry, Registry},
+};
+
+/// How long `Pause` may take at shutdown.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the delivery tasks share.
+pub struct Deliverer {
+    pub registry: Arc<Registry>,
+    pub app: Arc<dyn AppChannel>,
+    /// Bounds calls to the app across all subscriptions (`--app-max-concurrency`).
+    pub app_limit: Option<Arc<Semaphore>>,
+    /// Messages of one subscription handled at once, unless its metadata says otherwise.
+    pub concurrency: usize,
+    pub stop: CancellationToken,
+}
+
+/// Waits for the app, reads its subscriptions, merges the declarative ones and starts one
+/// delivery task per subscription. Runs in the background; returns at once.
+pub fn start(
+    app: &AppConfig,
+    declarative: Vec<Subscription>,
+    known_pubsubs: HashSet<String>,
+    registry: Arc<Registry>,
+    concurrency: usize,
+    stop: CancellationToken,
+) -> Result<(), String> {
+    let channel: Arc<dyn AppChannel> = appchannel::connect(appchannel::AppSettings {
+        address: app.address,
+        protocol: app.protocol,
+        token: app.token.clone(),
+        call_timeout: app.call_timeout,
+    })?
+    .into();
+    let deliverer = Arc::new(Deliverer {
+        registry,
+        app: channel,
+        app_limit: app.max_concurrency.map(|n| Arc::new(Semaphore::new(n))),
+        concurrency,
+        stop,
+    });
+    let address = app.address;
+    tokio::spawn(async move {
+        if !appchannel::wait_for_app(address, &deliverer.stop).await {
+            return;
+        }
+        let programmatic = match deliverer.app.subscriptions().await {
+            Ok(subs) => subs,
+            Err(e) => {
+                tracing::error!(app = %deliverer.app.address(), "cannot read the app's subscriptions: {e}");
+                Vec::new()
+            }
+        };
+        let mut seen = HashSet::new();
+        for sub in declarative.into_iter().chain(programmatic) {
+            if !seen.insert((sub.pubsub.clone(), sub.topic.clone())) {
+                tracing::warn!(pubsub = %sub.pubsub, topic = %sub.topic, origin = %sub.origin,
+                    "duplicate subscription ignored (the first one for this pubsub and topic is kept)");
+                continue;
+            }
+            if !known_pubsubs.contains(&sub.pubsub) {
+                tracing::warn!(pubsub = %sub.pubsub, topic = %sub.topic, origin = %sub.origin,
+                    "subscription to a pubsub component that is not configured: it starts if one is added");
+            }
+            if sub.bulk {
+                tracing::warn!(pubsub = %sub.pubsub, topic = %sub.topic,
+                    "bulkSubscribe is not supported by plugd: events are delivered one at a time");
+            }
+            let span =
+                tracing::info_span!("subscription", pubsub = %sub.pubsub, topic = %sub.topic);
+            tokio::spawn(run(deliverer.clone(), Arc::new(sub)).instrument(span));
+        }
+    });
+    Ok(())
+}
+
+/// Why a stream ended.
+enum Ended {
+    Stop,
+    Broken(String),
+}
+
+/// Keeps one subscription's stream open until plugd stops.
+async fn run(d: Arc<Deliverer>, sub: Arc<Subscription>) {
+    let mut changes = d.registry.changes();
+    let mut backoff = Duration::from_millis(50);
+    let mut refused_scope = false;
+    let concurrency = sub
+        .metadata
+        .get("concurrency")
+        .and_then(|c| c.parse::<usize>().ok())
+        .filter(|c| *c > 0)
+        .unwrap_or(d.concurrency);
+    loop {
+        // Wait for a ready instance of the component.
+        let entry = loop {
+            changes.borrow_and_update();
+            let found = d.registry.snapshot().pubsub.get(&sub.pubsub).cloned();
+            if let Some(e) = found.filter(|e| {
+                e.info.status == ComponentStatus::Ready && !e.pubsub.connection().is_lost()
+            }) {
+                break e;
+            }
+            tokio::select! {
+                _ = d.stop.cancelled() => return,
+                r = changes.changed() => if r.is_err() { return },
+            }
+        };
+        if !entry.scopes.may_subscribe(&sub.topic) {
+            if !refused_scope {
+                tracing::error!(
+                    "the pubsub component's scopes do not allow this app to subscribe to the topic"
+                );
+                refused_scope = true;
+            }
+            tokio::select! {
+                _ = d.stop.cancelled() => return,
+                r = changes.changed() => if r.is_err() { return },
+            }
+            continue;
+        }
+        let topic = pb::Topic {
+            name: sub.topic.clone(),
+            metadata: sub.metadata.clone(),
+        };
+        let ended = match entry.pubsub.pull(topic).await {
+            Ok(stream) => {
+                tracing::info!(socket = %entry.pubsub.connection().socket().display(), concurrency, "subscribed");
+                consume(
+                    &d,
+                    &sub,
+                    &entry,
+                    stream,
+                    concurrency,
+                    &mut backoff,
+                    &mut changes,
+                )
+                .await
+            }
+            Err(e) => Ended::Broken(e.to_string()),
+        };
+        match ended {
+            Ended::Stop => {
+                pause(&entry).await;
+                return;
+            }
+            Ended::Broken(reason) => {
+                let delay = backoff.mul_f64(rand::random_range(0.5..1.5));
+                tracing::warn!(%reason, retry_in = ?delay, "subscription stream ended; subscribing again");
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                tokio::select! {
+                    _ = d.stop.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// At shutdown: ask the component to stop delivering. `UNIMPLEMENTED` is the usual answer.
+async fn pause(entry: &PubSubEntry) {
+    match entry.pubsub.pause(PAUSE_TIMEOUT).await {
+        Ok(()) => tracing::debug!("component paused"),
+        Err(e)
+            if e.status()
+                .is_some_and(|s| s.code() == tonic::Code::Unimplemented) => {}
+        Err(e) => tracing::debug!(error = %e, "pause failed"),
+    }
+}
+
+/// Reads messages until the stream ends or plugd stops; at most `concurrency` in flight.
+async fn consume(
+    d: &Arc<Deliverer>,
+    sub: &Arc<Subscription>,
+    entry: &Arc<PubSubEntry>,
+    mut stream: MessageStream,
+    concurrency: usize,
+    backoff: &mut Duration,
+    changes: &mut tokio::sync::watch::Receiver<u64>,
+) -> Ended {
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let mut registry_open = true;
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = d.stop.cancelled() => return Ended::Stop,
+            r = changes.changed(), if registry_open => {
+                if r.is_err() {
+                    registry_open = false;
+                    continue;
+                }
+                // A new instance of the component (re-initialised, or changed by a hot
+                // reload) takes over: subscribe on it.
+                let current = d.registry.snapshot().pubsub.get(&sub.pubsub).cloned();
+                match current {
+                    Some(c) if Arc::ptr_eq(&c.pubsub, &entry.pubsub) => continue,
+                    _ => return Ended::Broken("the component instance was replaced".into()),
+                }
+            }
+            m = stream.messages.recv() => m,
+        };
+        let message = match next {
+            Some(Ok(m)) => m,
+            Some(Err(status)) => {
+                return Ended::Broken(format!("{:?}: {}", status.code(), status.message()));
+            }
+            None => return Ended::Broken("the component closed the stream".into()),
+        };
+        *backoff = Duration::from_millis(50);
+        let permit = tokio::select! {
+            biased;
+            _ = d.stop.cancelled() => return Ended::Stop,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return Ended::Stop,
+            },
+        };
+        let (d, sub, entry, acks) = (d.clone(), sub.clone(), entry.clone(), stream.acks.clone());
+        tokio::spawn(
+            async move {
+                handle(&d, &sub, &entry, &acks, message).await;
+                drop(permit);
+            }
+            .in_current_span(),
+        );
+    }
+}
+
+/// Delivers one message and acknowledges it (or not) by what the app answered.
+async fn handle(
+    d: &Deliverer,
+    sub: &Subscription,
+    entry: &PubSubEntry,
+    acks: &Acker,
+    message: pb::PullMessagesResponse,
+) {
+    let id = message.id.clone();
+    let outcome = deliver(d, sub, &message).await;
+    // Shutting down: neither ack nor nack, so the component redelivers it (as daprd).
+    if d.stop.is_cancelled() {
+        return;
+    }
+    let error = match outcome {
+        Outcome::Success => None,
+        Outcome::Retry(why) => {
+            tracing::warn!(message_id = %id, "event not processed; the component will redeliver it: {why}");
+            Some(why)
+        }
+        Outcome::Drop(why) => match &sub.dead_letter_topic {
+            Some(dlq) => match dead_letter(entry, dlq, &message).await {
+                Ok(()) => {
+                    tracing::warn!(message_id = %id, dead_letter_topic = %dlq, "event dropped to the dead-letter topic: {why}");
+                    None
+                }
+                Err(e) => {
+                    tracing::error!(message_id = %id, dead_letter_topic = %dlq, "cannot publish to the dead-letter topic ({e}); the event will be redelivered");
+                    Some(format!("dead-letter publish failed: {e}"))
+                }
+            },
+            None => {
+                tracing::warn!(message_id = %id, "event dropped: {why}");
+                None
+            }
+        },
+    };
+    if !acks.ack(id, error).await {
+        tracing::debug!("the stream ended before the ack could be sent; the component redelivers");
+    }
+}
+
+async fn dead_letter(
+    entry: &PubSubEntry,
+    topic: &str,
+    message: &pb::PullMessagesResponse,
+) -> Result<(), String> {
+    let content_type = if message.content_type.is_empty() {
+        CLOUDEVENTS_JSON.to_string()
+    } else {
+        message.content_type.clone()
+    };
+    entry
+        .pubsub
+        .publish(pb::PublishRequest {
+            data: message.data.clone(),
+            pubsub_name: entry.info.name.clone(),
+            topic: topic.to_string(),
+            metadata: message.metadata.clone(),
+            content_type,
+        })
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn deliver(d: &Deliverer, sub: &Subscription, message: &pb::PullMessagesResponse) -> Outcome {
+    let mut metadata: HashMap<String, String> = message.metadata.clone();
+    metadata.insert("content-type".into(), message.content_type.clone());
+    metadata.insert("pubsubName".into(), sub.pubsub.clone());
+    let topic = if message.topic_name.is_empty() {
+        &sub.topic
+    } else {
+        &message.topic_name
+    };
+    let event = match Event::read(
+        &message.data,
+        sub.raw_payload(),
+        topic,
+        &sub.pubsub,
+        &metadata,
+    ) {
+        Ok(e) => e,
+        // Retrying cannot make it readable: drop it (to the dead-letter topic, if any).
+        Err(e) => return Outcome::Drop(format!("the message is not a CloudEvent: {e}")),
+    };
+    if event.expired(SystemTime::now()) {
+        return Outcome::Drop("the event has expired".into());
+    }
+    let Some(path) = sub.route(&event) else {
+        tracing::debug!(event_id = ?event.str("id"), "no routing rule matches; event skipped");
+        return Outcome::Success;
+    };
+    let _global = match &d.app_limit {
+        Some(limit) => match limit.clone().acquire_owned().await {
+            Ok(p) => Some(p),
+            Err(_) => return Outcome::Retry("plugd is stopping".into()),
+        },
+        None => None,
+    };
+    d.app
+        .topic_event(TopicDelivery {
+            event: &event,
+            pubsub: &sub.pubsub,
+            topic,
+            path,
+            metadata: &metadata,
+        })
+        .await
+}
