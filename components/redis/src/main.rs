@@ -1,0 +1,89 @@
+//! `plugd-redis`: serves the Redis Streams pub/sub on a Unix socket.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use plugd_component_sdk::ComponentServer;
+use plugd_redis::RedisPubSub;
+use tracing_subscriber::EnvFilter;
+
+/// Exit code for bad usage (sysexits EX_USAGE).
+const EXIT_USAGE: u8 = 64;
+
+/// A Redis Streams pub/sub served as a Dapr pluggable component.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Socket file name without `.sock`; Components use `type: pubsub.<name>`.
+    #[arg(long, env = "PLUGD_REDIS_SOCKET_NAME", default_value = "redis")]
+    socket_name: String,
+
+    /// Socket folder. Default: DAPR_COMPONENTS_SOCKETS_FOLDER,
+    /// DAPR_COMPONENT_SOCKETS_FOLDER, DAPR_COMPONENT_SOCKET_FOLDER, else
+    /// /tmp/dapr-components-sockets.
+    #[arg(long, env = "PLUGD_REDIS_SOCKET_FOLDER")]
+    socket_folder: Option<PathBuf>,
+
+    /// How long in-flight calls may finish after SIGTERM/SIGINT.
+    #[arg(long, env = "PLUGD_REDIS_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+
+    /// Log as JSON lines instead of plain text.
+    #[arg(long, env = "PLUGD_REDIS_LOG_AS_JSON")]
+    log_as_json: bool,
+
+    /// Log filter (tracing env-filter syntax); RUST_LOG is used when unset.
+    #[arg(long, env = "PLUGD_REDIS_LOG_LEVEL")]
+    log_level: Option<String>,
+}
+
+fn init_logging(cli: &Cli) {
+    let filter = match &cli.log_level {
+        Some(level) => EnvFilter::try_new(level).ok(),
+        None => EnvFilter::try_from_default_env().ok(),
+    }
+    .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_as_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_logging(&cli);
+
+    let mut server = ComponentServer::new(cli.socket_name)
+        .shutdown_grace(cli.shutdown_grace)
+        .pubsub(RedisPubSub::new);
+    if let Some(folder) = cli.socket_folder {
+        server = server.socket_folder(folder);
+    }
+    match server.serve().await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "plugd-redis failed");
+            ExitCode::FAILURE
+        }
+    }
+}
