@@ -22,6 +22,15 @@
 //!   of a few seconds and then dropped.
 //! - If `subscribe` returns `Ok` while the host is still connected, the stream
 //!   is ended cleanly; an `Err` ends it with the error's status.
+//! - **Server shutdown** is not signalled to subscriptions yet: the server's
+//!   graceful drain waits (up to its shutdown grace) for open calls, and a
+//!   subscription stream stays open until the host closes it. To end
+//!   subscriptions promptly, let `subscribe` also return on your own shutdown
+//!   signal, for example a `CancellationToken` that is cancelled together
+//!   with the future given to
+//!   [`serve_with_shutdown`](ComponentServer::serve_with_shutdown) (as
+//!   `plugd-memory` does). Deliveries still running when the process exits
+//!   are simply never answered, as after a crash.
 //!
 //! ## Redelivery is the component's job
 //!
