@@ -11,15 +11,20 @@ temp dir and are attached to the report of every failing test.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -289,3 +294,378 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if report.failed and _SIDECAR is not None:
         report.sections.append(("plugd and plugd-sqlite output", _SIDECAR.logs()))
+    if report.failed:
+        for env in _PUBSUB_ENVS:
+            if any(v is env for v in getattr(item, "funcargs", {}).values()):
+                report.sections.append((f"pub/sub environment {env.label}", env.logs()))
+
+
+# ------------------------------------------------------------------------------------- pub/sub
+#
+# test_pubsub.py runs its own plugd per (app protocol, broker), each with its own temp folder,
+# ports, broker process and subscriber app, so it never touches the session `sidecar` above:
+#
+#   [redis-server]  ->  plugd-<broker> (socket <tmp>/sockets/<broker>.sock)
+#   subscriber app (tests/python/apps/<protocol>_subscriber.py on a free port)
+#   plugd --app-port <app> --app-protocol <protocol>  (Component `pubsub` of type pubsub.<broker>)
+#
+# then publishes a warm-up event to every subscribed topic (again, until the app has it) so a
+# test starts only once every subscription stream is live. Adding a broker = one entry in
+# BROKERS plus its branch in `_start_broker`.
+
+PUBSUB = "pubsub"
+APPS_DIR = Path(__file__).resolve().parent / "apps"
+APP_WAIT_S = 20.0
+WARMUP_WAIT_S = 30.0
+REDIS_SERVER = os.environ.get("PLUGD_REDIS_SERVER", shutil.which("redis-server") or "/usr/bin/redis-server")
+
+# Topics each subscriber app subscribes to (see apps/*_subscriber.py).
+_COMMON_TOPICS = ("orders", "bulk", "count", "routed", "dlq-src", "dlq-dead", "retry", "raw")
+GRPC_APP_TOPICS = _COMMON_TOPICS + ("raise",)
+HTTP_APP_TOPICS = _COMMON_TOPICS + ("http-500", "http-404", "declared", "declared-v1")
+
+# Declarative subscriptions next to the Component of the HTTP environment (the app does not list
+# these topics in GET /dapr/subscribe; its POST handler accepts any path).
+HTTP_DECLARATIVE_SUBSCRIPTIONS = """\
+apiVersion: dapr.io/v2alpha1
+kind: Subscription
+metadata:
+  name: declared
+spec:
+  pubsubname: {pubsub}
+  topic: declared
+  routes:
+    rules:
+      - match: event.type == "x"
+        path: /declared-x
+    default: /declared-default
+---
+apiVersion: dapr.io/v1alpha1
+kind: Subscription
+metadata:
+  name: declared-v1
+spec:
+  pubsubname: {pubsub}
+  topic: declared-v1
+  route: /declared-v1
+"""
+
+
+def _broker_missing(broker: str) -> Optional[str]:
+    """Why a broker cannot be tested here, or None."""
+    if not (BIN_DIR / f"plugd-{broker}").is_file():
+        return f"{BIN_DIR / f'plugd-{broker}'} not built"
+    if broker == "redis" and not Path(REDIS_SERVER).is_file():
+        return f"redis-server not found at {REDIS_SERVER}"
+    return None
+
+
+BROKERS = [
+    pytest.param(b, id=b, marks=pytest.mark.skipif(_broker_missing(b) is not None, reason=str(_broker_missing(b))))
+    for b in ("memory", "redis")
+]
+
+BROKER_COMPONENT_YAML = """\
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: {name}
+spec:
+  type: pubsub.{broker}
+  version: v1
+  metadata:
+{metadata}"""
+
+
+@dataclass
+class PubSubEnv:
+    """One plugd with --app-port, its broker component and its subscriber app."""
+
+    broker: str
+    protocol: str
+    root: Path
+    app_id: str
+    events_path: Path
+    pubsub: str = PUBSUB
+    grpc_port: int = 0
+    http_port: int = 0
+    app_port: int = 0
+    redis_port: int = 0
+    procs: List[Proc] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.protocol}-app/{self.broker}"
+
+    def http_url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"----- {p.name} (pid {p.popen.pid}, rc {p.popen.poll()}) log {p.log_path} -----\n{p.log()}"
+            for p in self.procs
+        )
+
+    def events(self) -> List[dict]:
+        """Every complete line the app has written so far, parsed."""
+        try:
+            text = self.events_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        lines = text.split("\n")[:-1]  # a last line without its newline is still being written
+        return [json.loads(line) for line in lines if line]
+
+    def sdk_env(self) -> Dict[str, str]:
+        """Environment that points the SDK at this plugd."""
+        return {
+            **SDK_ENV_DEFAULTS,
+            "DAPR_GRPC_PORT": str(self.grpc_port),
+            "DAPR_HTTP_PORT": str(self.http_port),
+        }
+
+    def publish_http(self, topic: str, body: bytes, content_type: str, metadata: Dict[str, str]) -> int:
+        """POST /v1.0/publish/{pubsub}/{topic} with metadata.* query parameters; the status."""
+        query = urllib.parse.urlencode({f"metadata.{k}": v for k, v in metadata.items()})
+        req = urllib.request.Request(
+            self.http_url(f"/v1.0/publish/{self.pubsub}/{topic}") + (f"?{query}" if query else ""),
+            data=body,
+            method="POST",
+            headers={"Content-Type": content_type},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+
+_PUBSUB_ENVS: List[PubSubEnv] = []
+
+
+def _wait_for_tcp(port: int, proc: Proc, within: float) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode} before listening on port {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{proc.name} did not accept on port {port} within {within}s")
+        time.sleep(0.02)
+
+
+def _start_redis(env: PubSubEnv) -> None:
+    data_dir = env.root / "redis"
+    data_dir.mkdir()
+    for attempt in range(3):
+        env.redis_port = _free_port()
+        proc = _spawn(
+            "redis-server" if attempt == 0 else f"redis-server-{attempt}",
+            [REDIS_SERVER, "--port", str(env.redis_port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(data_dir)],
+            env.root,
+        )
+        env.procs.append(proc)
+        try:
+            _wait_for_tcp(env.redis_port, proc, SOCKET_WAIT_S)
+        except RuntimeError:
+            if proc.popen.poll() is None or attempt == 2:
+                raise
+            continue  # port clash: try another
+        with socket.create_connection(("127.0.0.1", env.redis_port), timeout=2) as s:
+            s.sendall(b"PING\r\n")
+            reply = s.recv(64)
+        if not reply.startswith(b"+PONG"):
+            raise RuntimeError(f"redis-server answered PING with {reply!r}")
+        return
+
+
+def _start_broker(env: PubSubEnv, sockets: Path, resources: Path) -> None:
+    """Starts the broker component (and what it needs) and writes its Component YAML."""
+    if env.broker == "memory":
+        # One delivery in flight per stream: the ordered-delivery checks rely on it.
+        metadata = {"maxInFlight": "1"}
+    elif env.broker == "redis":
+        _start_redis(env)
+        metadata = {"redisHost": f"127.0.0.1:{env.redis_port}", "concurrency": "1"}
+    else:
+        raise ValueError(f"unknown broker {env.broker}")
+    component = _spawn(
+        f"plugd-{env.broker}",
+        [str(_binary(f"plugd-{env.broker}")), "--socket-name", env.broker, "--socket-folder", str(sockets)],
+        env.root,
+        {"RUST_LOG": os.environ.get("PLUGD_BROKER_LOG", "info")},
+    )
+    env.procs.append(component)
+    _wait_for_socket(sockets / f"{env.broker}.sock", component, SOCKET_WAIT_S)
+    items = "".join(f"    - name: {k}\n      value: \"{v}\"\n" for k, v in metadata.items())
+    (resources / f"{env.pubsub}.yaml").write_text(
+        BROKER_COMPONENT_YAML.format(name=env.pubsub, broker=env.broker, metadata=items)
+    )
+
+
+def _start_app(env: PubSubEnv) -> None:
+    for attempt in range(3):
+        env.app_port = _free_port()
+        proc = _spawn(
+            f"{env.protocol}-app" if attempt == 0 else f"{env.protocol}-app-{attempt}",
+            [sys.executable, str(APPS_DIR / f"{env.protocol}_subscriber.py"),
+             str(env.app_port), str(env.events_path), env.pubsub],
+            env.root,
+            {"PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore::DeprecationWarning"},
+        )
+        env.procs.append(proc)
+        try:
+            _wait_for_tcp(env.app_port, proc, APP_WAIT_S)
+            return
+        except RuntimeError:
+            if proc.popen.poll() is None or attempt == 2:
+                raise
+
+
+def _start_plugd(env: PubSubEnv, sockets: Path, resources: Path) -> None:
+    for attempt in range(3):
+        env.grpc_port, env.http_port = _free_port(), _free_port()
+        while env.http_port in (env.grpc_port, env.app_port):
+            env.http_port = _free_port()
+        plugd = _spawn(
+            "plugd" if attempt == 0 else f"plugd-{attempt}",
+            [
+                str(_binary("plugd")),
+                "--app-id", env.app_id,
+                "--resources-path", str(resources),
+                "--sockets-folder", str(sockets),
+                "--dapr-grpc-port", str(env.grpc_port),
+                "--dapr-http-port", str(env.http_port),
+                "--app-port", str(env.app_port),
+                "--app-protocol", env.protocol,
+                "--log-level", os.environ.get("PLUGD_LOG_LEVEL", "info"),
+            ],
+            env.root,
+        )
+        env.procs.append(plugd)
+        try:
+            _wait_for_healthz(env, plugd, HEALTH_WAIT_S)
+            return
+        except RuntimeError:
+            if plugd.popen.poll() is None or attempt == 2:
+                raise
+
+
+def _warm_up(env: PubSubEnv, topics) -> None:
+    """Publishes {"warmup": token} (type "x", which every rule set routes) to each topic until the
+    app has seen one on every topic: then each subscription stream is live. A broker may drop
+    what is published before its consumer group exists, hence the re-publishing."""
+    token = uuid.uuid4().hex
+    body = json.dumps({"warmup": token}).encode()
+    pending = set(topics)
+    deadline = time.monotonic() + WARMUP_WAIT_S
+    next_publish = 0.0
+    while pending:
+        now = time.monotonic()
+        if now > deadline:
+            raise RuntimeError(f"no warm-up event reached the app within {WARMUP_WAIT_S}s on topics {sorted(pending)}")
+        if now >= next_publish:
+            for topic in pending:
+                status = env.publish_http(topic, body, "application/json", {"cloudevent.type": "x"})
+                if status != 204:
+                    raise RuntimeError(f"warm-up publish to {topic} answered HTTP {status}")
+            next_publish = now + 1.0
+        for e in env.events():
+            if token in event_text(e):
+                pending.discard(e["topic"] if env.protocol == "grpc" else e["body"]["topic"])
+        time.sleep(0.02)
+
+
+def event_text(e: dict) -> str:
+    """A recorded event as text, with the payload of raw deliveries (base64) decoded: for
+    finding a test's marker in it."""
+    text = json.dumps(e)
+    body = e.get("body")
+    b64 = e.get("raw_data_b64") or (body.get("data_base64") if isinstance(body, dict) else None)
+    if b64:
+        text += base64.b64decode(b64).decode("utf-8", errors="replace")
+    return text
+
+
+def _stop_env(env: PubSubEnv) -> List[str]:
+    """Stops plugd first, then the app, the component and redis; lists what went wrong."""
+    problems = []
+    for proc in reversed(env.procs):
+        was_running = proc.popen.poll() is None
+        rc = proc.stop()
+        if not proc.name.startswith(("plugd", "redis")):
+            continue  # the Python apps do not handle SIGTERM (their exit code is -15)
+        if was_running and rc is None:
+            problems.append(f"{env.label}: {proc.name} ignored SIGTERM for {STOP_WAIT_S}s and was killed")
+        elif was_running and rc != 0:
+            problems.append(f"{env.label}: {proc.name} exited with {rc} after SIGTERM")
+    return problems
+
+
+def _pubsub_env(protocol: str, broker: str, topics, extra_resources: Optional[Dict[str, str]] = None):
+    root = Path(tempfile.mkdtemp(prefix=f"plugd-ps-{protocol}-{broker}-", dir="/tmp"))
+    sockets, resources = root / "sockets", root / "resources"
+    sockets.mkdir()
+    resources.mkdir()
+    env = PubSubEnv(
+        broker=broker,
+        protocol=protocol,
+        root=root,
+        app_id=f"pubsub-py-{protocol}",
+        events_path=root / "events.jsonl",
+    )
+    _PUBSUB_ENVS.append(env)
+    try:
+        try:
+            _start_broker(env, sockets, resources)
+            for name, text in (extra_resources or {}).items():
+                (resources / name).write_text(text.format(pubsub=env.pubsub))
+            _start_app(env)
+            _start_plugd(env, sockets, resources)
+            _warm_up(env, topics)
+        except Exception as e:
+            pytest.fail(f"could not start {env.label}: {e}\n{env.logs()}", pytrace=False)
+        yield env
+    finally:
+        _PUBSUB_ENVS.remove(env)
+        problems = _stop_env(env)
+        if problems:
+            print(env.logs())
+            pytest.fail("; ".join(problems), pytrace=False)
+        if os.environ.get("PLUGD_KEEP_TMP"):
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", params=BROKERS)
+def grpc_env(request):
+    """plugd --app-protocol grpc delivering to apps/grpc_subscriber.py (a dapr.ext.grpc.App)."""
+    yield from _pubsub_env("grpc", request.param, GRPC_APP_TOPICS)
+
+
+@pytest.fixture(scope="module", params=BROKERS)
+def http_env(request):
+    """plugd --app-protocol http delivering to apps/http_subscriber.py (http.server)."""
+    yield from _pubsub_env("http", request.param, HTTP_APP_TOPICS,
+                           {"subscriptions.yaml": HTTP_DECLARATIVE_SUBSCRIPTIONS})
+
+
+_THROUGHPUT: List[str] = []
+
+
+@pytest.fixture
+def report_figure():
+    """Lets a test add a line to the "pub/sub throughput" section of the terminal summary."""
+    return _THROUGHPUT.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _THROUGHPUT:
+        terminalreporter.section("pub/sub throughput (debug build, one delivery at a time)")
+        for line in _THROUGHPUT:
+            terminalreporter.write_line(line)
