@@ -278,8 +278,12 @@ impl Settings {
         let pool_size = count(keys::POOL_SIZE, DEFAULT_POOL_SIZE, MAX_POOL_SIZE);
 
         for (key, accepted) in keys::UNSUPPORTED {
+            let acceptable = |value: &str| match parse_bool(accepted) {
+                Some(flag) => parse_bool(value) == Some(flag),
+                None => value.eq_ignore_ascii_case(accepted),
+            };
             if let Some(value) = get(key)
-                && !value.eq_ignore_ascii_case(accepted)
+                && !acceptable(value)
             {
                 problems.push(format!(
                     "{key}: {value:?} is not supported by this component (only a single Redis server; leave {key} unset or {accepted:?})"
@@ -474,6 +478,7 @@ mod tests {
             ("concurrency", "4"),
             ("poolSize", "8"),
             ("redisType", "node"),
+            ("failover", "0"),
             ("keyPrefix", "appid"),
         ]))
         .expect("valid");
@@ -564,6 +569,27 @@ mod tests {
         for bad in ["", "s", "5x", "1..5s", ".s", "1h 30m", "-", "5s5"] {
             assert!(parse_go_duration(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn the_sample_component_yaml_is_valid() {
+        let yaml: serde_yaml::Value =
+            serde_yaml::from_str(include_str!("../component.yaml")).expect("YAML");
+        assert_eq!(yaml["spec"]["type"].as_str(), Some("pubsub.redis"));
+        let items = yaml["spec"]["metadata"].as_sequence().expect("metadata");
+        let mut properties: HashMap<String, String> = items
+            .iter()
+            .map(|item| {
+                let name = item["name"].as_str().expect("name").to_owned();
+                let value = item["value"].as_str().expect("string value").to_owned();
+                (name, value)
+            })
+            .collect();
+        assert!(unrecognised_keys(&properties).is_empty());
+        // daprd adds the consumer group.
+        properties.insert("consumerID".into(), "app".into());
+        let settings = Settings::from_properties(&properties).expect("valid");
+        assert_eq!(settings, Settings::new("localhost", 6379, "app"));
     }
 
     #[test]

@@ -91,6 +91,9 @@ pub const NACK_RETRY_DELAYS: [Duration; 3] = [
 ];
 /// Bound on establishing a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on the connection Init makes (and its PING), kept under daprd's
+/// default 5 s `initTimeout` so that a clear error reaches the host.
+const INIT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bound on one command's reply.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts at `XACK` before the entry is left to the reclaim scan.
@@ -141,7 +144,7 @@ pub trait Handler: Send + Sync + 'static {
 #[derive(Debug, thiserror::Error)]
 pub enum StreamsError {
     /// No connection could be made.
-    #[error("cannot reach Redis at {address}{tls}: {source}")]
+    #[error("cannot reach Redis at {address}{tls}: {source}{hint}")]
     Unreachable {
         /// `host:port`.
         address: String,
@@ -150,6 +153,8 @@ pub enum StreamsError {
         /// The cause.
         #[source]
         source: RedisError,
+        /// A likely explanation, or empty.
+        hint: &'static str,
     },
     /// Redis refused the credentials.
     #[error("Redis at {address} refused the credentials (redisUsername/redisPassword): {source}")]
@@ -255,9 +260,8 @@ impl Streams {
         // One direct connection first, so that a wrong address or password
         // fails Init at once with a clear message instead of being retried.
         let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let address = settings.address();
+            .set_connection_timeout(Some(INIT_TIMEOUT))
+            .set_response_timeout(Some(INIT_TIMEOUT));
         let mut probe: MultiplexedConnection = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
@@ -265,11 +269,7 @@ impl Streams {
         let _: String = redis::cmd("PING")
             .query_async(&mut probe)
             .await
-            .map_err(|source| StreamsError::Unreachable {
-                address: address.clone(),
-                tls: if settings.tls { " over TLS" } else { "" },
-                source,
-            })?;
+            .map_err(|source| classify_connect_error(&settings, source))?;
         drop(probe);
 
         let pool = (0..settings.pool_size)
@@ -468,6 +468,11 @@ fn classify_connect_error(settings: &Settings, source: RedisError) -> StreamsErr
         _ => StreamsError::Unreachable {
             address,
             tls: if settings.tls { " over TLS" } else { "" },
+            hint: if settings.tls && source.is_timeout() {
+                " (no TLS handshake: does the server have TLS enabled on that port?)"
+            } else {
+                ""
+            },
             source,
         },
     }

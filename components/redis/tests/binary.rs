@@ -28,12 +28,17 @@ struct Component {
 
 impl Component {
     async fn start(folder: &Path) -> Self {
+        Self::start_with_env(folder, &[]).await
+    }
+
+    async fn start_with_env(folder: &Path, env: &[(&str, &Path)]) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_plugd-redis"))
             .arg("--socket-name")
             .arg("redis")
             .arg("--socket-folder")
             .arg(folder)
             .env("PLUGD_REDIS_LOG_LEVEL", "warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn plugd-redis");
@@ -268,6 +273,16 @@ async fn init_features_ping_and_errors() {
         .expect_err("nothing listens there");
     assert_eq!(status.code(), Code::Unavailable);
     assert!(status.message().contains(&nowhere), "{status:?}");
+
+    let status = client
+        .init(named(init_request(properties(
+            &redis,
+            &[("enableTLS", "true")],
+        ))))
+        .await
+        .expect_err("TLS to a plain-text server");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(status.message().contains("TLS"), "{status:?}");
 
     client
         .init(named(init_request(properties(&redis, &[]))))
@@ -531,6 +546,53 @@ async fn messages_survive_a_kill_9_of_the_component() {
     seen.sort();
     assert_eq!(seen, ["m0", "m1", "m2", "m3", "m4", "m5"]);
     no_pending(&observer, "t").await;
+}
+
+#[tokio::test]
+async fn tls() {
+    let redis = RedisServer::start_tls();
+    let ca_file = redis.tls().expect("TLS server").ca_file.clone();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The component trusts the test CA through rustls-native-certs' SSL_CERT_FILE.
+    let component =
+        Component::start_with_env(dir.path(), &[("SSL_CERT_FILE", ca_file.as_path())]).await;
+    let mut client = client(&component).await;
+    let address = format!("localhost:{}", redis.port);
+
+    let status = client
+        .init(named(init_request(properties(
+            &redis,
+            &[("redisHost", &address)],
+        ))))
+        .await
+        .expect_err("plain text to a TLS port");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+    client
+        .init(named(init_request(properties(
+            &redis,
+            &[("redisHost", &address), ("enableTLS", "true")],
+        ))))
+        .await
+        .expect("init over TLS");
+    client.ping(named(pb::PingRequest {})).await.expect("ping");
+    let mut stream = Stream::open(&mut client, "secure").await;
+    // The group is created (at `$`) shortly after the stream opens: publish
+    // until the subscription sees a message, within a deadline.
+    let deadline = Instant::now() + WAIT;
+    let message = loop {
+        publish(&mut client, "secure", "over tls").await;
+        let next =
+            tokio::time::timeout(Duration::from_millis(200), stream.responses.message()).await;
+        if let Ok(next) = next {
+            break next.expect("stream healthy").expect("stream open");
+        }
+        assert!(Instant::now() < deadline, "no delivery over TLS");
+    };
+    assert_eq!(message.data, b"over tls");
+    stream.ack(&message.id).await;
+    drop(stream);
+    component.terminate().await;
 }
 
 /// Publish → deliver → ack rate through the binary, one stream, against a

@@ -39,26 +39,91 @@ pub struct RedisServer {
     child: Child,
     pub port: u16,
     dir: tempfile::TempDir,
+    tls: Option<Tls>,
+}
+
+/// Certificates for a TLS-only server: a test CA and a server certificate
+/// for `localhost` and `127.0.0.1`, as PEM files.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// The CA certificate clients must trust.
+    pub ca_file: PathBuf,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+}
+
+impl Tls {
+    fn generate(dir: &std::path::Path) -> Self {
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "plugd-redis test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA certificate");
+        let server_key = rcgen::KeyPair::generate().expect("server key");
+        let server =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("server params")
+                .signed_by(&server_key, &ca)
+                .expect("server certificate");
+        let tls = Self {
+            ca_file: dir.join("ca.pem"),
+            cert_file: dir.join("server.pem"),
+            key_file: dir.join("server.key"),
+        };
+        std::fs::write(&tls.ca_file, ca.pem()).expect("write CA");
+        std::fs::write(&tls.cert_file, server.pem()).expect("write certificate");
+        std::fs::write(&tls.key_file, server_key.serialize_pem()).expect("write key");
+        tls
+    }
 }
 
 impl RedisServer {
     /// Starts a server on a free port and waits (bounded) until it answers PING.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Starts a server that only speaks TLS (no client certificates needed).
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        let tls = tls.then(|| Tls::generate(dir.path()));
         for _ in 0..5 {
             let port = free_port();
-            if let Some(child) = Self::spawn(&dir, port) {
-                return Self { child, port, dir };
+            if let Some(child) = Self::spawn(&dir, port, tls.as_ref()) {
+                return Self {
+                    child,
+                    port,
+                    dir,
+                    tls,
+                };
             }
         }
-        panic!("redis-server did not start; see its log in a tempdir");
+        let logs: Vec<String> = std::fs::read_dir(dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| entry.file_name().to_string_lossy().ends_with(".log"))
+            .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+            .collect();
+        panic!("redis-server did not start; its log:\n{}", logs.join("\n"));
+    }
+
+    /// The certificates of a TLS server.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
     }
 
     /// Starts a server again on the same port (after [`kill`](Self::kill)).
     pub fn restart(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(child) = Self::spawn(&self.dir, self.port) {
+            if let Some(child) = Self::spawn(&self.dir, self.port, self.tls.as_ref()) {
                 self.child = child;
                 return;
             }
@@ -76,12 +141,27 @@ impl RedisServer {
         let _ = self.child.wait();
     }
 
-    fn spawn(dir: &tempfile::TempDir, port: u16) -> Option<Child> {
+    fn spawn(dir: &tempfile::TempDir, port: u16, tls: Option<&Tls>) -> Option<Child> {
         let log = std::fs::File::create(dir.path().join(format!("redis-{port}.log")))
             .expect("create log file");
-        let mut child = Command::new(redis_server_binary())
-            .arg("--port")
-            .arg(port.to_string())
+        let mut command = Command::new(redis_server_binary());
+        match tls {
+            None => command.arg("--port").arg(port.to_string()),
+            Some(tls) => command
+                .arg("--port")
+                .arg("0")
+                .arg("--tls-port")
+                .arg(port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&tls.cert_file)
+                .arg("--tls-key-file")
+                .arg(&tls.key_file)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca_file)
+                .arg("--tls-auth-clients")
+                .arg("no"),
+        };
+        let mut child = command
             .arg("--bind")
             .arg("127.0.0.1")
             .arg("--save")
@@ -97,7 +177,12 @@ impl RedisServer {
             .expect("spawn redis-server");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if ping(port) {
+            let up = match tls {
+                None => ping(port),
+                // Listening is enough: the server listens once it is set up.
+                Some(_) => TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            };
+            if up {
                 return Some(child);
             }
             if let Ok(Some(_)) = child.try_wait() {
