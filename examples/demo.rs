@@ -1,5 +1,6 @@
-//! The demo: builds the workspace, starts `plugd-sqlite` and `plugd` as real processes in a temp
-//! folder, and does real state work through plugd's gRPC and HTTP APIs, printing each step.
+//! The demo: builds the workspace, starts `plugd-sqlite`, `plugd-memory` and `plugd` as real
+//! processes in a temp folder, and does real work through plugd's gRPC and HTTP APIs (state,
+//! then publish and subscribe with a small HTTP app), printing each step.
 //!
 //! Run with `cargo run --example demo`.
 
@@ -36,7 +37,32 @@ async fn main() -> anyhow::Result<()> {
         std::fs::read_to_string(&yaml)?
     );
 
-    let mut plugd = support::PlugdProcess::spawn(&support::binary("plugd"), &dirs, "demo", "info");
+    let _memory = support::spawn_component("plugd-memory", &dirs.sockets, "memory", &[]);
+    let pubsub_yaml = dirs.write_resource(
+        "pubsub.yaml",
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: pubsub\nspec:\n  type: pubsub.memory\n  version: v1\n  metadata: []\n",
+    );
+    println!(
+        "== plugd-memory listens on {}; component resource {}",
+        dirs.sockets.join("memory.sock").display(),
+        pubsub_yaml.display()
+    );
+    // The app plugd delivers to: an HTTP server that subscribes to `orders` at /orders.
+    let app = support::apps::http_app(
+        serde_json::json!([{"pubsubname": "pubsub", "topic": "orders", "route": "/orders"}]),
+        support::apps::always(support::apps::Answer::Success),
+    )
+    .await;
+    let app_port = app.port.to_string();
+    println!("== the demo app listens on :{app_port} (GET /dapr/subscribe -> orders at /orders)");
+
+    let mut plugd = support::PlugdProcess::spawn_with(
+        &support::binary("plugd"),
+        &dirs,
+        "demo",
+        "info",
+        &["--app-port", &app_port, "--app-protocol", "http"],
+    );
     let (grpc_port, http_port, base) = (plugd.grpc_port, plugd.http_port, plugd.base());
     plugd.wait_healthy(Duration::from_secs(30)).await;
     let http = reqwest::Client::new();
@@ -178,6 +204,40 @@ async fn main() -> anyhow::Result<()> {
         "HTTP GET  /v1.0/metadata -> components {}",
         meta["components"]
     );
+
+    // Pub/sub: publish through plugd; plugd delivers to the app and acks when it answers.
+    client
+        .publish_event(rt::PublishEventRequest {
+            pubsub_name: "pubsub".into(),
+            topic: "orders".into(),
+            data: br#"{"order":1,"qty":5}"#.to_vec(),
+            data_content_type: "application/json".into(),
+            metadata: Default::default(),
+        })
+        .await?;
+    println!("\ngRPC PublishEvent pubsub/orders {{\"order\":1,\"qty\":5}} -> ok");
+    let resp = http
+        .post(format!("{base}/publish/pubsub/orders"))
+        .header("content-type", "text/plain")
+        .body("order 2, by HTTP")
+        .send()
+        .await?;
+    println!(
+        "HTTP POST /v1.0/publish/pubsub/orders \"order 2, by HTTP\" -> {}",
+        resp.status()
+    );
+    let events = app
+        .recorder
+        .wait_for(Duration::from_secs(10), "two events at the app", |e| {
+            e.len() >= 2
+        })
+        .await;
+    for e in &events {
+        println!(
+            "app received POST {} CloudEvent id {} type {} source {}: data {}",
+            e.path, e.id, e.envelope["type"], e.envelope["source"], e.envelope["data"]
+        );
+    }
 
     // plugd keeps up with the component: kill it, see calls fail fast, restart it, see them work.
     let _ = sqlite.child.kill();

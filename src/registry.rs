@@ -18,6 +18,7 @@ use crate::{
         state::{KeyPrefix, StateStore},
     },
     discovery::Discovery,
+    pubsub::subscription::Subscription,
 };
 
 /// Where a component instance stands.
@@ -216,6 +217,7 @@ pub struct Registry {
     current: ArcSwap<Snapshot>,
     changed: watch::Sender<u64>,
     extended: RwLock<BTreeMap<String, String>>,
+    subscriptions: RwLock<Vec<Arc<Subscription>>>,
 }
 
 impl Default for Registry {
@@ -230,6 +232,7 @@ impl Registry {
             current: ArcSwap::from_pointee(snapshot),
             changed: watch::Sender::new(0),
             extended: RwLock::new(BTreeMap::new()),
+            subscriptions: RwLock::new(Vec::new()),
         }
     }
 
@@ -349,6 +352,20 @@ impl Registry {
             next.discovery = discovery.clone();
             next
         });
+    }
+
+    /// The active topic subscriptions, for the metadata API.
+    pub fn subscriptions(&self) -> Vec<Arc<Subscription>> {
+        self.subscriptions
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn add_subscription(&self, sub: Arc<Subscription>) {
+        if let Ok(mut s) = self.subscriptions.write() {
+            s.push(sub);
+        }
     }
 
     /// Attributes set by the app through `SetMetadata`.

@@ -270,6 +270,32 @@ impl rt::dapr_server::Dapr for DaprApi {
                 })
                 .collect(),
             extended_metadata: extended,
+            subscriptions: self
+                .registry
+                .subscriptions()
+                .iter()
+                .map(|s| rt::PubsubSubscription {
+                    pubsub_name: s.pubsub.clone(),
+                    topic: s.topic.clone(),
+                    metadata: s.metadata.clone(),
+                    rules: Some(rt::PubsubSubscriptionRules {
+                        rules: s
+                            .rule_list()
+                            .into_iter()
+                            .map(|(r#match, path)| rt::PubsubSubscriptionRule { r#match, path })
+                            .collect(),
+                    }),
+                    dead_letter_topic: s.dead_letter_topic.clone().unwrap_or_default(),
+                    r#type: match s.origin {
+                        crate::pubsub::subscription::Origin::App => {
+                            rt::PubsubSubscriptionType::Programmatic as i32
+                        }
+                        crate::pubsub::subscription::Origin::Declarative { .. } => {
+                            rt::PubsubSubscriptionType::Declarative as i32
+                        }
+                    },
+                })
+                .collect(),
             runtime_version: crate::VERSION.into(),
             ..Default::default()
         }))

@@ -284,6 +284,26 @@ async fn metadata(State(ctx): State<Ctx>) -> Json<Value> {
             o
         })
         .collect();
+    let subscriptions: Vec<Value> = ctx
+        .registry
+        .subscriptions()
+        .iter()
+        .map(|s| {
+            let rules: Vec<Value> = s
+                .rule_list()
+                .into_iter()
+                .map(|(m, p)| serde_json::json!({"match": m, "path": p}))
+                .collect();
+            let mut o = serde_json::json!({
+                "pubsubname": s.pubsub, "topic": s.topic, "metadata": s.metadata,
+                "rules": rules, "type": s.kind_name(),
+            });
+            if let Some(d) = &s.dead_letter_topic {
+                o["deadLetterTopic"] = Value::String(d.clone());
+            }
+            o
+        })
+        .collect();
     let mut extended: Map<String, Value> = ctx
         .registry
         .extended()
@@ -301,7 +321,7 @@ async fn metadata(State(ctx): State<Ctx>) -> Json<Value> {
         "actors": [],
         "components": components,
         "extended": extended,
-        "subscriptions": [],
+        "subscriptions": subscriptions,
         "httpEndpoints": [],
         "actorRuntime": { "runtimeStatus": "DISABLED", "hostReady": false },
     }))

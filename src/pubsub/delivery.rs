@@ -266,7 +266,7 @@ async fn handle(
     let error = match outcome {
         Outcome::Success => None,
         Outcome::Retry(why) => {
-            tracing::warn!(message_id = %id, "event not processed; the component will redeliver it: {why}");
+            tracing::debug!(message_id = %id, "event not processed; the component will redeliver it: {why}");
             Some(why)
         }
         Outcome::Drop(why) => match &sub.dead_letter_topic {

@@ -63,6 +63,30 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// `DECLARATIVE` or `PROGRAMMATIC`, as the metadata API names them.
+    pub fn kind_name(&self) -> &'static str {
+        match self.origin {
+            Origin::App => "PROGRAMMATIC",
+            Origin::Declarative { .. } => "DECLARATIVE",
+        }
+    }
+
+    /// The rules as the metadata API shows them: `(match, path)`.
+    pub fn rule_list(&self) -> Vec<(String, String)> {
+        self.rules
+            .iter()
+            .map(|r| {
+                (
+                    r.matcher
+                        .as_ref()
+                        .map(|m| m.source.clone())
+                        .unwrap_or_default(),
+                    r.path.clone(),
+                )
+            })
+            .collect()
+    }
+
     /// Whether the component sends raw payloads (no CloudEvent envelope).
     pub fn raw_payload(&self) -> bool {
         self.metadata

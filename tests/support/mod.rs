@@ -2,6 +2,8 @@
 //! reference components, plugd in-process, and bounded polling (no fixed sleeps).
 #![allow(dead_code)]
 
+pub mod apps;
+
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -124,6 +126,26 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Starts the reference component binary `bin` on `<sockets>/<socket_name>.sock` (plus
+/// `extra` arguments) and waits until the socket exists.
+pub fn spawn_component(bin: &str, sockets: &Path, socket_name: &str, extra: &[&str]) -> ChildGuard {
+    let guard = ChildGuard::spawn(
+        bin,
+        Command::new(binary(bin))
+            .arg("--socket-name")
+            .arg(socket_name)
+            .arg("--socket-folder")
+            .arg(sockets)
+            .args(extra)
+            .env("RUST_LOG", "warn"),
+    );
+    wait_for_socket(
+        &sockets.join(format!("{socket_name}.sock")),
+        Duration::from_secs(20),
+    );
+    guard
+}
+
 /// Starts `plugd-sqlite` listening on `<sockets>/<socket_name>.sock` and waits until it accepts.
 pub fn spawn_sqlite(sockets: &Path, socket_name: &str) -> ChildGuard {
     let bin = binary("plugd-sqlite");
@@ -243,6 +265,17 @@ pub struct PlugdProcess {
 impl PlugdProcess {
     /// Starts `plugd` (the binary at `bin`) on `dirs` with `--app-id app_id` and `log_level`.
     pub fn spawn(bin: &Path, dirs: &TestDirs, app_id: &str, log_level: &str) -> Self {
+        Self::spawn_with(bin, dirs, app_id, log_level, &[])
+    }
+
+    /// As [`PlugdProcess::spawn`], with `extra` flags.
+    pub fn spawn_with(
+        bin: &Path,
+        dirs: &TestDirs,
+        app_id: &str,
+        log_level: &str,
+        extra: &[&str],
+    ) -> Self {
         let (grpc_port, http_port) = (free_port(), free_port());
         let guard = ChildGuard::spawn(
             "plugd",
@@ -253,7 +286,8 @@ impl PlugdProcess {
                 .arg("--sockets-folder")
                 .arg(&dirs.sockets)
                 .args(["--dapr-grpc-port", &grpc_port.to_string()])
-                .args(["--dapr-http-port", &http_port.to_string()]),
+                .args(["--dapr-http-port", &http_port.to_string()])
+                .args(extra),
         );
         Self {
             guard,
@@ -282,5 +316,61 @@ impl PlugdProcess {
             }
         })
         .await;
+    }
+}
+
+/// A `redis-server` on a free loopback port, in its own temp folder, killed when dropped.
+pub struct RedisServer {
+    pub port: u16,
+    _dir: tempfile::TempDir,
+    _guard: ChildGuard,
+}
+
+impl RedisServer {
+    /// Starts one and waits (bounded) until it answers `PING`. Panics with a clear message when
+    /// `redis-server` is not installed (CI installs it).
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("redis temp dir");
+        let port = free_port();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null());
+        let child = cmd.stdin(Stdio::null()).spawn().unwrap_or_else(|e| {
+            panic!("cannot start redis-server ({e}); install it (apt-get install redis-server)")
+        });
+        let guard = ChildGuard {
+            child,
+            name: "redis-server".into(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            use std::io::{Read, Write};
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                let mut buf = [0u8; 7];
+                if s.write_all(b"PING\r\n").is_ok()
+                    && s.read_exact(&mut buf).is_ok()
+                    && &buf == b"+PONG\r\n"
+                {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            port,
+            _dir: dir,
+            _guard: guard,
+        }
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
     }
 }

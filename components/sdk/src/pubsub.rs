@@ -22,15 +22,12 @@
 //!   of a few seconds and then dropped.
 //! - If `subscribe` returns `Ok` while the host is still connected, the stream
 //!   is ended cleanly; an `Err` ends it with the error's status.
-//! - **Server shutdown** is not signalled to subscriptions yet: the server's
-//!   graceful drain waits (up to its shutdown grace) for open calls, and a
-//!   subscription stream stays open until the host closes it. To end
-//!   subscriptions promptly, let `subscribe` also return on your own shutdown
-//!   signal, for example a `CancellationToken` that is cancelled together
-//!   with the future given to
-//!   [`serve_with_shutdown`](ComponentServer::serve_with_shutdown) (as
-//!   `plugd-memory` does). Deliveries still running when the process exits
-//!   are simply never answered, as after a crash.
+//! - **Server shutdown**: when the shutdown signal fires, every subscription
+//!   is closed at once (pending delivers resolve to
+//!   [`DeliveryError::Closed`], [`Subscriber::closed`] completes), before the
+//!   server's grace period for other calls. Deliveries still unanswered are
+//!   never acked, so the component must keep them for redelivery, as after a
+//!   crash.
 //!
 //! ## Redelivery is the component's job
 //!
@@ -703,6 +700,7 @@ impl ComponentServer {
     {
         let service = PubSubService {
             mux: Arc::new(Multiplexer::new(factory)),
+            stopping: self.stopping(),
         };
         self.routes_mut().add_service(PubSubServer::new(service));
         self.advertise(<PubSubServer<PubSubService<P>> as NamedService>::NAME);
@@ -714,12 +712,14 @@ impl ComponentServer {
 /// maps the errors, runs the subscription streams.
 struct PubSubService<P> {
     mux: Arc<Multiplexer<P>>,
+    stopping: CancellationToken,
 }
 
 impl<P> Clone for PubSubService<P> {
     fn clone(&self) -> Self {
         Self {
             mux: Arc::clone(&self.mux),
+            stopping: self.stopping.clone(),
         }
     }
 }
@@ -874,7 +874,10 @@ impl<P: PubSub> pb::pub_sub_server::PubSub for PubSubService<P> {
         let subscriber = Subscriber {
             inner: Arc::clone(&shared),
         };
-        tokio::spawn(run_subscription(pubsub, subscriber, inbound, end_sender).instrument(span));
+        let stopping = self.stopping.clone();
+        tokio::spawn(
+            run_subscription(pubsub, subscriber, inbound, end_sender, stopping).instrument(span),
+        );
         Ok(Response::new(Outbound {
             messages,
             end,
@@ -924,6 +927,7 @@ async fn run_subscription<P: PubSub>(
     subscriber: Subscriber,
     mut inbound: Streaming<pb::PullMessagesRequest>,
     end: oneshot::Sender<Result<(), Status>>,
+    stopping: CancellationToken,
 ) {
     let shared = Arc::clone(&subscriber.inner);
     let subscribe = async move { pubsub.subscribe(subscriber).await };
@@ -931,6 +935,8 @@ async fn run_subscription<P: PubSub>(
     let returned = tokio::select! {
         result = &mut subscribe => Some(result),
         () = read_answers(&shared, &mut inbound) => None,
+        // The server is shutting down: unanswered messages count as not delivered.
+        () = stopping.cancelled() => None,
     };
     shared.close();
     drop(inbound);

@@ -127,6 +127,9 @@ pub struct ComponentServer {
     shutdown_grace: Duration,
     routes: RoutesBuilder,
     services: Vec<&'static str>,
+    /// Cancelled when the shutdown signal fires, before the grace period: long-lived streams
+    /// (pub/sub subscriptions) end on it so the server can stop promptly.
+    stopping: CancellationToken,
 }
 
 impl std::fmt::Debug for ComponentServer {
@@ -150,6 +153,7 @@ impl ComponentServer {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             routes: RoutesBuilder::default(),
             services: Vec::new(),
+            stopping: CancellationToken::new(),
         }
     }
 
@@ -187,6 +191,11 @@ impl ComponentServer {
     /// Used by the kind modules: route a service and list it in reflection.
     pub(crate) fn routes_mut(&mut self) -> &mut RoutesBuilder {
         &mut self.routes
+    }
+
+    /// Cancelled when the server starts shutting down.
+    pub(crate) fn stopping(&self) -> CancellationToken {
+        self.stopping.clone()
     }
 
     pub(crate) fn advertise(&mut self, service: &'static str) {
@@ -240,6 +249,7 @@ impl ComponentServer {
             routes,
             services: self.services,
             shutdown_grace: self.shutdown_grace,
+            stopping: self.stopping,
         })
     }
 
@@ -370,6 +380,7 @@ pub struct BoundServer {
     routes: Routes,
     services: Vec<&'static str>,
     shutdown_grace: Duration,
+    stopping: CancellationToken,
 }
 
 impl BoundServer {
@@ -395,6 +406,7 @@ impl BoundServer {
             routes,
             services,
             shutdown_grace,
+            stopping,
         } = self;
         let span = tracing::info_span!("component_server", socket = %socket.path.display());
         async move {
@@ -412,6 +424,7 @@ impl BoundServer {
                 result = &mut server => result,
                 () = signal => {
                     tracing::info!("shutting down");
+                    stopping.cancel();
                     stop.cancel();
                     match tokio::time::timeout(shutdown_grace, &mut server).await {
                         Ok(result) => result,

@@ -119,11 +119,15 @@ impl Running {
 
 /// Binds first (so the socket exists), then spawns the server.
 fn start<const BULK: bool>() -> Running {
+    start_with_grace::<BULK>(Duration::from_secs(2))
+}
+
+fn start_with_grace<const BULK: bool>(grace: Duration) -> Running {
     let dir = tempfile::tempdir().expect("tempdir");
     let (events, receiver) = mpsc::unbounded_channel();
     let bound: BoundServer = ComponentServer::new("broker")
         .socket_folder(dir.path())
-        .shutdown_grace(Duration::from_secs(2))
+        .shutdown_grace(grace)
         .pubsub(move |instance: &str| Broker::<BULK> {
             instance: instance.to_owned(),
             events: events.clone(),
@@ -535,4 +539,29 @@ async fn unary_calls_features_and_errors() {
     }
 
     running.shutdown().await;
+}
+
+#[tokio::test]
+async fn server_shutdown_closes_open_subscriptions_at_once() {
+    // A grace far longer than the test's limit: the server only stops in time if the open
+    // stream is closed by the shutdown itself.
+    let mut running = start_with_grace::<false>(Duration::from_secs(3600));
+    let mut client = running.client().await;
+    let mut stream = Stream::open(&mut client, topic("orders"))
+        .await
+        .expect("open");
+    let subscriber = running.subscribed().await;
+    let delivery = deliver(&subscriber, "in flight");
+    assert_eq!(stream.next().await.data, b"in flight");
+
+    running.stop.cancel();
+    assert!(matches!(
+        within("the delivery", delivery).await.expect("task"),
+        Err(DeliveryError::Closed)
+    ));
+    assert_eq!(running.ended().await, "orders");
+    within("the server to stop", running.task)
+        .await
+        .expect("server task")
+        .expect("server stopped cleanly");
 }
