@@ -23,8 +23,9 @@
 //! Every subscription joins the consumer group named by `consumerID` (created
 //! at `$` with `MKSTREAM` on first use) under a consumer name of its own,
 //! `<consumerID>-<uuid>`. It reads with `XREADGROUP ... BLOCK 1000`, so a
-//! closed subscription is noticed within a second, and keeps at most
-//! `concurrency` entries in flight.
+//! closed subscription is noticed within a second, fetching only as many
+//! entries as it has free delivery slots, and hands at most `concurrency`
+//! entries to the handler at a time.
 //!
 //! - **Ack** → `XACK`.
 //! - **Nack** → delivered again from memory after 100 ms, 500 ms and 2 s
@@ -678,21 +679,18 @@ impl<H: Handler> Subscription<H> {
         }
     }
 
-    /// At least one delivery slot (waiting for it), plus up to `limit - 1`
-    /// more if free now. `None` once the subscription has stopped.
-    async fn slots(&self, limit: usize) -> Option<Vec<OwnedSemaphorePermit>> {
-        let first = tokio::select! {
+    /// Waits for a free delivery slot and takes it; with it, how many
+    /// entries to fetch (that one plus the slots free now). Only this one
+    /// slot is held while fetching, so a blocking read does not keep the
+    /// reclaim scan from delivering. `None` once the subscription has stopped.
+    async fn reserve(&self) -> Option<(OwnedSemaphorePermit, usize)> {
+        // The semaphore is fair: this waits behind fetched entries still
+        // waiting for a slot, so fetching never runs far ahead of delivery.
+        let permit = tokio::select! {
             permit = Arc::clone(&self.permits).acquire_owned() => permit.ok()?,
             () = self.stop.cancelled() => return None,
         };
-        let mut permits = vec![first];
-        while permits.len() < limit {
-            match Arc::clone(&self.permits).try_acquire_owned() {
-                Ok(permit) => permits.push(permit),
-                Err(_) => break,
-            }
-        }
-        Some(permits)
+        Some((permit, 1 + self.permits.available_permits()))
     }
 
     async fn read_loop(self: &Arc<Self>) {
@@ -715,7 +713,7 @@ impl<H: Handler> Subscription<H> {
             if !self.running(&mut paused).await {
                 return;
             }
-            let Some(mut permits) = self.slots(self.streams.settings().concurrency).await else {
+            let Some((permit, count)) = self.reserve().await else {
                 return;
             };
             let history = cursor != ">";
@@ -724,7 +722,7 @@ impl<H: Handler> Subscription<H> {
                 .arg(&self.group)
                 .arg(&self.consumer)
                 .arg("COUNT")
-                .arg(permits.len());
+                .arg(count);
             if !history {
                 cmd.arg("BLOCK").arg(READ_BLOCK.as_millis() as u64);
             }
@@ -747,13 +745,13 @@ impl<H: Handler> Subscription<H> {
                         // Read but not delivered: pending, so reclaimed later.
                         return;
                     }
+                    let mut permit = Some(permit);
                     for entry in entries {
-                        let Some(permit) = permits.pop() else { break };
-                        self.spawn_delivery(entry, permit);
+                        self.spawn_delivery(entry, permit.take());
                     }
                 }
                 Err(err) => {
-                    drop(permits);
+                    drop(permit);
                     if let StreamsError::Redis(err) = &err
                         && err.code() == Some("NOGROUP")
                     {
@@ -809,9 +807,10 @@ impl<H: Handler> Subscription<H> {
             if !self.running(paused).await {
                 return Ok(());
             }
-            let Some(mut permits) = self.slots(self.streams.settings().concurrency).await else {
+            let Some((permit, count)) = self.reserve().await else {
                 return Ok(());
             };
+            let mut permit = Some(permit);
             let reply: Value = redis::cmd("XAUTOCLAIM")
                 .arg(&self.topic)
                 .arg(&self.group)
@@ -819,7 +818,7 @@ impl<H: Handler> Subscription<H> {
                 .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX))
                 .arg(&cursor)
                 .arg("COUNT")
-                .arg(permits.len())
+                .arg(count)
                 .query_async(&mut self.streams.conn())
                 .await
                 .or_else(|err| {
@@ -840,8 +839,7 @@ impl<H: Handler> Subscription<H> {
                     continue;
                 }
                 tracing::debug!(id = %entry.id, "reclaimed a pending entry");
-                let Some(permit) = permits.pop() else { break };
-                self.spawn_delivery(entry, permit);
+                self.spawn_delivery(entry, permit.take());
             }
             if next == "0-0" || self.stop.is_cancelled() {
                 return Ok(());
@@ -882,7 +880,10 @@ impl<H: Handler> Subscription<H> {
         }
     }
 
-    fn spawn_delivery(self: &Arc<Self>, entry: RawEntry, permit: OwnedSemaphorePermit) {
+    /// Delivers `entry` in a task of its own, in the slot given or in the
+    /// next free one. From now until it is delivered, the entry is in flight:
+    /// its claim is renewed and the reclaim scan skips it.
+    fn spawn_delivery(self: &Arc<Self>, entry: RawEntry, permit: Option<OwnedSemaphorePermit>) {
         if !self.inflight().insert(entry.id.clone()) {
             return;
         }
@@ -890,7 +891,17 @@ impl<H: Handler> Subscription<H> {
         self.deliveries.spawn(
             async move {
                 let id = entry.id.clone();
-                subscription.deliver(entry).await;
+                let permit = match permit {
+                    Some(permit) => Some(permit),
+                    None => tokio::select! {
+                        permit = Arc::clone(&subscription.permits).acquire_owned() => permit.ok(),
+                        // Stopped: the entry stays pending for the reclaim scan.
+                        () = subscription.stop.cancelled() => None,
+                    },
+                };
+                if permit.is_some() {
+                    subscription.deliver(entry).await;
+                }
                 subscription.inflight().remove(&id);
                 drop(permit);
             }

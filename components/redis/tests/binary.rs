@@ -549,6 +549,29 @@ async fn messages_survive_a_kill_9_of_the_component() {
 }
 
 #[tokio::test]
+async fn sigterm_with_a_stream_open_leaves_unanswered_messages_for_the_next_process() {
+    let redis = RedisServer::start();
+    let observer = observer(&redis).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (component, mut client) = ready(&redis, dir.path()).await;
+    let mut stream = Stream::open(&mut client, "t").await;
+    subscribed(&observer, "t").await;
+    publish(&mut client, "t", "in flight at shutdown").await;
+    let message = stream.next().await;
+    assert_eq!(message.data, b"in flight at shutdown");
+    component.terminate().await;
+    drop(stream);
+    assert_eq!(observer.pending("t").await.expect("pending").len(), 1);
+
+    let (_component, mut client) = ready(&redis, dir.path()).await;
+    let mut stream = Stream::open(&mut client, "t").await;
+    let message = stream.next().await;
+    assert_eq!(message.data, b"in flight at shutdown");
+    stream.ack(&message.id).await;
+    no_pending(&observer, "t").await;
+}
+
+#[tokio::test]
 async fn tls() {
     let redis = RedisServer::start_tls();
     let ca_file = redis.tls().expect("TLS server").ca_file.clone();

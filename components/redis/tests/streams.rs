@@ -205,7 +205,10 @@ async fn a_message_left_by_a_closed_subscriber_goes_to_another() {
 #[tokio::test]
 async fn an_entry_in_flight_is_not_taken_over_by_another_subscriber() {
     let redis = RedisServer::start();
-    let streams = Streams::connect(settings(&redis)).await.expect("connect");
+    let mut settings = settings(&redis);
+    // Renewed every 200 ms: a wide margin for a busy test machine.
+    settings.processing_timeout = Some(Duration::from_millis(600));
+    let streams = Streams::connect(settings).await.expect("connect");
     let mut slow = subscribe(&streams, "t");
     group_ready(&streams, "t").await;
     let mut other = subscribe(&streams, "t");
@@ -215,10 +218,10 @@ async fn an_entry_in_flight_is_not_taken_over_by_another_subscriber() {
         got = other.next() => got,
     };
     assert_eq!(delivery.id, id);
-    // Hold it for five processing timeouts: its claim is renewed, so the
+    // Hold it for three processing timeouts: its claim is renewed, so the
     // other subscriber's reclaim scans leave it alone.
     let owner = streams.pending("t").await.expect("pending")[0].1.clone();
-    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    let until = tokio::time::Instant::now() + Duration::from_millis(1800);
     while tokio::time::Instant::now() < until {
         let pending = streams.pending("t").await.expect("pending");
         assert_eq!(pending, [(id.clone(), owner.clone())], "taken over");
