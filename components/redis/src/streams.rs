@@ -273,6 +273,10 @@ impl Streams {
             .map_err(|source| classify_connect_error(&settings, source))?;
         drop(probe);
 
+        // Settings built in code may hold zeros; Init refuses them.
+        let mut settings = settings;
+        settings.pool_size = settings.pool_size.max(1);
+        settings.concurrency = settings.concurrency.max(1);
         let pool = (0..settings.pool_size)
             .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), manager_config(None)))
             .collect::<Result<Vec<_>, _>>()?;

@@ -398,6 +398,18 @@ async fn bulk_publish_reports_each_entry() {
         .await
         .expect_err("WRONGTYPE");
     assert!(!error.is_unavailable());
+
+    // maxLenApprox trims (whole stream nodes of 100 entries at a time).
+    for _ in 0..10 {
+        let batch: Vec<Entry> = (0..100).map(|i| entry(&i.to_string())).collect();
+        streams.publish_batch("s", &batch).await.expect("batch");
+    }
+    let len: usize = redis::cmd("XLEN")
+        .arg("s")
+        .query_async(&mut conn)
+        .await
+        .expect("XLEN");
+    assert!(len <= 5 + 100, "{len} entries kept");
 }
 
 #[tokio::test]
