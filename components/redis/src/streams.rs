@@ -21,7 +21,8 @@
 //! # Consumers and redelivery
 //!
 //! Every subscription joins the consumer group named by `consumerID` (created
-//! at `$` with `MKSTREAM` on first use) under a consumer name of its own,
+//! at `0` with `MKSTREAM` on first use, so a new group also receives what the
+//! stream already holds) under a consumer name of its own,
 //! `<consumerID>-<uuid>`. It reads with `XREADGROUP ... BLOCK 1000`, so a
 //! closed subscription is noticed within a second, fetching only as many
 //! entries as it has free delivery slots, and hands at most `concurrency`
@@ -363,13 +364,15 @@ impl Streams {
             .collect())
     }
 
-    /// `XGROUP CREATE <topic> <group> $ MKSTREAM`; an existing group is fine.
+    /// `XGROUP CREATE <topic> <group> 0 MKSTREAM`; an existing group is fine.
+    /// Starting at `0`, a new group receives every entry the stream holds, so
+    /// messages published before the first subscription are not lost.
     pub async fn ensure_group(&self, topic: &str) -> Result<(), StreamsError> {
         let result: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(topic)
             .arg(&self.inner.settings.consumer_group)
-            .arg("$")
+            .arg("0")
             .arg("MKSTREAM")
             .query_async(&mut self.conn())
             .await;

@@ -600,8 +600,7 @@ async fn tls() {
         .expect("init over TLS");
     client.ping(named(pb::PingRequest {})).await.expect("ping");
     let mut stream = Stream::open(&mut client, "secure").await;
-    // The group is created (at `$`) shortly after the stream opens: publish
-    // until the subscription sees a message, within a deadline.
+    // Publish until the subscription sees a message, within a deadline.
     let deadline = Instant::now() + WAIT;
     let message = loop {
         publish(&mut client, "secure", "over tls").await;
