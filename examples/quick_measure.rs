@@ -1,6 +1,8 @@
-//! Quick figures (not the rigorous benchmark): plugd start-up time with 1 and 20 sockets, and
+//! Quick figures (not the rigorous benchmark): plugd start-up time with 1 and 20 sockets,
 //! sequential state `Get` latency straight to the component vs through plugd (gRPC and HTTP),
-//! measured in alternating rounds in one run.
+//! measured in alternating rounds in one run, and pub/sub messages per second end to end
+//! (publish through plugd → component → plugd → gRPC app → ack) with plugd-memory and
+//! plugd-redis (when `redis-server` is installed).
 //!
 //! Run with `cargo run --release --example quick_measure`.
 
@@ -135,5 +137,84 @@ async fn main() -> anyhow::Result<()> {
         p50(&via_http).as_secs_f64() / p50(&direct).as_secs_f64()
     );
     plugd.stop().await;
+
+    println!("pub/sub end to end, 5000 messages published in bulk calls of 100, gRPC app:");
+    println!("  plugd-memory: {:.0} messages/s", pubsub_rate(None).await?);
+    if std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let redis = support::RedisServer::start();
+        println!(
+            "  plugd-redis:  {:.0} messages/s",
+            pubsub_rate(Some(&redis)).await?
+        );
+    }
     Ok(())
+}
+
+/// Messages per second from the first publish until the app has received all of them, with
+/// plugd's default subscription concurrency (1: in order).
+async fn pubsub_rate(redis: Option<&support::RedisServer>) -> anyhow::Result<f64> {
+    use support::apps;
+    let dirs = TestDirs::new();
+    let (bin, socket, metadata) = match redis {
+        None => ("plugd-memory", "memory", String::new()),
+        Some(r) => (
+            "plugd-redis",
+            "redis",
+            format!("  - name: redisHost\n    value: \"{}\"\n", r.address()),
+        ),
+    };
+    let _component = support::spawn_component(bin, &dirs.sockets, socket, &[]);
+    dirs.write_resource(
+        "pubsub.yaml",
+        &format!("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: pubsub\nspec:\n  type: pubsub.{socket}\n  version: v1\n  metadata:\n{metadata}"),
+    );
+    let app = apps::grpc_app(
+        vec![apps::grpc_subscription("pubsub", "rate")],
+        apps::always(apps::Answer::Success),
+    )
+    .await;
+    let mut config =
+        plugd::config::Config::for_tests(dirs.sockets.clone(), vec![dirs.resources.clone()]);
+    config.app = Some(plugd::config::AppConfig {
+        address: ([127, 0, 0, 1], app.port).into(),
+        protocol: plugd::config::AppProtocol::Grpc,
+        token: None,
+        max_concurrency: None,
+        call_timeout: Duration::from_secs(10),
+    });
+    let plugd = support::start_plugd(config).await?;
+    let mut client = plugd.grpc_client().await;
+    let n = 5000;
+    let started = Instant::now();
+    for batch in 0..n / 100 {
+        let entries = (0..100)
+            .map(|i| rt::BulkPublishRequestEntry {
+                entry_id: format!("{i}"),
+                event: format!("m-{batch}-{i}").into_bytes(),
+                content_type: "text/plain".into(),
+                metadata: Default::default(),
+            })
+            .collect();
+        let failed = client
+            .bulk_publish_event_alpha1(rt::BulkPublishRequest {
+                pubsub_name: "pubsub".into(),
+                topic: "rate".into(),
+                entries,
+                metadata: Default::default(),
+            })
+            .await?
+            .into_inner()
+            .failed_entries;
+        anyhow::ensure!(failed.is_empty(), "failed entries: {failed:?}");
+    }
+    app.recorder
+        .wait_for_count(Duration::from_secs(120), n)
+        .await;
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    plugd.stop().await;
+    Ok(rate)
 }

@@ -85,6 +85,32 @@ impl Recorder {
         answer
     }
 
+    /// How many events have been received.
+    pub fn len(&self) -> usize {
+        self.events.lock().expect("events lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits (bounded) until at least `n` events have been received, without copying them.
+    pub async fn wait_for_count(&self, within: Duration, n: usize) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.notify.notified();
+            if self.len() >= n {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() && self.len() < n {
+                panic!(
+                    "timed out after {within:?}: {} of {n} events received",
+                    self.len()
+                );
+            }
+        }
+    }
+
     pub fn snapshot(&self) -> Vec<Received> {
         self.events.lock().expect("events lock").clone()
     }
