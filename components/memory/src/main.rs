@@ -6,13 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use plugd_component_sdk::{ComponentServer, shutdown_signal};
+use plugd_component_sdk::{ComponentServer, run};
 use plugd_memory::{MemoryPubSub, MemoryStore};
-use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
-
-/// Exit code for bad usage (sysexits EX_USAGE).
-const EXIT_USAGE: u8 = 64;
 
 /// An in-memory pub/sub broker and state store served as one Dapr pluggable
 /// component. Everything is lost when the process exits.
@@ -43,61 +38,20 @@ struct Cli {
     log_level: Option<String>,
 }
 
-fn init_logging(cli: &Cli) {
-    let filter = match &cli.log_level {
-        Some(level) => EnvFilter::try_new(level).ok(),
-        None => EnvFilter::try_from_default_env().ok(),
-    }
-    .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cli.log_as_json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match run::parse_args() {
         Ok(cli) => cli,
-        Err(err) => {
-            let _ = err.print();
-            return if err.use_stderr() {
-                ExitCode::from(EXIT_USAGE)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
-    init_logging(&cli);
+    run::init_logging(cli.log_level.as_deref(), cli.log_as_json);
 
-    // One signal stops the server and ends every subscription stream, so the
-    // drain does not wait for hosts to close their streams.
-    let stop = CancellationToken::new();
-    let subscriptions = stop.clone();
     let mut server = ComponentServer::new(cli.socket_name)
         .shutdown_grace(cli.shutdown_grace)
         .state_store(MemoryStore::new)
-        .pubsub(move |instance: &str| MemoryPubSub::with_shutdown(instance, subscriptions.clone()));
+        .pubsub(MemoryPubSub::new);
     if let Some(folder) = cli.socket_folder {
         server = server.socket_folder(folder);
     }
-    let signal = stop.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        signal.cancel();
-    });
-    match server.serve_with_shutdown(stop.cancelled_owned()).await {
-        Ok(()) => {
-            tracing::info!("stopped");
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            tracing::error!(error = %err, "plugd-memory failed");
-            ExitCode::FAILURE
-        }
-    }
+    run::serve("plugd-memory", server).await
 }

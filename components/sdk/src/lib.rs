@@ -109,6 +109,7 @@
 pub mod client;
 pub mod multiplex;
 pub mod pubsub;
+pub mod run;
 pub mod server;
 pub mod state;
 

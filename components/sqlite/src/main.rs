@@ -5,12 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use plugd_component_sdk::ComponentServer;
+use plugd_component_sdk::{ComponentServer, run};
 use plugd_sqlite::SqliteStore;
-use tracing_subscriber::EnvFilter;
-
-/// Exit code for bad usage (sysexits EX_USAGE).
-const EXIT_USAGE: u8 = 64;
 
 /// A SQLite state store served as a Dapr pluggable component.
 #[derive(Debug, Parser)]
@@ -39,36 +35,13 @@ struct Cli {
     log_level: Option<String>,
 }
 
-fn init_logging(cli: &Cli) {
-    let filter = match &cli.log_level {
-        Some(level) => EnvFilter::try_new(level).ok(),
-        None => EnvFilter::try_from_default_env().ok(),
-    }
-    .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cli.log_as_json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match run::parse_args() {
         Ok(cli) => cli,
-        Err(err) => {
-            let _ = err.print();
-            return if err.use_stderr() {
-                ExitCode::from(EXIT_USAGE)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
-    init_logging(&cli);
+    run::init_logging(cli.log_level.as_deref(), cli.log_as_json);
 
     let mut server = ComponentServer::new(cli.socket_name)
         .shutdown_grace(cli.shutdown_grace)
@@ -76,14 +49,5 @@ async fn main() -> ExitCode {
     if let Some(folder) = cli.socket_folder {
         server = server.socket_folder(folder);
     }
-    match server.serve().await {
-        Ok(()) => {
-            tracing::info!("stopped");
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            tracing::error!(error = %err, "plugd-sqlite failed");
-            ExitCode::FAILURE
-        }
-    }
+    run::serve("plugd-sqlite", server).await
 }
