@@ -79,7 +79,9 @@ pub fn connect(settings: AppSettings) -> Result<Box<dyn AppChannel>, String> {
 /// stopped first.
 pub async fn wait_for_app(address: SocketAddr, stop: &CancellationToken) -> bool {
     let started = tokio::time::Instant::now();
-    let mut next_log = Duration::from_secs(2);
+    // Logged after 2 s, then at doubling intervals up to a minute.
+    let mut log_every = Duration::from_secs(2);
+    let mut next_log = log_every;
     let mut delay = Duration::from_millis(20);
     loop {
         let attempt = tokio::time::timeout(
@@ -96,7 +98,8 @@ pub async fn wait_for_app(address: SocketAddr, stop: &CancellationToken) -> bool
         if started.elapsed() >= next_log {
             tracing::warn!(app = %address, waited = ?started.elapsed(),
                 "waiting for the app to listen before subscribing");
-            next_log = (next_log * 2).min(Duration::from_secs(60)) + started.elapsed();
+            log_every = (log_every * 2).min(Duration::from_secs(60));
+            next_log = started.elapsed() + log_every;
         }
         tokio::select! {
             _ = stop.cancelled() => return false,

@@ -149,12 +149,11 @@ impl PubSubApi {
         let entry = self.entry(pubsub, topic, &message.metadata)?;
         let raw = raw_payload(&message.metadata)?;
         let req = self.component_request(&entry, topic, message, raw, trace)?;
-        let metadata = req.metadata.clone();
         entry
             .pubsub
             .publish(req)
             .await
-            .map_err(|e| publish_error(&entry, pubsub, topic, &metadata, &e))
+            .map_err(|e| publish_error(&entry, pubsub, topic, &e))
     }
 
     /// Publishes several messages; entries that fail are returned (the call itself succeeds).
@@ -217,7 +216,7 @@ impl PubSubApi {
                 .pubsub
                 .bulk_publish(req)
                 .await
-                .map_err(|e| publish_error(&entry, pubsub, topic, &metadata, &e))?;
+                .map_err(|e| publish_error(&entry, pubsub, topic, &e))?;
             return Ok(resp
                 .failed_entries
                 .into_iter()
@@ -353,13 +352,7 @@ fn ttl(metadata: &HashMap<String, String>) -> Result<Option<Duration>, ApiError>
     }
 }
 
-fn publish_error(
-    entry: &PubSubEntry,
-    pubsub: &str,
-    topic: &str,
-    _metadata: &HashMap<String, String>,
-    e: &ComponentError,
-) -> ApiError {
+fn publish_error(entry: &PubSubEntry, pubsub: &str, topic: &str, e: &ComponentError) -> ApiError {
     if e.is_connection_failure() {
         return unavailable(&entry.info, &e.detail());
     }
