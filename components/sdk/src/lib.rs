@@ -20,16 +20,28 @@
 //!   [`ComponentServer::serve_with_shutdown`] on any future (for a
 //!   `CancellationToken`, `token.cancelled_owned()`). In-flight calls get a
 //!   bounded grace ([`ComponentServer::shutdown_grace`]).
-//! - **Errors.** [`state::StateError`] and [`pubsub::PubSubError`] variants
+//! - **Errors.** [`state::StateError`], [`pubsub::PubSubError`],
+//!   [`secretstore::SecretStoreError`] and [`bindings::BindingError`] variants
 //!   become the statuses and `google.rpc` error details daprd understands
 //!   (etag mismatch → `FAILED_PRECONDITION` with one `BadRequest` violation on
-//!   `etag`, …).
+//!   `etag`, missing secret → `NOT_FOUND`, …).
 //!
 //! Kinds live in one module each, all of the same shape (a trait, a
-//! `ComponentServer::<kind>(factory)` method, an adapter): [`state`] for state
-//! stores and [`pubsub`] for brokers so far; bindings and secret stores will
-//! follow. One server can serve several kinds on the same socket
-//! (`.state_store(..).pubsub(..)`).
+//! `ComponentServer::<kind>(factory)` method, an adapter):
+//!
+//! | Kind | Trait | Method | Service |
+//! |------|-------|--------|---------|
+//! | State store | [`state::StateStore`] | [`ComponentServer::state_store`] | `StateStore` (+ `TransactionalStateStore`) |
+//! | Pub/sub | [`pubsub::PubSub`] | [`ComponentServer::pubsub`] | `PubSub` |
+//! | Secret store | [`secretstore::SecretStore`] | [`ComponentServer::secret_store`] | `SecretStore` |
+//! | Output binding | [`bindings::OutputBinding`] | [`ComponentServer::output_binding`] | `OutputBinding` |
+//! | Input binding | [`bindings::InputBinding`] | [`ComponentServer::input_binding`] | `InputBinding` |
+//!
+//! (services in `dapr.proto.components.v1`). One server can serve several
+//! kinds on the same socket (`.state_store(..).pubsub(..)`,
+//! `.secret_store(..).output_binding(..)`). Streams (pub/sub subscriptions,
+//! input-binding reads) pair each message the component sends with the
+//! host's answer to it by id, and close at once when the server shuts down.
 //!
 //! # Clients that send the socket path as `:authority`
 //!
@@ -106,10 +118,13 @@
 //!
 //! [Dapr pluggable components]: https://docs.dapr.io/developing-applications/develop-components/pluggable-components/
 
+pub mod bindings;
 pub mod client;
+mod common;
 pub mod multiplex;
 pub mod pubsub;
 pub mod run;
+pub mod secretstore;
 pub mod server;
 pub mod state;
 
