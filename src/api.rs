@@ -1,9 +1,11 @@
 //! The app-facing runtime API. One error type, [`ApiError`], becomes a `tonic::Status` (with
 //! `google.rpc` details that agree with the status) or Dapr's HTTP JSON error, here and only here.
 
+pub mod bindings;
 pub mod grpc;
 pub mod http;
 pub mod pubsub;
+pub mod secrets;
 pub mod state;
 
 use std::collections::HashMap;

@@ -6,13 +6,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower::Layer;
 use tower_http::normalize_path::NormalizePathLayer;
 
 use crate::{
     api,
+    appchannel::{self, AppChannel},
     config::{Config, manifest},
     discovery, lifecycle,
     registry::Registry,
@@ -131,15 +132,37 @@ impl App {
         );
         match &config.app {
             Some(app) => {
-                crate::pubsub::delivery::start(
-                    app,
-                    subscriptions,
-                    pubsubs,
-                    registry.clone(),
-                    config.subscription_concurrency,
-                    shutdown.clone(),
-                )
-                .map_err(StartError::AppChannel)?;
+                let channel: Arc<dyn AppChannel> = appchannel::connect(appchannel::AppSettings {
+                    address: app.address,
+                    protocol: app.protocol,
+                    token: app.token.clone(),
+                    call_timeout: app.call_timeout,
+                })
+                .map_err(StartError::AppChannel)?
+                .into();
+                // One bound on calls to the app, shared by pub/sub and input bindings.
+                let app_limit = app.max_concurrency.map(|n| Arc::new(Semaphore::new(n)));
+                let deliverer = Arc::new(crate::pubsub::delivery::Deliverer {
+                    registry: registry.clone(),
+                    app: channel.clone(),
+                    app_limit: app_limit.clone(),
+                    concurrency: config.subscription_concurrency,
+                    stop: shutdown.clone(),
+                });
+                crate::pubsub::delivery::start(deliverer, app.address, subscriptions, pubsubs);
+                let inputs = Arc::new(crate::bindings::InputDelivery {
+                    registry: registry.clone(),
+                    app: channel,
+                    outputs: api::bindings::BindingsApi::new(registry.clone()),
+                    app_limit,
+                    concurrency: app
+                        .max_concurrency
+                        .map_or(crate::bindings::DEFAULT_CONCURRENCY, |n| {
+                            n.min(crate::bindings::DEFAULT_CONCURRENCY)
+                        }),
+                    stop: shutdown.clone(),
+                });
+                crate::bindings::start(inputs, app.address);
             }
             None if !subscriptions.is_empty() => {
                 tracing::warn!(

@@ -14,7 +14,8 @@ use tonic::{
 use crate::{
     config::AppProtocol,
     proto::runtime::{
-        TopicEventRequest, app_callback_client::AppCallbackClient,
+        BindingEventRequest, TopicEventRequest, app_callback_client::AppCallbackClient,
+        binding_event_response::BindingEventConcurrency,
         topic_event_response::TopicEventResponseStatus,
     },
     pubsub::{
@@ -47,6 +48,28 @@ pub struct TopicDelivery<'a> {
     pub metadata: &'a HashMap<String, String>,
 }
 
+/// An input-binding event on its way to the app.
+pub struct BindingDelivery<'a> {
+    /// The binding (component) name.
+    pub name: &'a str,
+    /// Where an HTTP app receives it (`/<route>`).
+    pub route: &'a str,
+    pub data: &'a [u8],
+    /// The event metadata (becomes headers / gRPC metadata).
+    pub metadata: &'a HashMap<String, String>,
+}
+
+/// What the app answered to an input-binding event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BindingReply {
+    /// Handed back to the binding component as its reply.
+    pub data: Vec<u8>,
+    /// Output bindings the app asked to send `data` to (gRPC apps only).
+    pub to: Vec<String>,
+    /// Whether those output bindings are called at once rather than one after another.
+    pub parallel: bool,
+}
+
 /// Calls into the app.
 #[async_trait]
 pub trait AppChannel: Send + Sync {
@@ -55,6 +78,11 @@ pub trait AppChannel: Send + Sync {
     /// The app's programmatic subscriptions; an app without any answers with none.
     async fn subscriptions(&self) -> Result<Vec<Subscription>, String>;
     async fn topic_event(&self, delivery: TopicDelivery<'_>) -> Outcome;
+    /// Whether the app handles input binding `name`: a gRPC app lists it in
+    /// `ListInputBindings` (asked once); an HTTP app answers `OPTIONS <route>` with 2xx or 405.
+    async fn wants_binding(&self, name: &str, route: &str) -> bool;
+    /// Delivers one input-binding event; `Err` says why the app did not take it.
+    async fn binding_event(&self, delivery: BindingDelivery<'_>) -> Result<BindingReply, String>;
 }
 
 /// Settings of the app channel.
@@ -112,6 +140,8 @@ pub async fn wait_for_app(address: SocketAddr, stop: &CancellationToken) -> bool
 struct GrpcApp {
     settings: AppSettings,
     channel: Channel,
+    /// The app's answer to `ListInputBindings`, asked once.
+    input_bindings: tokio::sync::OnceCell<Vec<String>>,
 }
 
 impl GrpcApp {
@@ -123,7 +153,25 @@ impl GrpcApp {
         Ok(Self {
             channel: endpoint.connect_lazy(),
             settings,
+            input_bindings: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// Adds string metadata to a request as gRPC metadata (what is not a valid header is
+    /// skipped; `content-type` and `content-length` belong to the call itself).
+    fn add_metadata<T>(req: &mut tonic::Request<T>, metadata: &HashMap<String, String>) {
+        for (k, v) in metadata {
+            let key = k.to_ascii_lowercase();
+            if matches!(key.as_str(), "content-type" | "content-length") {
+                continue;
+            }
+            if let (Ok(key), Ok(value)) = (
+                AsciiMetadataKey::from_bytes(key.as_bytes()),
+                AsciiMetadataValue::try_from(v.as_str()),
+            ) {
+                req.metadata_mut().insert(key, value);
+            }
+        }
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
@@ -178,18 +226,7 @@ impl AppChannel for GrpcApp {
             Err(e) => return Outcome::Retry(e),
         };
         let mut req = self.request(message);
-        for (k, v) in d.metadata {
-            let key = k.to_ascii_lowercase();
-            if matches!(key.as_str(), "content-type" | "content-length") {
-                continue;
-            }
-            if let (Ok(key), Ok(value)) = (
-                AsciiMetadataKey::from_bytes(key.as_bytes()),
-                AsciiMetadataValue::try_from(v.as_str()),
-            ) {
-                req.metadata_mut().insert(key, value);
-            }
-        }
+        Self::add_metadata(&mut req, d.metadata);
         if let Some(tp) = d
             .event
             .str("traceparent")
@@ -214,6 +251,61 @@ impl AppChannel for GrpcApp {
             )),
             Err(status) => Outcome::Retry(format!(
                 "OnTopicEvent failed: {:?}: {}",
+                status.code(),
+                status.message()
+            )),
+        }
+    }
+
+    async fn wants_binding(&self, name: &str, _route: &str) -> bool {
+        let names = self
+            .input_bindings
+            .get_or_init(|| async {
+                let mut client = AppCallbackClient::new(self.channel.clone());
+                match client.list_input_bindings(self.request(())).await {
+                    Ok(resp) => resp.into_inner().bindings,
+                    Err(status) => {
+                        if status.code() != Code::Unimplemented {
+                            tracing::warn!(code = ?status.code(), error = status.message(),
+                                "ListInputBindings failed; no input binding is delivered to the app");
+                        }
+                        Vec::new()
+                    }
+                }
+            })
+            .await;
+        names.iter().any(|n| n == name)
+    }
+
+    async fn binding_event(&self, d: BindingDelivery<'_>) -> Result<BindingReply, String> {
+        let mut req = self.request(BindingEventRequest {
+            name: d.name.to_string(),
+            data: d.data.to_vec(),
+            metadata: d.metadata.clone(),
+        });
+        // The event's own metadata travels in the message; only the trace context goes as
+        // call metadata too.
+        let trace: HashMap<String, String> = d
+            .metadata
+            .iter()
+            .filter(|(k, _)| {
+                k.eq_ignore_ascii_case("traceparent") || k.eq_ignore_ascii_case("tracestate")
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Self::add_metadata(&mut req, &trace);
+        let mut client = AppCallbackClient::new(self.channel.clone());
+        match client.on_binding_event(req).await {
+            Ok(resp) => {
+                let r = resp.into_inner();
+                Ok(BindingReply {
+                    data: r.data,
+                    to: r.to,
+                    parallel: r.concurrency == BindingEventConcurrency::Parallel as i32,
+                })
+            }
+            Err(status) => Err(format!(
+                "OnBindingEvent failed: {:?}: {}",
                 status.code(),
                 status.message()
             )),
@@ -342,4 +434,76 @@ impl AppChannel for HttpApp {
             Some(other) => Outcome::Retry(format!("the app answered an unknown status {other:?}")),
         }
     }
+
+    async fn wants_binding(&self, name: &str, route: &str) -> bool {
+        match self.options_answer(route).await {
+            Ok(status)
+                if status.is_success() || status == reqwest::StatusCode::METHOD_NOT_ALLOWED =>
+            {
+                true
+            }
+            Ok(status) => {
+                tracing::info!(binding = name, %route, %status,
+                    "the app does not handle this input binding (OPTIONS answered {status})");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(binding = name, %route, "OPTIONS to the app failed ({e}); the input binding is not delivered");
+                false
+            }
+        }
+    }
+
+    async fn binding_event(&self, d: BindingDelivery<'_>) -> Result<BindingReply, String> {
+        let mut req = self
+            .client
+            .post(self.url(d.route))
+            .header(http::header::CONTENT_TYPE, "application/json");
+        for (k, v) in d.metadata {
+            if k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("content-type") {
+                continue;
+            }
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(k.as_bytes()),
+                http::HeaderValue::from_str(v),
+            ) {
+                req = req.header(name, value);
+            }
+        }
+        let resp = self
+            .with_token(req)
+            .body(d.data.to_vec())
+            .send()
+            .await
+            .map_err(|e| format!("POST {} failed: {e}", d.route))?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| format!("POST {}: reading the answer: {e}", d.route))?;
+        if !status.is_success() {
+            return Err(format!("POST {} answered {status}", d.route));
+        }
+        Ok(BindingReply {
+            data: body.to_vec(),
+            ..Default::default()
+        })
+    }
 }
+
+impl HttpApp {
+    async fn options_answer(&self, route: &str) -> Result<reqwest::StatusCode, String> {
+        let req = self
+            .client
+            .request(reqwest::Method::OPTIONS, self.url(route))
+            .timeout(BINDING_PROBE_TIMEOUT);
+        self.with_token(req)
+            .send()
+            .await
+            .map(|r| r.status())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Bound on the `OPTIONS` probe of an HTTP app's input-binding route.
+const BINDING_PROBE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -5,7 +5,9 @@
 //! `Channel` per component instance over the component's Unix socket, the
 //! `x-component-instance` header on every call, and a deadline on every call.
 
+pub mod bindings;
 pub mod pubsub;
+pub mod secretstore;
 pub mod state;
 
 use std::{

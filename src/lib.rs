@@ -9,6 +9,7 @@
 pub mod api;
 pub mod app;
 pub mod appchannel;
+pub mod bindings;
 pub mod cli;
 pub mod component;
 pub mod config;

@@ -15,8 +15,11 @@ use tracing::Instrument;
 
 use crate::{
     component::{
-        ComponentError, ComponentKind, Connection, dial_watched,
+        ComponentError, ComponentKind, Connection,
+        bindings::{GrpcBinding, InputBinding, OutputBinding},
+        dial_watched,
         pubsub::{GrpcPubSub, PubSub},
+        secretstore::{GrpcSecretStore, SecretStore},
         state::{GrpcStateStore, KEY_PREFIX, KeyPrefix, StateStore},
     },
     config::{
@@ -24,7 +27,7 @@ use crate::{
         manifest::{Category, ComponentManifest, MetadataValue},
     },
     discovery::{DiscoveredSocket, Discovery, Identity},
-    registry::{ComponentInfo, ComponentStatus, Live, Publish, Registry, TopicScopes},
+    registry::{BindingLive, ComponentInfo, ComponentStatus, Live, Publish, Registry, TopicScopes},
 };
 
 /// Why one component could not be brought up.
@@ -52,27 +55,122 @@ pub enum InitError {
     },
     #[error("metadata {field}: {reason}")]
     Metadata { field: String, reason: String },
+    #[error("metadata {field}: waiting for {reference}: {reason}")]
+    SecretNotReady {
+        field: String,
+        reference: String,
+        reason: String,
+    },
+    #[error("metadata {field}: {reference}: {reason}")]
+    Secret {
+        field: String,
+        reference: String,
+        reason: String,
+    },
     #[error("init did not finish within initTimeout {0:?}; abandoned")]
     Timeout(Duration),
     #[error("{0}")]
     Component(#[from] ComponentError),
 }
 
+/// Why a `secretKeyRef` could not be resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretError {
+    /// The secret store is not ready (not loaded yet, initialising, or down): wait for it.
+    NotReady(String),
+    /// The store answered, but not with the value (unknown secret or key, store error).
+    Failed(String),
+}
+
 /// Resolves `secretKeyRef` values from a secret store.
 #[async_trait]
 pub trait SecretSource: Send + Sync {
-    async fn secret(&self, store: &str, name: &str, key: Option<&str>) -> Result<String, String>;
+    /// Secret `name` of `store`: the value under `key`, or under `name` when no key is given.
+    async fn secret(
+        &self,
+        store: &str,
+        name: &str,
+        key: Option<&str>,
+    ) -> Result<String, SecretError>;
 }
 
-/// The secret source while plugd serves no secret stores: every reference fails clearly.
-pub struct NoSecretStores;
+/// Resolves references through the secret stores in the registry. Each secret is fetched once
+/// per resolver, as daprd caches them while it processes one resource.
+pub struct RegistrySecrets {
+    registry: Arc<Registry>,
+    namespace: Option<String>,
+    cache: tokio::sync::Mutex<HashMap<(String, String), HashMap<String, String>>>,
+}
+
+impl RegistrySecrets {
+    pub fn new(registry: Arc<Registry>, namespace: Option<String>) -> Self {
+        Self {
+            registry,
+            namespace,
+            cache: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+}
 
 #[async_trait]
-impl SecretSource for NoSecretStores {
-    async fn secret(&self, store: &str, _name: &str, _key: Option<&str>) -> Result<String, String> {
-        Err(format!(
-            "secret store {store:?} is not available: this plugd version does not serve secret stores yet"
-        ))
+impl SecretSource for RegistrySecrets {
+    async fn secret(
+        &self,
+        store: &str,
+        name: &str,
+        key: Option<&str>,
+    ) -> Result<String, SecretError> {
+        let mut cache = self.cache.lock().await;
+        let cache_key = (store.to_string(), name.to_string());
+        if !cache.contains_key(&cache_key) {
+            let snapshot = self.registry.snapshot();
+            let entry = match (snapshot.component(store), snapshot.secret_stores.get(store)) {
+                (None, _) => {
+                    return Err(SecretError::NotReady(format!(
+                        "secret store {store:?} is not loaded (no Component of that name)"
+                    )));
+                }
+                (Some(info), _) if !info.kinds.contains(&ComponentKind::SecretStore) => {
+                    return Err(SecretError::Failed(format!(
+                        "component {store:?} named by auth.secretStore is a {}, not a secret store",
+                        info.type_name
+                    )));
+                }
+                (Some(info), Some(entry)) if info.status == ComponentStatus::Ready => entry.clone(),
+                (Some(info), _) => {
+                    return Err(SecretError::NotReady(format!(
+                        "secret store {store:?} is not ready ({})",
+                        info.status.reason().unwrap_or(info.status.name())
+                    )));
+                }
+            };
+            let mut metadata = HashMap::new();
+            if let Some(ns) = &self.namespace {
+                metadata.insert("namespace".to_string(), ns.clone());
+            }
+            let data = entry
+                .store
+                .get(name.to_string(), metadata)
+                .await
+                .map_err(|e| {
+                    if e.is_connection_failure() {
+                        SecretError::NotReady(format!("secret store {store:?}: {}", e.detail()))
+                    } else {
+                        SecretError::Failed(format!(
+                            "secret store {store:?} could not give secret {name:?}: {}",
+                            e.detail()
+                        ))
+                    }
+                })?;
+            cache.insert(cache_key.clone(), data);
+        }
+        let wanted = key.unwrap_or(name);
+        let value = cache.get(&cache_key).and_then(|data| data.get(wanted));
+        value.cloned().ok_or_else(|| {
+            SecretError::Failed(format!(
+                "secret {name:?} in secret store {store:?} has no key {wanted:?}"
+            ))
+        })
     }
 }
 
@@ -114,13 +212,29 @@ pub async fn resolve_properties(
                         reason: format!("secretKeyRef {name:?} needs auth.secretStore"),
                     });
                 }
-                secrets
-                    .secret(store, name, key.as_deref())
-                    .await
-                    .map_err(|reason| InitError::Metadata {
-                        field: item.name.clone(),
-                        reason: format!("secretKeyRef {name:?}: {reason}"),
-                    })?
+                let reference = || match key {
+                    Some(k) => {
+                        format!("secretKeyRef {name:?} key {k:?} from secret store {store:?}")
+                    }
+                    None => format!("secretKeyRef {name:?} from secret store {store:?}"),
+                };
+                match secrets.secret(store, name, key.as_deref()).await {
+                    Ok(value) => value,
+                    Err(SecretError::NotReady(reason)) => {
+                        return Err(InitError::SecretNotReady {
+                            field: item.name.clone(),
+                            reference: reference(),
+                            reason,
+                        });
+                    }
+                    Err(SecretError::Failed(reason)) => {
+                        return Err(InitError::Secret {
+                            field: item.name.clone(),
+                            reference: reference(),
+                            reason,
+                        });
+                    }
+                }
             }
         };
         props.insert(item.name.clone(), value);
@@ -410,10 +524,7 @@ enum Exit {
 
 impl Supervisor {
     fn set(&mut self, status: ComponentStatus, live: Option<Live>) {
-        if let Some(error) = status
-            .reason()
-            .filter(|_| !matches!(status, ComponentStatus::NotServed { .. }))
-        {
+        if let Some(error) = status.reason() {
             self.info.last_error = Some((error.to_string(), SystemTime::now()));
         }
         if self.info.status.name() != status.name() {
@@ -440,12 +551,7 @@ impl Supervisor {
         match self.shadow.take() {
             // A hot-reloaded instance hands its first good state to the manager, which swaps it
             // in (or has given up, and stops this instance).
-            Some(handover)
-                if matches!(
-                    self.info.status,
-                    ComponentStatus::Ready | ComponentStatus::NotServed { .. }
-                ) =>
-            {
+            Some(handover) if self.info.status == ComponentStatus::Ready => {
                 let _ = handover.send(change);
             }
             Some(handover) => self.shadow = Some(handover),
@@ -453,14 +559,82 @@ impl Supervisor {
         }
     }
 
-    async fn run(mut self) {
+    /// Sets a status that is not ready, unless it is already the current one (so waiting on
+    /// registry changes does not wake itself up).
+    fn set_if_changed(&mut self, status: ComponentStatus) {
+        if self.info.status != status {
+            self.set(status, None);
+        }
+    }
+
+    /// The Init properties, once every `secretKeyRef` resolves: waits for the secret stores
+    /// they name (reported failed after `initTimeout`, still waiting), and retries stores that
+    /// answered without the value. `None` if stopped first, or on an error no wait can mend.
+    async fn properties(&mut self) -> Option<HashMap<String, String>> {
         let templates = self.settings.templates();
         let env = |k: &str| std::env::var(k).ok();
-        let mut properties =
-            match resolve_properties(&self.m, &templates, &NoSecretStores, &env).await {
-                Ok(p) => p,
-                Err(e) => return self.fail_until_stopped(e.to_string()).await,
+        let started = tokio::time::Instant::now();
+        let limit = self.m.init_timeout;
+        let mut changes = self.registry.changes();
+        let mut retry = Duration::from_millis(250);
+        loop {
+            changes.borrow_and_update();
+            let secrets =
+                RegistrySecrets::new(self.registry.clone(), self.settings.namespace.clone());
+            let error = match resolve_properties(&self.m, &templates, &secrets, &env).await {
+                Ok(p) => return Some(p),
+                Err(e) => e,
             };
+            let wait = match &error {
+                InitError::SecretNotReady { .. } => {
+                    let left = limit.saturating_sub(started.elapsed());
+                    if left.is_zero() {
+                        self.set_if_changed(ComponentStatus::Failed {
+                            error: format!("{error} (waited initTimeout {limit:?}; still waiting)"),
+                        });
+                        None
+                    } else {
+                        self.set_if_changed(ComponentStatus::Waiting {
+                            reason: error.to_string(),
+                        });
+                        Some(left)
+                    }
+                }
+                InitError::Secret { .. } => {
+                    self.set_if_changed(ComponentStatus::Failed {
+                        error: format!("{error} (retrying)"),
+                    });
+                    let wait = retry.mul_f64(rand::random_range(0.75..1.25));
+                    retry = (retry * 2).min(Duration::from_secs(10));
+                    // Only time mends this one: do not wake on registry changes.
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return None,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    continue;
+                }
+                _ => {
+                    self.set(
+                        ComponentStatus::Failed {
+                            error: error.to_string(),
+                        },
+                        None,
+                    );
+                    return None;
+                }
+            };
+            tokio::select! {
+                _ = self.stop.cancelled() => return None,
+                r = changes.changed() => if r.is_err() { return None },
+                _ = tokio::time::sleep(wait.unwrap_or(Duration::MAX)), if wait.is_some() => {}
+            }
+        }
+    }
+
+    async fn run(mut self) {
+        let Some(mut properties) = self.properties().await else {
+            return self.stop.cancelled().await;
+        };
         let topic_scopes = if self.m.category == Category::PubSub {
             // As daprd: the consumer group defaults to the app id.
             let consumer = properties.entry(CONSUMER_ID.to_string()).or_default();
@@ -519,34 +693,45 @@ impl Supervisor {
                     continue;
                 }
             };
-            if !matches!(self.m.category, Category::State | Category::PubSub) {
-                self.info.socket = Some(socket.path.clone());
-                self.set(
-                    ComponentStatus::NotServed {
-                        reason: format!(
-                            "{} components are discovered but not served by this plugd version yet",
-                            self.m.category.prefix()
-                        ),
-                    },
-                    None,
-                );
-                return self.stop.cancelled().await;
-            }
+            let sides = match binding_sides(&self.m, &properties, &socket) {
+                Ok(sides) => sides,
+                Err(e) => {
+                    self.info.socket = Some(socket.path.clone());
+                    self.set(
+                        ComponentStatus::Failed {
+                            error: e.to_string(),
+                        },
+                        None,
+                    );
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return,
+                        r = self.discovery.changed() => if r.is_err() { return self.stop.cancelled().await },
+                    }
+                    continue;
+                }
+            };
             self.info.socket = Some(socket.path.clone());
             let init = tokio::select! {
                 _ = self.stop.cancelled() => return,
-                r = init_component(&self.m, &socket, properties.clone(), &self.settings) => r,
+                r = init_component(&self.m, &socket, properties.clone(), sides, &self.settings) => r,
             };
             match init {
                 Ok((component, features)) => {
                     backoff = Backoff::default();
                     self.info.features = features;
-                    let live = match &component {
-                        Initialized::State(store) => Live::State(store.clone(), key_prefix.clone()),
-                        Initialized::PubSub(pubsub) => {
-                            Live::PubSub(pubsub.clone(), topic_scopes.clone())
-                        }
-                    };
+                    let live =
+                        match &component {
+                            Initialized::State(store) => {
+                                Live::State(store.clone(), key_prefix.clone())
+                            }
+                            Initialized::PubSub(pubsub) => {
+                                Live::PubSub(pubsub.clone(), topic_scopes.clone())
+                            }
+                            Initialized::Binding(binding, operations) => Live::Binding(
+                                binding_live(&self.m, &properties, binding, operations, sides),
+                            ),
+                            Initialized::SecretStore(store) => Live::SecretStore(store.clone()),
+                        };
                     self.set(ComponentStatus::Ready, Some(live));
                     match self.serve(&component, socket.identity).await {
                         Exit::Stop => return,
@@ -695,6 +880,9 @@ fn find_socket<'a>(
 enum Initialized {
     State(Arc<GrpcStateStore>),
     PubSub(Arc<GrpcPubSub>),
+    /// The binding and its output operations.
+    Binding(Arc<GrpcBinding>, Vec<String>),
+    SecretStore(Arc<GrpcSecretStore>),
 }
 
 impl Initialized {
@@ -702,6 +890,8 @@ impl Initialized {
         match self {
             Self::State(s) => s.connection(),
             Self::PubSub(p) => p.connection(),
+            Self::Binding(b, _) => b.connection(),
+            Self::SecretStore(s) => s.connection(),
         }
     }
 
@@ -709,7 +899,104 @@ impl Initialized {
         match self {
             Self::State(s) => s.ping().await,
             Self::PubSub(p) => p.ping().await,
+            Self::Binding(b, _) => b.ping_all().await,
+            Self::SecretStore(s) => s.ping().await,
         }
+    }
+}
+
+/// The binding metadata naming the sides to initialise.
+pub const DIRECTION: &str = "direction";
+/// The binding metadata naming the app route of input events.
+pub const ROUTE: &str = "route";
+
+/// Which sides of a binding to initialise: those `direction` names (which the socket must
+/// serve), else every side the socket serves. Other categories: none.
+fn binding_sides(
+    m: &ComponentManifest,
+    properties: &HashMap<String, String>,
+    socket: &DiscoveredSocket,
+) -> Result<Sides, InitError> {
+    if m.category != Category::Bindings {
+        return Ok(Sides::default());
+    }
+    let serves_input = socket.kinds.contains(&ComponentKind::InputBinding);
+    let serves_output = socket.kinds.contains(&ComponentKind::OutputBinding);
+    let Some(direction) = properties.get(DIRECTION).filter(|d| !d.trim().is_empty()) else {
+        return Ok(Sides {
+            input: serves_input,
+            output: serves_output,
+            input_declared: false,
+        });
+    };
+    let mut sides = Sides::default();
+    for word in direction
+        .split(',')
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+    {
+        if word.eq_ignore_ascii_case("input") {
+            sides.input = true;
+            sides.input_declared = true;
+        } else if word.eq_ignore_ascii_case("output") {
+            sides.output = true;
+        } else {
+            return Err(InitError::Metadata {
+                field: DIRECTION.into(),
+                reason: format!("{word:?} is not a direction; use input, output or input,output"),
+            });
+        }
+    }
+    for (wanted, served, kind) in [
+        (sides.input, serves_input, ComponentKind::InputBinding),
+        (sides.output, serves_output, ComponentKind::OutputBinding),
+    ] {
+        if wanted && !served {
+            return Err(InitError::WrongKind {
+                socket: socket.path.clone(),
+                served: join_kinds(&socket.kinds),
+                wanted: format!("{kind} (direction: {direction})"),
+            });
+        }
+    }
+    Ok(sides)
+}
+
+/// The sides of a binding to initialise.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sides {
+    input: bool,
+    output: bool,
+    /// `direction` names `input`: events go to the app without asking it first.
+    input_declared: bool,
+}
+
+fn binding_live(
+    m: &ComponentManifest,
+    properties: &HashMap<String, String>,
+    binding: &Arc<GrpcBinding>,
+    operations: &[String],
+    sides: Sides,
+) -> BindingLive {
+    let route = match properties
+        .get(ROUTE)
+        .map(|r| r.trim())
+        .filter(|r| !r.is_empty())
+    {
+        Some(r) if r.starts_with('/') => r.to_string(),
+        Some(r) => format!("/{r}"),
+        None => format!("/{}", m.name),
+    };
+    BindingLive {
+        input: sides
+            .input
+            .then(|| binding.clone() as Arc<dyn InputBinding>),
+        output: sides
+            .output
+            .then(|| binding.clone() as Arc<dyn OutputBinding>),
+        operations: operations.to_vec(),
+        route,
+        input_declared: sides.input_declared,
     }
 }
 
@@ -754,6 +1041,7 @@ async fn init_component(
     m: &ComponentManifest,
     socket: &DiscoveredSocket,
     properties: HashMap<String, String>,
+    sides: Sides,
     settings: &Settings,
 ) -> Result<(Initialized, Vec<String>), InitError> {
     let timeout = m.init_timeout;
@@ -772,9 +1060,29 @@ async fn init_component(
                 let (p, f) = GrpcPubSub::init(conn, properties, deadline).await?;
                 (Initialized::PubSub(Arc::new(p)), f)
             }
-            _ => {
+            Category::State => {
                 let (s, f) = GrpcStateStore::init(conn, properties, deadline).await?;
                 (Initialized::State(Arc::new(s)), f)
+            }
+            Category::Bindings => {
+                let init = GrpcBinding::init(conn, properties, sides.input, sides.output, deadline)
+                    .await?;
+                // daprd's metadata API lists a binding's sides as its capabilities.
+                let mut sides_served = Vec::new();
+                if sides.input {
+                    sides_served.push("INPUT_BINDING".to_string());
+                }
+                if sides.output {
+                    sides_served.push("OUTPUT_BINDING".to_string());
+                }
+                (
+                    Initialized::Binding(Arc::new(init.binding), init.operations),
+                    sides_served,
+                )
+            }
+            Category::SecretStores => {
+                let (s, f) = GrpcSecretStore::init(conn, properties, deadline).await?;
+                (Initialized::SecretStore(Arc::new(s)), f)
             }
         };
         match component.ping().await {

@@ -14,7 +14,9 @@ use tokio::sync::watch;
 use crate::{
     component::{
         ComponentKind,
+        bindings::{InputBinding, OutputBinding},
         pubsub::PubSub,
+        secretstore::SecretStore,
         state::{KeyPrefix, StateStore},
     },
     discovery::Discovery,
@@ -34,8 +36,6 @@ pub enum ComponentStatus {
     Unhealthy { error: String },
     /// Init failed; retried in the background.
     Failed { error: String },
-    /// Valid, but of a kind this plugd does not serve yet.
-    NotServed { reason: String },
 }
 
 impl ComponentStatus {
@@ -47,14 +47,13 @@ impl ComponentStatus {
             Self::Ready => "READY",
             Self::Unhealthy { .. } => "UNHEALTHY",
             Self::Failed { .. } => "FAILED",
-            Self::NotServed { .. } => "NOT_SERVED",
         }
     }
 
     /// Why it is not ready, if it is not.
     pub fn reason(&self) -> Option<&str> {
         match self {
-            Self::Waiting { reason } | Self::NotServed { reason } => Some(reason),
+            Self::Waiting { reason } => Some(reason),
             Self::Unhealthy { error } | Self::Failed { error } => Some(error),
             Self::Initializing | Self::Ready => None,
         }
@@ -123,6 +122,31 @@ impl PubSubEntry {
     }
 }
 
+/// A binding component as the API and input-delivery layers use it: either side or both.
+pub struct BindingEntry {
+    pub info: Arc<ComponentInfo>,
+    pub binding: BindingLive,
+}
+
+/// The live sides of a binding and what plugd needs to use them.
+#[derive(Clone)]
+pub struct BindingLive {
+    pub input: Option<Arc<dyn InputBinding>>,
+    pub output: Option<Arc<dyn OutputBinding>>,
+    /// The output side's operations, from `ListOperations` at Init.
+    pub operations: Vec<String>,
+    /// Where an HTTP app receives input events (`route` metadata, else `/<name>`).
+    pub route: String,
+    /// Whether the `direction` metadata names `input`: deliver without asking the app first.
+    pub input_declared: bool,
+}
+
+/// A secret store as the API and the secret-reference resolver use it.
+pub struct SecretStoreEntry {
+    pub info: Arc<ComponentInfo>,
+    pub store: Arc<dyn SecretStore>,
+}
+
 /// The topic restrictions of one pub/sub component for this app.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TopicScopes {
@@ -162,6 +186,8 @@ impl TopicScopes {
 pub enum Live {
     State(Arc<dyn StateStore>, KeyPrefix),
     PubSub(Arc<dyn PubSub>, TopicScopes),
+    Binding(BindingLive),
+    SecretStore(Arc<dyn SecretStore>),
 }
 
 /// One consistent view of every component.
@@ -174,6 +200,10 @@ pub struct Snapshot {
     pub state: HashMap<String, Arc<StateEntry>>,
     /// Pub/sub components that have been initialised (check `info.status` before use).
     pub pubsub: HashMap<String, Arc<PubSubEntry>>,
+    /// Bindings that have been initialised (check `info.status` before use).
+    pub bindings: HashMap<String, Arc<BindingEntry>>,
+    /// Secret stores that have been initialised (check `info.status` before use).
+    pub secret_stores: HashMap<String, Arc<SecretStoreEntry>>,
     pub components: BTreeMap<String, Arc<ComponentInfo>>,
     pub discovery: Arc<Discovery>,
 }
@@ -201,6 +231,69 @@ impl Snapshot {
     /// The component's status as the API layer needs it: the info of a known component.
     pub fn component(&self, name: &str) -> Option<&Arc<ComponentInfo>> {
         self.components.get(name)
+    }
+
+    /// The live object of component `name`, whatever its kind.
+    fn live(&self, name: &str) -> Option<Live> {
+        if let Some(e) = self.state.get(name) {
+            return Some(Live::State(e.store.clone(), e.key_prefix.clone()));
+        }
+        if let Some(e) = self.pubsub.get(name) {
+            return Some(Live::PubSub(e.pubsub.clone(), e.scopes.clone()));
+        }
+        if let Some(e) = self.bindings.get(name) {
+            return Some(Live::Binding(e.binding.clone()));
+        }
+        self.secret_stores
+            .get(name)
+            .map(|e| Live::SecretStore(e.store.clone()))
+    }
+
+    fn insert_live(&mut self, info: Arc<ComponentInfo>, live: Live) {
+        let name = info.name.clone();
+        match live {
+            Live::State(store, key_prefix) => {
+                let entry = StateEntry {
+                    info,
+                    store,
+                    key_prefix,
+                };
+                self.state.insert(name, Arc::new(entry));
+            }
+            Live::PubSub(pubsub, scopes) => {
+                let entry = PubSubEntry {
+                    info,
+                    pubsub,
+                    scopes,
+                };
+                self.pubsub.insert(name, Arc::new(entry));
+            }
+            Live::Binding(binding) => {
+                self.bindings
+                    .insert(name, Arc::new(BindingEntry { info, binding }));
+            }
+            Live::SecretStore(store) => {
+                self.secret_stores
+                    .insert(name, Arc::new(SecretStoreEntry { info, store }));
+            }
+        }
+    }
+
+    /// Drops the live object of `name` (only the one of `generation`, when given).
+    fn remove_live(&mut self, name: &str, generation: Option<u64>) {
+        let owned = |info: &ComponentInfo| generation.is_none_or(|g| info.generation == g);
+        if self.state.get(name).is_some_and(|e| owned(&e.info)) {
+            self.state.remove(name);
+        }
+        if self.pubsub.get(name).is_some_and(|e| owned(&e.info)) {
+            self.pubsub.remove(name);
+        }
+        if self.bindings.get(name).is_some_and(|e| owned(&e.info)) {
+            self.bindings.remove(name);
+        }
+        if self.secret_stores.get(name).is_some_and(|e| owned(&e.info)) {
+            self.secret_stores.remove(name);
+        }
     }
 }
 
@@ -261,37 +354,8 @@ impl Registry {
             }
             next.components.insert(info.name.clone(), info.clone());
             // Without a new live object, the current one (if any) stays, with the new info.
-            let live = live.clone().or_else(|| {
-                if let Some(e) = next.state.get(&info.name) {
-                    Some(Live::State(e.store.clone(), e.key_prefix.clone()))
-                } else {
-                    next.pubsub
-                        .get(&info.name)
-                        .map(|e| Live::PubSub(e.pubsub.clone(), e.scopes.clone()))
-                }
-            });
-            match live {
-                Some(Live::State(store, key_prefix)) => {
-                    next.state.insert(
-                        info.name.clone(),
-                        Arc::new(StateEntry {
-                            info: info.clone(),
-                            store,
-                            key_prefix,
-                        }),
-                    );
-                }
-                Some(Live::PubSub(pubsub, scopes)) => {
-                    next.pubsub.insert(
-                        info.name.clone(),
-                        Arc::new(PubSubEntry {
-                            info: info.clone(),
-                            pubsub,
-                            scopes,
-                        }),
-                    );
-                }
-                None => {}
+            if let Some(live) = live.clone().or_else(|| next.live(&info.name)) {
+                next.insert_live(info.clone(), live);
             }
             next
         });
@@ -313,8 +377,7 @@ impl Registry {
                 .is_some_and(|c| c.generation <= generation)
             {
                 next.components.remove(name);
-                next.state.remove(name);
-                next.pubsub.remove(name);
+                next.remove_live(name, None);
             }
             let retired = next.retired.entry(name.to_string()).or_insert(0);
             *retired = (*retired).max(generation);
@@ -327,20 +390,7 @@ impl Registry {
     pub fn drop_store(&self, name: &str, generation: u64) {
         self.current.rcu(|old| {
             let mut next = Snapshot::clone(old);
-            if next
-                .state
-                .get(name)
-                .is_some_and(|e| e.info.generation == generation)
-            {
-                next.state.remove(name);
-            }
-            if next
-                .pubsub
-                .get(name)
-                .is_some_and(|e| e.info.generation == generation)
-            {
-                next.pubsub.remove(name);
-            }
+            next.remove_live(name, Some(generation));
             next
         });
         self.changed.send_modify(|n| *n += 1);

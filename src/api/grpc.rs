@@ -8,7 +8,9 @@ use tonic::{Request, Response, Status};
 
 use super::{
     ApiError,
+    bindings::BindingsApi,
     pubsub::{self as publish, BulkEntry, PubSubApi},
+    secrets::SecretsApi,
     state::{StateApi, TxOp},
 };
 use crate::{
@@ -21,6 +23,8 @@ use crate::{
 pub struct DaprApi {
     state: StateApi,
     pubsub: PubSubApi,
+    bindings: BindingsApi,
+    secrets: SecretsApi,
     registry: Arc<Registry>,
     app_id: String,
     shutdown: CancellationToken,
@@ -31,6 +35,8 @@ impl DaprApi {
         Self {
             state: StateApi::new(registry.clone(), app_id.clone()),
             pubsub: PubSubApi::new(registry.clone(), app_id.clone()),
+            bindings: BindingsApi::new(registry.clone()),
+            secrets: SecretsApi::new(registry.clone()),
             registry,
             app_id,
             shutdown,
@@ -233,20 +239,37 @@ impl rt::dapr_server::Dapr for DaprApi {
 
     async fn invoke_binding(
         &self,
-        _: Request<rt::InvokeBindingRequest>,
+        req: Request<rt::InvokeBindingRequest>,
     ) -> Reply<rt::InvokeBindingResponse> {
-        Err(unserved("bindings (InvokeBinding)"))
+        let r = req.into_inner();
+        let out = self
+            .bindings
+            .invoke(&r.name, &r.operation, r.data, r.metadata)
+            .await?;
+        Ok(Response::new(rt::InvokeBindingResponse {
+            data: out.data,
+            metadata: out.metadata,
+        }))
     }
 
-    async fn get_secret(&self, _: Request<rt::GetSecretRequest>) -> Reply<rt::GetSecretResponse> {
-        Err(unserved("secrets (GetSecret)"))
+    async fn get_secret(&self, req: Request<rt::GetSecretRequest>) -> Reply<rt::GetSecretResponse> {
+        let r = req.into_inner();
+        let data = self.secrets.get(&r.store_name, &r.key, r.metadata).await?;
+        Ok(Response::new(rt::GetSecretResponse { data }))
     }
 
     async fn get_bulk_secret(
         &self,
-        _: Request<rt::GetBulkSecretRequest>,
+        req: Request<rt::GetBulkSecretRequest>,
     ) -> Reply<rt::GetBulkSecretResponse> {
-        Err(unserved("secrets (GetBulkSecret)"))
+        let r = req.into_inner();
+        let all = self.secrets.bulk_get(&r.store_name, r.metadata).await?;
+        Ok(Response::new(rt::GetBulkSecretResponse {
+            data: all
+                .into_iter()
+                .map(|(name, secrets)| (name, rt::SecretResponse { secrets }))
+                .collect(),
+        }))
     }
 
     async fn get_metadata(

@@ -20,7 +20,9 @@ use tonic::Code;
 
 use super::{
     ApiError,
+    bindings::BindingsApi,
     pubsub::{self as publish, BulkEntry, PubSubApi},
+    secrets::SecretsApi,
     state::{StateApi, TxOp},
 };
 use crate::{
@@ -38,6 +40,8 @@ pub const MAX_BODY: usize = 4 * 1024 * 1024;
 struct Ctx {
     state: StateApi,
     pubsub: PubSubApi,
+    bindings: BindingsApi,
+    secrets: SecretsApi,
     registry: Arc<Registry>,
     app_id: String,
     shutdown: CancellationToken,
@@ -50,6 +54,8 @@ pub fn router(registry: Arc<Registry>, app_id: String, shutdown: CancellationTok
     let ctx = Ctx {
         state: StateApi::new(registry.clone(), app_id.clone()),
         pubsub: PubSubApi::new(registry.clone(), app_id.clone()),
+        bindings: BindingsApi::new(registry.clone()),
+        secrets: SecretsApi::new(registry.clone()),
         registry,
         app_id,
         shutdown,
@@ -87,6 +93,13 @@ pub fn router(registry: Arc<Registry>, app_id: String, shutdown: CancellationTok
             "/v1.0/publish/bulk/{pubsub}/{*topic}",
             post(bulk_publish).put(bulk_publish),
         )
+        .route(
+            "/v1.0/bindings/{name}",
+            post(invoke_binding).put(invoke_binding),
+        )
+        // `bulk` is a sub-resource; a secret named "bulk" is reachable over gRPC only, as in
+        // Dapr.
+        .route("/v1.0/secrets/{store}/{key}", get(get_secret))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(ctx)
@@ -751,4 +764,59 @@ async fn bulk_publish(
             .insert(HeaderName::from_static("metadata.error"), v);
     }
     Ok(resp)
+}
+
+/// `POST /v1.0/bindings/{name}` with `{"data", "metadata", "operation"}`. As in Dapr, `data`
+/// reaches the component re-encoded as JSON (a JSON string keeps its quotes; none is `null`).
+async fn invoke_binding(
+    State(ctx): State<Ctx>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let value = parse_json(&body)?;
+    let Value::Object(obj) = &value else {
+        return Err(ApiError::malformed(
+            "the request body must be a JSON object with data, metadata and operation",
+        ));
+    };
+    let data = serde_json::to_vec(field(obj, "data").unwrap_or(&Value::Null))
+        .map_err(|e| ApiError::malformed(format!("data: {e}")))?;
+    let metadata = string_map(field(obj, "metadata"), "metadata")?;
+    let operation = match field(obj, "operation") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => {
+            return Err(ApiError::malformed(format!(
+                "operation must be a string, not {other}"
+            )));
+        }
+    };
+    let out = ctx
+        .bindings
+        .invoke(&name, &operation, data, metadata)
+        .await?;
+    let mut headers = HeaderMap::new();
+    metadata_headers(&mut headers, &out.metadata);
+    if let Ok(ct) = HeaderValue::try_from(out.content_type.as_str())
+        && !out.content_type.is_empty()
+    {
+        headers.insert(header::CONTENT_TYPE, ct);
+    }
+    Ok((StatusCode::OK, headers, out.data).into_response())
+}
+
+/// `GET /v1.0/secrets/{store}/{key}` and `GET /v1.0/secrets/{store}/bulk`, with
+/// `metadata.<k>=<v>` query parameters.
+async fn get_secret(
+    State(ctx): State<Ctx>,
+    Path((store, key)): Path<(String, String)>,
+    params: Params,
+) -> Result<Json<Value>, ApiError> {
+    let metadata = query_metadata(&params);
+    if key == "bulk" {
+        let all = ctx.secrets.bulk_get(&store, metadata).await?;
+        return Ok(Json(serde_json::to_value(all).unwrap_or(Value::Null)));
+    }
+    let data = ctx.secrets.get(&store, &key, metadata).await?;
+    Ok(Json(serde_json::to_value(data).unwrap_or(Value::Null)))
 }

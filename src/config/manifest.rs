@@ -341,10 +341,73 @@ pub fn validate(
             _ => {}
         }
     }
+    check_secret_references(&loaded.components, &mut problems);
     if problems.is_empty() {
         Ok(loaded)
     } else {
         Err(Problems(problems))
+    }
+}
+
+/// `auth.secretStore` of a component using `secretKeyRef` must not name a loaded component
+/// that is not a secret store, nor close a cycle of secret stores waiting for each other (each
+/// would wait for the other forever). A store that is not loaded may come later (hot reload,
+/// another resources path): the component waits for it.
+fn check_secret_references(components: &[ComponentManifest], problems: &mut Vec<Problem>) {
+    let by_name: HashMap<&str, &ComponentManifest> =
+        components.iter().map(|c| (c.name.as_str(), c)).collect();
+    fn store_of(c: &ComponentManifest) -> Option<&str> {
+        let uses_secrets = c
+            .metadata
+            .iter()
+            .any(|m| matches!(m.value, MetadataValue::SecretKeyRef { .. }));
+        c.secret_store
+            .as_deref()
+            .filter(|s| !s.is_empty() && uses_secrets)
+    }
+    for c in components {
+        let Some(store) = store_of(c) else { continue };
+        let push = |problems: &mut Vec<Problem>, message: String| {
+            problems.push(Problem {
+                file: c.file.clone(),
+                component: c.name.clone(),
+                field: "auth.secretStore".into(),
+                message,
+            })
+        };
+        match by_name.get(store) {
+            Some(target) if target.category != Category::SecretStores => push(
+                problems,
+                format!(
+                    "{store:?} is a {} component, not a secret store",
+                    target.type_name()
+                ),
+            ),
+            Some(_) => {
+                // Follow the chain of stores; coming back to `c` is a cycle.
+                let mut path = vec![c.name.as_str()];
+                let mut next = Some(store);
+                while let Some(name) = next {
+                    if name == c.name {
+                        path.push(name);
+                        push(
+                            problems,
+                            format!(
+                                "secret stores refer to each other in a cycle ({}); none could start",
+                                path.join(" -> ")
+                            ),
+                        );
+                        break;
+                    }
+                    if path.contains(&name) {
+                        break;
+                    }
+                    path.push(name);
+                    next = by_name.get(name).and_then(|t| store_of(t));
+                }
+            }
+            None => {}
+        }
     }
 }
 

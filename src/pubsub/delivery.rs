@@ -19,7 +19,6 @@ use super::{
 use crate::{
     appchannel::{self, AppChannel, Outcome, TopicDelivery},
     component::pubsub::{Acker, MessageStream},
-    config::AppConfig,
     proto::components as pb,
     registry::{ComponentStatus, PubSubEntry, Registry},
 };
@@ -41,28 +40,11 @@ pub struct Deliverer {
 /// Waits for the app, reads its subscriptions, merges the declarative ones and starts one
 /// delivery task per subscription. Runs in the background; returns at once.
 pub fn start(
-    app: &AppConfig,
+    deliverer: Arc<Deliverer>,
+    address: std::net::SocketAddr,
     declarative: Vec<Subscription>,
     known_pubsubs: HashSet<String>,
-    registry: Arc<Registry>,
-    concurrency: usize,
-    stop: CancellationToken,
-) -> Result<(), String> {
-    let channel: Arc<dyn AppChannel> = appchannel::connect(appchannel::AppSettings {
-        address: app.address,
-        protocol: app.protocol,
-        token: app.token.clone(),
-        call_timeout: app.call_timeout,
-    })?
-    .into();
-    let deliverer = Arc::new(Deliverer {
-        registry,
-        app: channel,
-        app_limit: app.max_concurrency.map(|n| Arc::new(Semaphore::new(n))),
-        concurrency,
-        stop,
-    });
-    let address = app.address;
+) {
     tokio::spawn(async move {
         if !appchannel::wait_for_app(address, &deliverer.stop).await {
             return;
@@ -94,7 +76,6 @@ pub fn start(
             tokio::spawn(run(deliverer.clone(), Arc::new(sub)).instrument(span));
         }
     });
-    Ok(())
 }
 
 /// Why a stream ended.

@@ -225,3 +225,62 @@ fn plain_values_are_redacted_in_debug() {
     let v = MetadataValue::Plain("hunter2".into());
     assert!(!format!("{v:?}").contains("hunter2"));
 }
+
+#[test]
+fn secret_references_must_name_a_store_and_not_cycle() {
+    let text = r#"
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: db}
+spec:
+  type: state.x
+  metadata:
+  - name: password
+    secretKeyRef: {name: dbpass}
+auth: {secretStore: cache}
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: cache}
+spec: {type: state.y}
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: s1}
+spec:
+  type: secretstores.a
+  metadata:
+  - name: token
+    secretKeyRef: {name: t, key: k}
+auth: {secretStore: s2}
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: s2}
+spec:
+  type: secretstores.b
+  metadata:
+  - name: token
+    secretKeyRef: {name: t}
+auth: {secretStore: s1}
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: ok}
+spec:
+  type: state.z
+  metadata:
+  - name: password
+    secretKeyRef: {name: p}
+auth: {secretStore: not-loaded-yet}
+"#;
+    let (d, p) = docs(text);
+    assert!(p.is_empty());
+    let problems = validate(&d, "app1", None).expect_err("invalid").0;
+    let texts: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(problems.len(), 3, "{texts:#?}");
+    assert!(texts[0].contains("component db") && texts[0].contains("auth.secretStore"));
+    assert!(texts[0].contains("\"cache\" is a state.y component, not a secret store"));
+    assert!(texts[1].contains("component s1") && texts[1].contains("s1 -> s2 -> s1"));
+    assert!(texts[2].contains("component s2") && texts[2].contains("s2 -> s1 -> s2"));
+}
