@@ -1,0 +1,85 @@
+//! A secret store reading a JSON file and an output binding on a local
+//! folder, served together as one Dapr pluggable component.
+//!
+//! Run the `plugd-files` binary; it listens on `<sockets folder>/files.sock`
+//! and serves both kinds there, so Components use `type: secretstores.files`
+//! and `type: bindings.files` (see `component.yaml` and `README.md` beside
+//! this crate). Each Component (each `x-component-instance`) gets its own
+//! instance; a re-Init (hot reload) replaces its settings, and a failed Init
+//! leaves it uninitialised (`FAILED_PRECONDITION` until the next good Init).
+//!
+//! # Secret store ([`FilesSecretStore`])
+//!
+//! | key | meaning | default |
+//! |---|---|---|
+//! | `secretsFile` | path of a JSON file holding an object; relative to the working directory | required |
+//! | `nestedSeparator` | joins the keys of nested objects and array indices | `:` |
+//! | `multiValued` | each top-level key is one secret holding several pairs | `false` |
+//!
+//! - **Flattening.** Nested objects are flattened with the separator
+//!   (`{"db":{"password":"x"}}` → `db:password`), arrays by index
+//!   (`{"list":["a","b"]}` → `list:0`, `list:1`). Strings are the values as
+//!   they are; numbers and booleans become their JSON text (`5432`, `true`);
+//!   `null`s are left out, and so are empty objects and arrays. Two leaves
+//!   that flatten to the same key (`{"a:b":"1","a":{"b":"2"}}`) make the file
+//!   invalid.
+//! - **`multiValued: false`**: every flattened key is a secret with one pair,
+//!   `get("db:password")` → `{"db:password": "x"}`.
+//! - **`multiValued: true`**: every top-level key is a secret, and its pairs
+//!   are what lies below it, flattened (`get("db")` →
+//!   `{"password": "x", "user": "y"}`); a top-level string, number or boolean
+//!   `k` is the secret `{k: value}`. The store's `features` then
+//!   names `MULTIPLE_KEY_VALUES_PER_SECRET`, but the SDK currently reports
+//!   that feature from a per-type constant only, so it is not reported.
+//! - **Reading.** The file is read at Init (a missing file, a file that is
+//!   not JSON or not an object fails Init with `INVALID_ARGUMENT` naming the
+//!   path) and read again on a Get or BulkGet when it has changed (one
+//!   `stat`), so secrets can be added without a restart. If it cannot be read
+//!   or parsed then, the call fails with `UNAVAILABLE`.
+//! - An unknown key is `NOT_FOUND` naming it. Values are never logged.
+//!
+//! # Output binding ([`FilesBinding`])
+//!
+//! | key | meaning | default |
+//! |---|---|---|
+//! | `rootPath` | the folder holding the files; created if missing | required |
+//! | `decodeBase64` | `create` decodes the data from base64 | `false` |
+//! | `encodeBase64` | `get` returns base64 text | `false` |
+//!
+//! Operations (`fileName` request metadata names the file, relative to the
+//! root, folders allowed: `a/b.txt`):
+//!
+//! - `create`: writes the data (atomically: a temporary file renamed into
+//!   place; missing folders are created; an existing file is replaced).
+//!   Without `fileName` a UUID is used. Returns `{"fileName": "<name>"}` and
+//!   response metadata `fileName`. Request metadata `decodeBase64` overrides
+//!   the component's.
+//! - `get`: the contents (or base64 text with `encodeBase64`, which request
+//!   metadata may set too). Missing file: `NOT_FOUND`.
+//! - `list`: a JSON array of every file's name, recursive, sorted.
+//! - `delete`: removes the file; missing file: `NOT_FOUND`.
+//!
+//! Names that leave the root are refused with `INVALID_ARGUMENT`: see
+//! [`folder`].
+
+pub mod binding;
+pub mod folder;
+pub mod props;
+pub mod secrets;
+
+pub use binding::FilesBinding;
+pub use secrets::FilesSecretStore;
+
+use plugd_component_sdk::ComponentServer;
+
+/// Socket name when none is given: `files.sock`, types `secretstores.files`
+/// and `bindings.files`.
+pub const DEFAULT_SOCKET_NAME: &str = "files";
+
+/// A server for `socket_name` serving the secret store and the output
+/// binding, one instance of each per Component.
+pub fn server(socket_name: impl Into<String>) -> ComponentServer {
+    ComponentServer::new(socket_name)
+        .secret_store(FilesSecretStore::new)
+        .output_binding(FilesBinding::new)
+}
