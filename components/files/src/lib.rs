@@ -28,9 +28,8 @@
 //! - **`multiValued: true`**: every top-level key is a secret, and its pairs
 //!   are what lies below it, flattened (`get("db")` →
 //!   `{"password": "x", "user": "y"}`); a top-level string, number or boolean
-//!   `k` is the secret `{k: value}`. The store's `features` then
-//!   names `MULTIPLE_KEY_VALUES_PER_SECRET`, but the SDK currently reports
-//!   that feature from a per-type constant only, so it is not reported.
+//!   `k` is the secret `{k: value}`. The instance then reports the feature
+//!   `MULTIPLE_KEY_VALUES_PER_SECRET`.
 //! - **Reading.** The file is read at Init (a missing file, a file that is
 //!   not JSON or not an object fails Init with `INVALID_ARGUMENT` naming the
 //!   path) and read again on a Get or BulkGet when it has changed (one

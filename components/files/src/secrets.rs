@@ -331,10 +331,8 @@ impl FilesSecretStore {
 }
 
 impl SecretStore for FilesSecretStore {
-    // Per instance, `features` reports MULTIPLE_KEY_VALUES_PER_SECRET when
-    // `multiValued` is true; the SDK currently derives that feature from this
-    // constant only (removing it from `features`), so it is not reported over
-    // gRPC. See the README.
+    // Not for every instance: `features` names MULTIPLE_KEY_VALUES_PER_SECRET
+    // for the instances whose `multiValued` is true.
     const MULTIPLE_KEY_VALUES_PER_SECRET: bool = false;
 
     async fn init(&self, properties: Properties) -> Result<(), SecretStoreError> {

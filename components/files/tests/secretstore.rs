@@ -194,11 +194,11 @@ async fn multi_valued_secrets_and_separator() {
     assert_eq!(all["hosts"], map(&[("0", "h0"), ("1", "h1")]));
     assert_eq!(all["api-key"], map(&[("api-key", "token")]));
 
-    // The SDK reports MULTIPLE_KEY_VALUES_PER_SECRET from a per-type constant
-    // and drops it from `features()`, so it is not reported over gRPC for
-    // either setting (see the README); the store itself names it per
-    // instance, below.
-    assert!(features(&mut client, "multi").await.is_empty());
+    // Reported per instance: only where `multiValued` is true.
+    assert_eq!(
+        features(&mut client, "multi").await,
+        [feature::MULTIPLE_KEY_VALUES_PER_SECRET]
+    );
     server.stop().await;
 }
 

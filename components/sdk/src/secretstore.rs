@@ -3,8 +3,10 @@
 //!
 //! A secret has a name (the key the app asks for) and one or more key/value
 //! pairs. Stores that hold a single value per secret usually answer with one
-//! pair whose key is the secret's name; stores that hold several set
-//! [`SecretStore::MULTIPLE_KEY_VALUES_PER_SECRET`] so that the host knows.
+//! pair whose key is the secret's name; stores that always hold several set
+//! [`SecretStore::MULTIPLE_KEY_VALUES_PER_SECRET`] so that the host knows, and
+//! stores for which it depends on their settings name the feature in
+//! [`SecretStore::features`] per instance.
 //!
 //! # Example
 //!
@@ -148,9 +150,11 @@ impl From<SecretStoreError> for Status {
 /// Methods are written as `async fn` in the implementation; their futures must
 /// be `Send`.
 pub trait SecretStore: Send + Sync + 'static {
-    /// Whether a secret may hold several key/value pairs. When true the SDK
-    /// reports [`feature::MULTIPLE_KEY_VALUES_PER_SECRET`]; otherwise it
-    /// removes it from [`features`](Self::features).
+    /// Whether every instance's secrets may hold several key/value pairs. When
+    /// true the SDK always reports [`feature::MULTIPLE_KEY_VALUES_PER_SECRET`];
+    /// when false it is reported only for instances whose
+    /// [`features`](Self::features) name it (a store where it depends on the
+    /// Component's metadata).
     const MULTIPLE_KEY_VALUES_PER_SECRET: bool = false;
 
     /// Sets the instance up from the Component's metadata.
@@ -159,9 +163,9 @@ pub trait SecretStore: Send + Sync + 'static {
         properties: Properties,
     ) -> impl Future<Output = Result<(), SecretStoreError>> + Send;
 
-    /// Features the store supports. `MULTIPLE_KEY_VALUES_PER_SECRET` is added
-    /// (or removed) by the SDK to match
-    /// [`Self::MULTIPLE_KEY_VALUES_PER_SECRET`].
+    /// Features this instance supports (asked after `init`). Duplicates are
+    /// removed; `MULTIPLE_KEY_VALUES_PER_SECRET` is added when
+    /// [`Self::MULTIPLE_KEY_VALUES_PER_SECRET`] is true.
     fn features(&self) -> Vec<String> {
         Vec::new()
     }
@@ -264,12 +268,13 @@ impl<S: SecretStore> SecretStoreService<S> {
 fn features_of<S: SecretStore>(store: &S) -> Vec<String> {
     let mut features: Vec<String> = Vec::new();
     for feature in store.features() {
-        if feature != feature::MULTIPLE_KEY_VALUES_PER_SECRET && !features.contains(&feature) {
+        if !features.contains(&feature) {
             features.push(feature);
         }
     }
-    if S::MULTIPLE_KEY_VALUES_PER_SECRET {
-        features.push(feature::MULTIPLE_KEY_VALUES_PER_SECRET.to_owned());
+    let multi = feature::MULTIPLE_KEY_VALUES_PER_SECRET;
+    if S::MULTIPLE_KEY_VALUES_PER_SECRET && !features.iter().any(|f| f == multi) {
+        features.push(multi.to_owned());
     }
     features
 }
@@ -391,9 +396,10 @@ mod tests {
         assert_eq!(err.to_string(), "reading the vault: denied");
     }
 
-    struct Store<const MULTI: bool>;
+    /// `MULTI`: the const; `NAMED`: whether `features()` names the feature.
+    struct Store<const MULTI: bool, const NAMED: bool = false>;
 
-    impl<const MULTI: bool> SecretStore for Store<MULTI> {
+    impl<const MULTI: bool, const NAMED: bool> SecretStore for Store<MULTI, NAMED> {
         const MULTIPLE_KEY_VALUES_PER_SECRET: bool = MULTI;
 
         async fn init(&self, _properties: Properties) -> Result<(), SecretStoreError> {
@@ -401,11 +407,11 @@ mod tests {
         }
 
         fn features(&self) -> Vec<String> {
-            vec![
-                feature::MULTIPLE_KEY_VALUES_PER_SECRET.to_owned(),
-                "OTHER".to_owned(),
-                "OTHER".to_owned(),
-            ]
+            let mut f = vec!["OTHER".to_owned(), "OTHER".to_owned()];
+            if NAMED {
+                f.push(feature::MULTIPLE_KEY_VALUES_PER_SECRET.to_owned());
+            }
+            f
         }
 
         async fn get(&self, key: String, _metadata: Metadata) -> Result<Secret, SecretStoreError> {
@@ -414,10 +420,19 @@ mod tests {
     }
 
     #[test]
-    fn multiple_values_feature_follows_the_const() {
+    fn multiple_values_feature_follows_the_const_or_the_instance() {
         assert_eq!(features_of(&Store::<false>), ["OTHER"]);
         assert_eq!(
             features_of(&Store::<true>),
+            ["OTHER", "MULTIPLE_KEY_VALUES_PER_SECRET"]
+        );
+        // Per instance: named by features() without the const.
+        assert_eq!(
+            features_of(&Store::<false, true>),
+            ["OTHER", "MULTIPLE_KEY_VALUES_PER_SECRET"]
+        );
+        assert_eq!(
+            features_of(&Store::<true, true>),
             ["OTHER", "MULTIPLE_KEY_VALUES_PER_SECRET"]
         );
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use plugd_component_sdk::proto::secret_store_client::SecretStoreClient;
 use plugd_component_sdk::proto::{self as pb};
 use plugd_component_sdk::secretstore::{
-    Metadata, Properties, Secret, SecretStore, SecretStoreError, feature,
+    Metadata, Properties, Secret, SecretStore, SecretStoreError,
 };
 use plugd_component_sdk::{BoundServer, ComponentServer, INSTANCE_HEADER, ServeError};
 use tokio::task::JoinHandle;
@@ -80,8 +80,8 @@ impl<const MULTI: bool> SecretStore for Vault<MULTI> {
     }
 
     fn features(&self) -> Vec<String> {
-        // Overridden by the SDK from `Self::MULTIPLE_KEY_VALUES_PER_SECRET`.
-        vec![feature::MULTIPLE_KEY_VALUES_PER_SECRET.to_owned()]
+        // The SDK adds MULTIPLE_KEY_VALUES_PER_SECRET when the const says so.
+        Vec::new()
     }
 
     async fn get(&self, key: String, metadata: Metadata) -> Result<Secret, SecretStoreError> {
