@@ -32,6 +32,8 @@ pub struct Received {
     pub headers: HashMap<String, String>,
     /// The JSON CloudEvent (HTTP) or the extensions (gRPC).
     pub envelope: serde_json::Value,
+    /// The request body as sent (HTTP; empty for gRPC).
+    pub body: Vec<u8>,
 }
 
 /// What the app answers for an event.
@@ -218,6 +220,7 @@ impl AppCallback for GrpcApp {
             content_type: r.data_content_type,
             headers,
             envelope,
+            body: Vec::new(),
         });
         let status = match answer {
             Answer::Success => TopicEventResponseStatus::Success,
@@ -358,6 +361,7 @@ pub async fn http_app(subscribe: serde_json::Value, policy: Policy) -> TestApp {
                 .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
                 .collect(),
             envelope: envelope.clone(),
+            body: body.to_vec(),
         });
         match answer {
             Answer::Success => (StatusCode::OK, r#"{"status":"SUCCESS"}"#.into()),

@@ -330,11 +330,18 @@ impl RedisServer {
     /// Starts one and waits (bounded) until it answers `PING`. Panics with a clear message when
     /// `redis-server` is not installed (CI installs it).
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// As [`RedisServer::start`], with extra `redis-server` arguments. With `--requirepass`, the
+    /// readiness check accepts the `-NOAUTH` answer.
+    pub fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("redis temp dir");
         let port = free_port();
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null());
@@ -352,7 +359,7 @@ impl RedisServer {
                 let mut buf = [0u8; 7];
                 if s.write_all(b"PING\r\n").is_ok()
                     && s.read_exact(&mut buf).is_ok()
-                    && &buf == b"+PONG\r\n"
+                    && (&buf == b"+PONG\r\n" || buf.starts_with(b"-NOAUTH"))
                 {
                     break;
                 }
