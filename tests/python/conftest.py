@@ -669,3 +669,284 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("pub/sub throughput (debug build, one delivery at a time)")
         for line in _THROUGHPUT:
             terminalreporter.write_line(line)
+
+
+# --------------------------------------------------------------------- bindings and secrets
+#
+# test_bindings_secrets.py runs its own plugd processes, each in its own /tmp/plugd-bs-<label>-*
+# folder, and never touches the session `sidecar` nor the pub/sub environments above:
+#
+#   files:  plugd-files (socket files.sock: secretstores.files + bindings.files) and plugd without
+#           an app; Components `secretstore` (a JSON secrets file), `secretstore-multi` (the same
+#           file, multiValued), `files` (rootPath <tmp>/out) and `files-ref`, whose rootPath is
+#           a secretKeyRef to `secretstore` (so only plugd's resolution can point it at the
+#           folder the test checks);
+#   grpc:   plugd-cron (cron.sock) + apps/grpc_bindings_app.py + plugd --app-protocol grpc;
+#           Components `ticks` (listed by the app) and `ticks-unlisted` (not listed);
+#   http:   plugd-cron + apps/http_bindings_app.py + plugd --app-protocol http; Components
+#           `ticks-http` (route metadata HTTP_TICKS_ROUTE, handled by the app) and
+#           `ticks-default` (no route, so /ticks-default, which the app answers 404).
+#
+# Both cron bindings fire every CRON_PERIOD. The apps append what they receive to events.jsonl,
+# which the tests poll with a deadline. Processes stop like the pub/sub ones (`_stop_env`).
+
+FILES_SOCKET = "files"  # -> files.sock: type secretstores.files and bindings.files
+CRON_SOCKET = "cron"  # -> cron.sock: type bindings.cron
+CRON_PERIOD = "@every 200ms"
+SECRET_STORE = "secretstore"
+SECRET_STORE_MULTI = "secretstore-multi"
+FILES_BINDING = "files"
+FILES_REF_BINDING = "files-ref"
+# The secret (flattened key of FILES_SECRETS' "paths" object) that names files-ref's rootPath.
+REF_ROOT_SECRET = "paths:refRoot"
+GRPC_TICKS = "ticks"
+GRPC_TICKS_UNLISTED = "ticks-unlisted"
+HTTP_TICKS = "ticks-http"
+HTTP_TICKS_ROUTE = "/custom/cron-route"
+HTTP_TICKS_DEFAULT = "ticks-default"
+
+BINDINGS_COMPONENT_YAML = """\
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: {name}
+spec:
+  type: {type}
+  version: v1
+  metadata:
+{metadata}{auth}"""
+
+
+def _component_yaml(name: str, type_: str, metadata: Dict[str, str],
+                    secret_refs: Optional[Dict[str, str]] = None, secret_store: Optional[str] = None) -> str:
+    """A Component; `secret_refs` maps a metadata name to the secret whose value (under the same
+    key) plugd must put there, from `secret_store`."""
+    items = "".join(f"    - name: {k}\n      value: {json.dumps(v)}\n" for k, v in metadata.items())
+    items += "".join(
+        f"    - name: {k}\n      secretKeyRef:\n        name: {json.dumps(s)}\n        key: {json.dumps(s)}\n"
+        for k, s in (secret_refs or {}).items()
+    )
+    auth = f"auth:\n  secretStore: {secret_store}\n" if secret_store else ""
+    return BINDINGS_COMPONENT_YAML.format(name=name, type=type_, metadata=items, auth=auth)
+
+
+def files_secrets(ref_root: Path) -> dict:
+    """The secrets file of the `files` environment (nested objects, an array, a number, a bool)."""
+    return {
+        "apikey": "k-1f3a9",
+        "db": {"user": "admin", "password": "pa:ss w0rd", "opts": {"tls": True, "port": 5432}},
+        "hosts": ["a.example", "b.example"],
+        "paths": {"refRoot": str(ref_root)},
+    }
+
+
+@dataclass
+class BindingsEnv:
+    """One plugd for the bindings/secrets tests, its components and (maybe) its app."""
+
+    label: str
+    root: Path
+    app_id: str
+    protocol: Optional[str] = None  # the app's protocol; None: plugd without --app-port
+    events_path: Optional[Path] = None
+    grpc_port: int = 0
+    http_port: int = 0
+    app_port: int = 0
+    secrets_path: Optional[Path] = None
+    secrets: Optional[dict] = None
+    out_dir: Optional[Path] = None  # rootPath of the `files` binding
+    ref_dir: Optional[Path] = None  # rootPath of `files-ref`, known only through the secret
+    procs: List[Proc] = field(default_factory=list)
+
+    def http_url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"----- {p.name} (pid {p.popen.pid}, rc {p.popen.poll()}) log {p.log_path} -----\n{p.log()}"
+            for p in self.procs
+        )
+
+    def events(self) -> List[dict]:
+        """Every complete line the app has written so far, parsed."""
+        if self.events_path is None:
+            return []
+        try:
+            text = self.events_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        lines = text.split("\n")[:-1]  # a last line without its newline is still being written
+        return [json.loads(line) for line in lines if line]
+
+    def sdk_env(self) -> Dict[str, str]:
+        """Environment that points the SDK at this plugd."""
+        return {
+            **SDK_ENV_DEFAULTS,
+            "DAPR_GRPC_PORT": str(self.grpc_port),
+            "DAPR_HTTP_PORT": str(self.http_port),
+        }
+
+
+_BINDINGS_ENVS: List[BindingsEnv] = []
+
+
+def _start_component(env: BindingsEnv, binary: str, socket_name: str, sockets: Path) -> None:
+    proc = _spawn(
+        binary,
+        [str(_binary(binary)), "--socket-name", socket_name, "--socket-folder", str(sockets)],
+        env.root,
+        {"RUST_LOG": os.environ.get("PLUGD_BINDINGS_COMPONENT_LOG", "info")},
+    )
+    env.procs.append(proc)
+    _wait_for_socket(sockets / f"{socket_name}.sock", proc, SOCKET_WAIT_S)
+
+
+def _start_bindings_app(env: BindingsEnv, args: List[str]) -> None:
+    for attempt in range(3):
+        env.app_port = _free_port()
+        proc = _spawn(
+            f"{env.protocol}-app" if attempt == 0 else f"{env.protocol}-app-{attempt}",
+            [sys.executable, str(APPS_DIR / f"{env.protocol}_bindings_app.py"),
+             str(env.app_port), str(env.events_path), *args],
+            env.root,
+            {"PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore::DeprecationWarning"},
+        )
+        env.procs.append(proc)
+        try:
+            _wait_for_tcp(env.app_port, proc, APP_WAIT_S)
+            return
+        except RuntimeError:
+            if proc.popen.poll() is None or attempt == 2:
+                raise
+
+
+def _start_bindings_plugd(env: BindingsEnv, sockets: Path, resources: Path) -> None:
+    for attempt in range(3):
+        env.grpc_port, env.http_port = _free_port(), _free_port()
+        while env.http_port in (env.grpc_port, env.app_port):
+            env.http_port = _free_port()
+        app_args = ["--app-port", str(env.app_port), "--app-protocol", env.protocol] if env.protocol else []
+        plugd = _spawn(
+            "plugd" if attempt == 0 else f"plugd-{attempt}",
+            [
+                str(_binary("plugd")),
+                "--app-id", env.app_id,
+                "--resources-path", str(resources),
+                "--sockets-folder", str(sockets),
+                "--dapr-grpc-port", str(env.grpc_port),
+                "--dapr-http-port", str(env.http_port),
+                *app_args,
+                "--log-level", os.environ.get("PLUGD_LOG_LEVEL", "info"),
+            ],
+            env.root,
+        )
+        env.procs.append(plugd)
+        try:
+            _wait_for_healthz(env, plugd, HEALTH_WAIT_S)
+            return
+        except RuntimeError:
+            if plugd.popen.poll() is None or attempt == 2:
+                raise
+
+
+def _bindings_env(label: str, protocol: Optional[str] = None):
+    root = Path(tempfile.mkdtemp(prefix=f"plugd-bs-{label}-", dir="/tmp"))
+    sockets, resources = root / "sockets", root / "resources"
+    sockets.mkdir()
+    resources.mkdir()
+    env = BindingsEnv(
+        label=label,
+        root=root,
+        app_id=f"bindings-py-{label}",
+        protocol=protocol,
+        events_path=root / "events.jsonl" if protocol else None,
+    )
+    _BINDINGS_ENVS.append(env)
+    try:
+        try:
+            components: Dict[str, str] = {}
+            if label == "files":
+                env.out_dir = root / "out"
+                env.ref_dir = root / "from-secret"  # created by the binding's Init, not here
+                env.secrets = files_secrets(env.ref_dir)
+                env.secrets_path = root / "secrets.json"
+                env.secrets_path.write_text(json.dumps(env.secrets, indent=2))
+                _start_component(env, "plugd-files", FILES_SOCKET, sockets)
+                store_type, binding_type = f"secretstores.{FILES_SOCKET}", f"bindings.{FILES_SOCKET}"
+                components = {
+                    SECRET_STORE: _component_yaml(SECRET_STORE, store_type, {"secretsFile": str(env.secrets_path)}),
+                    SECRET_STORE_MULTI: _component_yaml(
+                        SECRET_STORE_MULTI, store_type, {"secretsFile": str(env.secrets_path), "multiValued": "true"}),
+                    FILES_BINDING: _component_yaml(FILES_BINDING, binding_type, {"rootPath": str(env.out_dir)}),
+                    FILES_REF_BINDING: _component_yaml(
+                        FILES_REF_BINDING, binding_type, {}, {"rootPath": REF_ROOT_SECRET}, SECRET_STORE),
+                }
+            elif label == "grpc":
+                _start_component(env, "plugd-cron", CRON_SOCKET, sockets)
+                cron = f"bindings.{CRON_SOCKET}"
+                components = {
+                    GRPC_TICKS: _component_yaml(GRPC_TICKS, cron, {"schedule": CRON_PERIOD}),
+                    GRPC_TICKS_UNLISTED: _component_yaml(GRPC_TICKS_UNLISTED, cron, {"schedule": CRON_PERIOD}),
+                }
+                _start_bindings_app(env, [GRPC_TICKS])
+            elif label == "http":
+                _start_component(env, "plugd-cron", CRON_SOCKET, sockets)
+                cron = f"bindings.{CRON_SOCKET}"
+                components = {
+                    HTTP_TICKS: _component_yaml(HTTP_TICKS, cron, {"schedule": CRON_PERIOD, "route": HTTP_TICKS_ROUTE}),
+                    HTTP_TICKS_DEFAULT: _component_yaml(HTTP_TICKS_DEFAULT, cron, {"schedule": CRON_PERIOD}),
+                }
+                _start_bindings_app(env, [HTTP_TICKS_ROUTE])
+            else:
+                raise ValueError(f"unknown bindings environment {label}")
+            for name, text in components.items():
+                (resources / f"{name}.yaml").write_text(text)
+            _start_bindings_plugd(env, sockets, resources)
+        except Exception as e:
+            pytest.fail(f"could not start bindings environment {label}: {e}\n{env.logs()}", pytrace=False)
+        yield env
+    finally:
+        _BINDINGS_ENVS.remove(env)
+        problems = _stop_env(env)
+        if problems:
+            print(env.logs())
+            pytest.fail("; ".join(problems), pytrace=False)
+        if os.environ.get("PLUGD_KEEP_TMP"):
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def files_env():
+    """plugd-files (JSON-file secret stores, folder output bindings) behind plugd, no app."""
+    yield from _bindings_env("files")
+
+
+@pytest.fixture(scope="module")
+def cron_grpc_env():
+    """plugd-cron input bindings delivered to apps/grpc_bindings_app.py (a dapr.ext.grpc.App)."""
+    yield from _bindings_env("grpc", "grpc")
+
+
+@pytest.fixture(scope="module")
+def cron_http_env():
+    """plugd-cron input bindings delivered to apps/http_bindings_app.py (http.server)."""
+    yield from _bindings_env("http", "http")
+
+
+class _BindingsEnvReports:
+    """Attaches the output of a bindings environment's processes to its failing tests."""
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        outcome = yield
+        report = outcome.get_result()
+        if report.failed:
+            for env in _BINDINGS_ENVS:
+                if any(v is env for v in getattr(item, "funcargs", {}).values()):
+                    report.sections.append((f"bindings environment {env.label}", env.logs()))
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(_BindingsEnvReports(), "plugd-bindings-env-reports")
