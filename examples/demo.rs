@@ -1,6 +1,8 @@
-//! The demo: builds the workspace, starts `plugd-sqlite`, `plugd-memory` and `plugd` as real
-//! processes in a temp folder, and does real work through plugd's gRPC and HTTP APIs (state,
-//! then publish and subscribe with a small HTTP app), printing each step.
+//! The demo: builds the workspace, starts `plugd-sqlite`, `plugd-memory`, `plugd-files`,
+//! `plugd-cron` and `plugd` as real processes in a temp folder, and does real work through
+//! plugd's gRPC and HTTP APIs (state in a store whose database path comes from a secret, publish
+//! and subscribe with a small HTTP app, secrets, an output binding writing files, cron events
+//! reaching the app), printing each step.
 //!
 //! Run with `cargo run --example demo`.
 
@@ -23,18 +25,56 @@ fn item(key: &str, value: &str, etag: Option<&str>) -> common::StateItem {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    println!("== building plugd and plugd-sqlite");
     let dirs = TestDirs::new();
+    // Secrets first: plugd-files serves a secret store (a JSON file) and an output binding
+    // (a folder). The state store's database path is a secret, resolved by plugd before Init.
+    let secrets_file = dirs.root.path().join("secrets.json");
+    let db = dirs.root.path().join("statestore.db");
+    std::fs::write(
+        &secrets_file,
+        serde_json::json!({"sqlite": {"path": db}, "api": {"token": "demo-token"}}).to_string(),
+    )?;
+    let files_root = dirs.root.path().join("files");
+    let _files = support::spawn_component("plugd-files", &dirs.sockets, "files", &[]);
+    dirs.write_resource(
+        "files.yaml",
+        &format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: secrets\nspec:\n  type: secretstores.files\n  version: v1\n  metadata:\n  - name: secretsFile\n    value: {}\n  - name: multiValued\n    value: \"true\"\n---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: files\nspec:\n  type: bindings.files\n  version: v1\n  metadata:\n  - name: rootPath\n    value: {}\n",
+            secrets_file.display(),
+            files_root.display()
+        ),
+    );
+    println!(
+        "== plugd-files listens on {} (secretstores.files `secrets` over {}, bindings.files `files` on {})",
+        dirs.sockets.join("files.sock").display(),
+        secrets_file.display(),
+        files_root.display()
+    );
+
     let mut sqlite = support::spawn_sqlite(&dirs.sockets, "sqlite");
     println!(
         "== plugd-sqlite listens on {}",
         dirs.sockets.join("sqlite.sock").display()
     );
-    let yaml = dirs.state_component("statestore", "sqlite", "");
+    let yaml = dirs.write_resource(
+        "statestore.yaml",
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: statestore\nspec:\n  type: state.sqlite\n  version: v1\n  metadata:\n  - name: connectionString\n    secretKeyRef:\n      name: sqlite\n      key: path\nauth:\n  secretStore: secrets\n",
+    );
     println!(
         "== component resource {}:\n{}",
         yaml.display(),
         std::fs::read_to_string(&yaml)?
+    );
+
+    // An input binding: plugd-cron fires every 500 ms; plugd delivers to the app's /tick.
+    let _cron = support::spawn_component("plugd-cron", &dirs.sockets, "cron", &[]);
+    dirs.write_resource(
+        "cron.yaml",
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: tick\nspec:\n  type: bindings.cron\n  version: v1\n  metadata:\n  - name: schedule\n    value: \"@every 500ms\"\n  - name: route\n    value: /tick\n",
+    );
+    println!(
+        "== plugd-cron listens on {}",
+        dirs.sockets.join("cron.sock").display()
     );
 
     let _memory = support::spawn_component("plugd-memory", &dirs.sockets, "memory", &[]);
@@ -54,7 +94,9 @@ async fn main() -> anyhow::Result<()> {
     )
     .await;
     let app_port = app.port.to_string();
-    println!("== the demo app listens on :{app_port} (GET /dapr/subscribe -> orders at /orders)");
+    println!(
+        "== the demo app listens on :{app_port} (GET /dapr/subscribe -> orders at /orders; cron ticks at /tick)"
+    );
 
     let mut plugd = support::PlugdProcess::spawn_with(
         &support::binary("plugd"),
@@ -229,13 +271,70 @@ async fn main() -> anyhow::Result<()> {
     let events = app
         .recorder
         .wait_for(Duration::from_secs(10), "two events at the app", |e| {
-            e.len() >= 2
+            e.iter().filter(|e| e.path == "/orders").count() >= 2
         })
         .await;
-    for e in &events {
+    for e in events.iter().filter(|e| e.path == "/orders") {
         println!(
             "app received POST {} CloudEvent id {} type {} source {}: data {}",
             e.path, e.id, e.envelope["type"], e.envelope["source"], e.envelope["data"]
+        );
+    }
+
+    // Secrets, an output binding, an input binding.
+    let secret = client
+        .get_secret(rt::GetSecretRequest {
+            store_name: "secrets".into(),
+            key: "api".into(),
+            metadata: Default::default(),
+        })
+        .await?
+        .into_inner();
+    println!(
+        "\ngRPC GetSecret secrets/api -> keys {:?} (and statestore's connectionString came from secrets/sqlite)",
+        secret.data.keys().collect::<Vec<_>>()
+    );
+    client
+        .invoke_binding(rt::InvokeBindingRequest {
+            name: "files".into(),
+            data: b"first order\n".to_vec(),
+            metadata: [("fileName".to_string(), "orders/1.txt".to_string())].into(),
+            operation: "create".into(),
+        })
+        .await?;
+    println!(
+        "gRPC InvokeBinding files create orders/1.txt -> wrote {}",
+        files_root.join("orders/1.txt").display()
+    );
+    let listed = http
+        .post(format!("{base}/bindings/files"))
+        .json(&serde_json::json!({"operation": "list"}))
+        .send()
+        .await?
+        .text()
+        .await?;
+    println!("HTTP POST /v1.0/bindings/files list -> {listed}");
+    let refused = http
+        .post(format!("{base}/bindings/files"))
+        .json(&serde_json::json!({"operation": "create", "data": "x", "metadata": {"fileName": "../outside.txt"}}))
+        .send()
+        .await?;
+    let status = refused.status();
+    let body: serde_json::Value = refused.json().await?;
+    println!(
+        "HTTP POST /v1.0/bindings/files create ../outside.txt -> {status}: {}",
+        body["message"]
+    );
+    let ticks = app
+        .recorder
+        .wait_for(Duration::from_secs(10), "two cron ticks at the app", |e| {
+            e.iter().filter(|e| e.path == "/tick").count() >= 2
+        })
+        .await;
+    for e in ticks.iter().filter(|e| e.path == "/tick").take(2) {
+        println!(
+            "app received POST /tick from the cron input binding: {}",
+            String::from_utf8_lossy(&e.body)
         );
     }
 
