@@ -449,3 +449,47 @@ impl Connection {
         }
     }
 }
+
+/// Runs a server-streaming (or bidi) call in the background and forwards what it yields to the
+/// returned channel: its messages in order, then its error status if it ends with one. The call
+/// is awaited in the background because some servers (grpcio) send response headers only with
+/// their first message. Dropping the receiver cancels the call.
+pub fn forward_stream<T, F>(open: F) -> tokio::sync::mpsc::Receiver<Result<T, Status>>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<tonic::Response<tonic::Streaming<T>>, Status>> + Send + 'static,
+{
+    let (out, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        let opened = tokio::select! {
+            _ = out.closed() => return,
+            r = open => r,
+        };
+        let mut inbound = match opened {
+            Ok(resp) => resp.into_inner(),
+            Err(status) => {
+                let _ = out.send(Err(status)).await;
+                return;
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = out.closed() => return,
+                m = inbound.message() => m,
+            };
+            match next {
+                Ok(Some(m)) => {
+                    if out.send(Ok(m)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(status) => {
+                    let _ = out.send(Err(status)).await;
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}

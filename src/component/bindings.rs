@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{ComponentError, Connection};
+use super::{ComponentError, Connection, forward_stream};
 use crate::proto::components::{
     self as pb, input_binding_client::InputBindingClient,
     output_binding_client::OutputBindingClient,
@@ -177,42 +177,9 @@ impl InputBinding for GrpcBinding {
     async fn read(&self) -> Result<EventStream, ComponentError> {
         let (tx, rx) = mpsc::channel(REPLY_QUEUE);
         let req = self.conn.stream_request(ReceiverStream::new(rx));
-        let channel = self.conn.channel();
-        let (out, events) = mpsc::channel(1);
-        // As for pub/sub: plugd sends nothing first and waits; some servers send headers only
-        // with the first event, so the call is awaited in the background.
-        tokio::spawn(async move {
-            let mut client = InputBindingClient::new(channel);
-            let opened = tokio::select! {
-                _ = out.closed() => return,
-                r = client.read(req) => r,
-            };
-            let mut inbound = match opened {
-                Ok(resp) => resp.into_inner(),
-                Err(status) => {
-                    let _ = out.send(Err(status)).await;
-                    return;
-                }
-            };
-            loop {
-                let next = tokio::select! {
-                    _ = out.closed() => return,
-                    m = inbound.message() => m,
-                };
-                match next {
-                    Ok(Some(m)) => {
-                        if out.send(Ok(m)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => return,
-                    Err(status) => {
-                        let _ = out.send(Err(status)).await;
-                        return;
-                    }
-                }
-            }
-        });
+        let mut client = InputBindingClient::new(self.conn.channel());
+        // As for pub/sub: plugd sends nothing first and waits.
+        let events = forward_stream(async move { client.read(req).await });
         Ok(EventStream {
             events,
             replies: Replier(tx),

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{ComponentError, Connection};
+use super::{ComponentError, Connection, forward_stream};
 use crate::proto::components::{self as pb, pub_sub_client::PubSubClient};
 
 /// The feature a pub/sub component reports when it implements `BulkPublish`.
@@ -131,43 +131,10 @@ impl PubSub for GrpcPubSub {
             });
         }
         let req = self.conn.stream_request(ReceiverStream::new(rx));
-        let channel = self.conn.channel();
-        let (out, messages) = mpsc::channel(1);
-        // Some servers (grpcio) send response headers only with the first message, so the call
-        // is awaited here, in the background, rather than bounded by a timeout: the stream is
-        // open as far as plugd is concerned once the first request is queued, as in daprd.
-        tokio::spawn(async move {
-            let mut client = PubSubClient::new(channel);
-            let opened = tokio::select! {
-                _ = out.closed() => return,
-                r = client.pull_messages(req) => r,
-            };
-            let mut inbound = match opened {
-                Ok(resp) => resp.into_inner(),
-                Err(status) => {
-                    let _ = out.send(Err(status)).await;
-                    return;
-                }
-            };
-            loop {
-                let next = tokio::select! {
-                    _ = out.closed() => return,
-                    m = inbound.message() => m,
-                };
-                match next {
-                    Ok(Some(m)) => {
-                        if out.send(Ok(m)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => return,
-                    Err(status) => {
-                        let _ = out.send(Err(status)).await;
-                        return;
-                    }
-                }
-            }
-        });
+        let mut client = PubSubClient::new(self.conn.channel());
+        // The stream is open as far as plugd is concerned once the first request is queued, as
+        // in daprd.
+        let messages = forward_stream(async move { client.pull_messages(req).await });
         Ok(MessageStream {
             messages,
             acks: Acker(tx),
