@@ -2,7 +2,6 @@
 //! YAML), validated, and the [`Ticker`] that turns a schedule into fire times.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::time::Duration;
 
 use croner::Cron;
@@ -10,6 +9,9 @@ use croner::parser::{CronParser, Seconds, Year};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
+
+#[doc(no_inline)]
+pub use plugd_component_sdk::metadata::{ConfigError, parse_go_duration, property};
 
 /// Shortest accepted `@every` period: shorter ones would only burn CPU on
 /// skipped fires, and fire times are reported to the millisecond.
@@ -150,28 +152,6 @@ pub struct CronConfig {
     pub time_zone_name: String,
 }
 
-/// Every problem found in the metadata, reported together.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub Vec<String>);
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid metadata: {}", self.0.join("; "))
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// The value of `key` in `properties`, matched without regard to case and
-/// trimmed; empty values count as absent.
-pub fn property<'a>(properties: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
-    properties
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case(key))
-        .map(|(_, value)| value.trim())
-        .filter(|value| !value.is_empty())
-}
-
 /// Looks a time zone up: `UTC`, `Local` (the system's zone) or an IANA name
 /// from the system's time zone database.
 fn time_zone(name: &str) -> Result<TimeZone, String> {
@@ -252,94 +232,6 @@ pub fn next_occurrence(
 /// such as `2026-11-24T10:00:00.000Z`.
 pub fn format_fire_time(time: Timestamp) -> String {
     format!("{time:.3}")
-}
-
-/// Parses a non-negative duration the way Go's `time.ParseDuration` reads it:
-/// decimal numbers, each followed by a unit (`ns`, `us`, `µs`, `ms`, `s`, `m`,
-/// `h`), such as `100ms`, `1.5s` or `1m30s`; `0` alone is allowed. Negative
-/// durations, and ones longer than Go's (about 292 years), are refused.
-pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
-    let invalid =
-        || format!("{text:?} is not a duration such as \"100ms\", \"1.5s\", \"1m30s\" or \"1h\"");
-    let unsigned = text.strip_prefix('+').unwrap_or(text);
-    if unsigned.starts_with('-') {
-        return Err(format!("{text:?} is negative"));
-    }
-    if unsigned == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if unsigned.is_empty() {
-        return Err(invalid());
-    }
-    let mut total: u128 = 0;
-    let mut chars = unsigned.char_indices().peekable();
-    while chars.peek().is_some() {
-        // The number: digits, optionally with a fraction.
-        let mut whole: u128 = 0;
-        let mut fraction = Vec::new();
-        let mut digits = 0;
-        let mut in_fraction = false;
-        while let Some(&(_, c)) = chars.peek() {
-            match c {
-                '0'..='9' => {
-                    let digit = u128::from(c as u8 - b'0');
-                    if in_fraction {
-                        fraction.push(digit);
-                    } else {
-                        whole = whole
-                            .checked_mul(10)
-                            .and_then(|w| w.checked_add(digit))
-                            .ok_or_else(invalid)?;
-                    }
-                    digits += 1;
-                }
-                '.' if !in_fraction => in_fraction = true,
-                _ => break,
-            }
-            chars.next();
-        }
-        if digits == 0 {
-            return Err(invalid());
-        }
-        // The unit: everything up to the next digit or dot.
-        let start = chars.peek().map_or(unsigned.len(), |&(i, _)| i);
-        while chars
-            .peek()
-            .is_some_and(|&(_, c)| !(c.is_ascii_digit() || c == '.'))
-        {
-            chars.next();
-        }
-        let end = chars.peek().map_or(unsigned.len(), |&(i, _)| i);
-        let unit_nanos: u128 = match &unsigned[start..end] {
-            "ns" => 1,
-            "us" | "µs" | "μs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            _ => return Err(invalid()),
-        };
-        let mut part = whole.checked_mul(unit_nanos).ok_or_else(invalid)?;
-        // Digits below a nanosecond are dropped, as Go does.
-        let mut scale = unit_nanos;
-        for digit in fraction {
-            scale /= 10;
-            if scale == 0 {
-                break;
-            }
-            part += digit * scale;
-        }
-        total = total.checked_add(part).ok_or_else(invalid)?;
-    }
-    // Go's limit (an int64 of nanoseconds, about 292 years).
-    if total > i64::MAX as u128 {
-        return Err(format!(
-            "{text:?} is too long: at most 2562047h47m16.854775807s"
-        ));
-    }
-    let secs = u64::try_from(total / 1_000_000_000).map_err(|_| invalid())?;
-    let nanos = u32::try_from(total % 1_000_000_000).map_err(|_| invalid())?;
-    Ok(Duration::new(secs, nanos))
 }
 
 /// Turns a schedule into fire times, from the moment it is made. Waiting is
@@ -585,31 +477,6 @@ mod tests {
             format_fire_time(ts("2026-11-24T10:00:00.123456789+01:00")),
             "2026-11-24T09:00:00.123Z"
         );
-    }
-
-    #[test]
-    fn go_durations() {
-        let ok = [
-            ("0", Duration::ZERO),
-            ("+2s", Duration::from_secs(2)),
-            ("100ms", Duration::from_millis(100)),
-            ("1.5s", Duration::from_millis(1500)),
-            (".5m", Duration::from_secs(30)),
-            ("1h30m", Duration::from_secs(5400)),
-            ("2m3.25s", Duration::from_millis(123_250)),
-            ("10us", Duration::from_micros(10)),
-            ("10µs", Duration::from_micros(10)),
-            ("7ns", Duration::from_nanos(7)),
-            ("1.0000000009s", Duration::from_secs(1)),
-        ];
-        for (text, expected) in ok {
-            assert_eq!(parse_go_duration(text), Ok(expected), "{text}");
-        }
-        for bad in [
-            "", "5", "s", "-1s", "1..5s", ".s", "1d", "1 s", "ms", "1e3s",
-        ] {
-            assert!(parse_go_duration(bad).is_err(), "{bad:?} accepted");
-        }
     }
 
     #[tokio::test(start_paused = true)]

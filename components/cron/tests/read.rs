@@ -11,7 +11,7 @@ use futures::FutureExt;
 use jiff::{SignedDuration, Timestamp};
 use plugd_component_sdk::proto::input_binding_client::InputBindingClient;
 use plugd_component_sdk::proto::{self as pb};
-use plugd_component_sdk::{ComponentServer, INSTANCE_HEADER, ServeError};
+use plugd_component_sdk::{ComponentServer, ServeError};
 use plugd_cron::CronBinding;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -102,11 +102,7 @@ impl Running {
 }
 
 fn named<T>(instance: &str, message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert(INSTANCE_HEADER, instance.parse().expect("ascii"));
-    request
+    plugd_component_sdk::client::for_instance(instance, message).expect("ascii")
 }
 
 /// One event as the host sees it.

@@ -9,6 +9,8 @@ use plugd_component_sdk::bindings::{
 };
 
 use crate::folder::{FileName, Root};
+use plugd_component_sdk::metadata::ConfigError;
+
 use crate::props::{bool_property, parse_bool, property};
 
 /// Component metadata keys (matched without regard to case, as Dapr does).
@@ -68,7 +70,7 @@ impl BindingConfig {
                 decode_base64,
                 encode_base64,
             }),
-            _ => Err(format!("invalid metadata: {}", problems.join("; "))),
+            _ => Err(ConfigError(problems).to_string()),
         }
     }
 }

@@ -2,24 +2,8 @@
 
 use std::collections::HashMap;
 
-/// The value of `key` in the Component metadata, matched without regard to
-/// case (as Dapr matches metadata names) and trimmed; empty values count as
-/// absent.
-pub fn property<'a>(properties: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
-    raw_property(properties, key)
-        .map(str::trim)
-        .filter(|value| !value.is_empty())
-}
-
-/// Like [`property`], but the value is not trimmed (for separators, where a
-/// space may be meant); empty values still count as absent.
-pub fn raw_property<'a>(properties: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
-    properties
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case(key))
-        .map(|(_, value)| value.as_str())
-        .filter(|value| !value.is_empty())
-}
+#[doc(no_inline)]
+pub use plugd_component_sdk::metadata::{property, raw_property};
 
 /// Parses a boolean option: `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`
 /// (any case, surrounding spaces ignored). Anything else is an error naming
@@ -50,21 +34,6 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
-    }
-
-    #[test]
-    fn keys_match_without_case_and_empty_is_absent() {
-        let p = props(&[
-            ("SecretsFile", " a.json "),
-            ("nestedSeparator", " "),
-            ("x", ""),
-        ]);
-        assert_eq!(property(&p, "secretsFile"), Some("a.json"));
-        assert_eq!(property(&p, "nestedseparator"), None);
-        assert_eq!(raw_property(&p, "nestedSeparator"), Some(" "));
-        assert_eq!(property(&p, "x"), None);
-        assert_eq!(raw_property(&p, "x"), None);
-        assert_eq!(property(&p, "missing"), None);
     }
 
     #[test]

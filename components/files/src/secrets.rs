@@ -16,6 +16,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use plugd_component_sdk::metadata::ConfigError;
 use plugd_component_sdk::secretstore::{
     Metadata, Properties, Secret, SecretStore, SecretStoreError, feature,
 };
@@ -81,7 +82,7 @@ impl SecretsConfig {
                 multi_valued,
             })
         } else {
-            Err(format!("invalid metadata: {}", problems.join("; ")))
+            Err(ConfigError(problems).to_string())
         }
     }
 }

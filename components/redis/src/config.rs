@@ -11,6 +11,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
+#[doc(no_inline)]
+pub use plugd_component_sdk::metadata::ConfigError;
+use plugd_component_sdk::metadata::{property, raw_property};
+
 /// Redis address used when `redisHost` is not given.
 pub const DEFAULT_HOST: &str = "localhost";
 /// Redis port used when `redisHost` has no port.
@@ -128,19 +132,6 @@ impl fmt::Debug for Settings {
     }
 }
 
-/// Every problem found in the metadata, reported together. Each message
-/// starts with the name of the key it is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub Vec<String>);
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid metadata: {}", self.0.join("; "))
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
 impl Settings {
     /// Settings for a server at `host:port` and a consumer group, everything
     /// else defaulted.
@@ -175,9 +166,10 @@ impl Settings {
         self.processing_timeout.zip(self.redeliver_interval)
     }
 
-    /// Reads the Init properties.
+    /// Reads the Init properties. Each problem reported starts with the name
+    /// of the key it is about.
     pub fn from_properties(properties: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        let get = |key: &str| lookup(properties, key);
+        let get = |key: &str| property(properties, key);
         let mut problems = Vec::new();
 
         let (host, port) = match get(keys::REDIS_HOST) {
@@ -188,11 +180,7 @@ impl Settings {
             }),
         };
         // Passwords may legitimately have surrounding spaces: take them as given.
-        let password = properties
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case(keys::REDIS_PASSWORD))
-            .map(|(_, value)| value.clone())
-            .filter(|value| !value.is_empty());
+        let password = raw_property(properties, keys::REDIS_PASSWORD).map(str::to_owned);
         let username = get(keys::REDIS_USERNAME).map(str::to_owned);
 
         let db = match get(keys::REDIS_DB).map(str::parse::<i64>) {
@@ -326,15 +314,6 @@ pub fn unrecognised_keys(properties: &HashMap<String, String>) -> Vec<&str> {
         .collect();
     unknown.sort_unstable();
     unknown
-}
-
-/// The trimmed, non-empty value of `key` (matched without regard to case).
-fn lookup<'a>(properties: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
-    properties
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case(key))
-        .map(|(_, value)| value.trim())
-        .filter(|value| !value.is_empty())
 }
 
 /// `host`, `host:port`, `[v6]:port` or `[v6]`.

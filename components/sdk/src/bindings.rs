@@ -126,7 +126,7 @@ use std::collections::HashMap;
 
 use tonic::Status;
 
-use crate::common::error_chain;
+use crate::common::{KindError, error_chain};
 
 mod input;
 mod output;
@@ -213,13 +213,10 @@ impl From<BindingError> for Status {
     }
 }
 
-/// Logs a failed call at a level that fits the error: internal errors are
-/// warnings, the rest (the caller's mistakes, expected conditions) debug.
-fn log_failure(span: &tracing::Span, err: &BindingError) {
-    span.in_scope(|| match err {
-        BindingError::Internal(_) => tracing::warn!(error = %err, "call failed"),
-        _ => tracing::debug!(error = %err, "call failed"),
-    });
+impl KindError for BindingError {
+    fn is_internal(&self) -> bool {
+        matches!(self, Self::Internal(_))
+    }
 }
 
 #[cfg(test)]

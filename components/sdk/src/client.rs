@@ -5,7 +5,11 @@ use std::path::Path;
 
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
+use tonic::Request;
+use tonic::metadata::errors::InvalidMetadataValue;
 use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::INSTANCE_HEADER;
 
 /// Opens a gRPC channel to the component listening on `socket`. The `:authority` sent is
 /// `localhost`, as Dapr's Go client sends it.
@@ -17,4 +21,29 @@ pub async fn connect(socket: impl AsRef<Path>) -> Result<Channel, tonic::transpo
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
         }))
         .await
+}
+
+/// `message` as a request for the component instance `instance`: with the
+/// [`INSTANCE_HEADER`] daprd sends, so the component's multiplexer hands it to
+/// that instance. Fails when `instance` cannot be a header value (for example
+/// when it holds a line break).
+pub fn for_instance<T>(instance: &str, message: T) -> Result<Request<T>, InvalidMetadataValue> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(INSTANCE_HEADER, instance.parse()?);
+    Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_name_their_instance() {
+        let request = for_instance("orders", ()).expect("a valid name");
+        let header = request.metadata().get(INSTANCE_HEADER);
+        assert_eq!(header.and_then(|value| value.to_str().ok()), Some("orders"));
+        assert!(for_instance("two\nlines", ()).is_err());
+    }
 }

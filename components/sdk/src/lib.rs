@@ -25,6 +25,9 @@
 //!   become the statuses and `google.rpc` error details daprd understands
 //!   (etag mismatch → `FAILED_PRECONDITION` with one `BadRequest` violation on
 //!   `etag`, missing secret → `NOT_FOUND`, …).
+//! - **Metadata.** [`metadata`] reads Init properties as Dapr components do
+//!   (names matched without regard to case, blank values absent, Go
+//!   durations) and collects every problem into one [`metadata::ConfigError`].
 //!
 //! Kinds live in one module each, all of the same shape (a trait, a
 //! `ComponentServer::<kind>(factory)` method, an adapter):
@@ -121,6 +124,7 @@
 pub mod bindings;
 pub mod client;
 mod common;
+pub mod metadata;
 pub mod multiplex;
 pub mod pubsub;
 pub mod run;

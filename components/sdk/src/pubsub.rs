@@ -126,20 +126,18 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pb::pub_sub_server::PubSubServer;
 use plugd_proto::components as pb;
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use crate::common::{self, Closeable, KindError, Waiters, error_chain, properties};
 use crate::multiplex::Multiplexer;
 use crate::server::ComponentServer;
 
@@ -274,14 +272,7 @@ pub enum PubSubError {
 impl PubSubError {
     /// A [`PubSubError::Internal`] from any error, with its source chain.
     pub fn internal(err: impl std::error::Error) -> Self {
-        let mut message = err.to_string();
-        let mut source = err.source();
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        Self::Internal(message)
+        Self::Internal(error_chain(&err))
     }
 }
 
@@ -296,6 +287,12 @@ impl From<PubSubError> for Status {
             PubSubError::Internal(_) => Status::internal(message),
             PubSubError::Status(status) => status,
         }
+    }
+}
+
+impl KindError for PubSubError {
+    fn is_internal(&self) -> bool {
+        matches!(self, Self::Internal(_))
     }
 }
 
@@ -321,40 +318,19 @@ struct Shared {
     topic: Topic,
     instance: String,
     outbound: mpsc::Sender<pb::PullMessagesResponse>,
-    pending: Mutex<Pending>,
-    closed: CancellationToken,
-}
-
-/// Deliveries waiting for the host, by message id.
-struct Pending {
-    open: bool,
-    waiting: HashMap<String, oneshot::Sender<Answer>>,
+    /// Deliveries waiting for the host's answer.
+    waiters: Waiters<Answer>,
 }
 
 impl Shared {
-    fn pending(&self) -> MutexGuard<'_, Pending> {
-        // Only inserts and removals happen under the lock: a poisoned map is
-        // still consistent.
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Ends the subscription: every waiting delivery resolves to `Closed`,
     /// later ones fail at once, and `closed()` completes. Idempotent.
     fn close(&self) {
-        let waiting = {
-            let mut pending = self.pending();
-            pending.open = false;
-            self.closed.cancel();
-            std::mem::take(&mut pending.waiting)
-        };
-        if !waiting.is_empty() {
-            tracing::debug!(
-                unanswered = waiting.len(),
-                "subscription closed with deliveries unanswered"
-            );
-        }
-        // Dropping the senders resolves the waiting delivers to `Closed`.
-        drop(waiting);
+        self.waiters.close(|unanswered| {
+            if unanswered > 0 {
+                tracing::debug!(unanswered, "subscription closed with deliveries unanswered");
+            }
+        });
     }
 
     /// Handles one request from the host after the first: an answer to a
@@ -368,30 +344,18 @@ impl Shared {
             return;
         }
         let answer = request.ack_error.map(|error| error.message);
-        let waiting = self.pending().waiting.remove(&request.ack_message_id);
-        match waiting {
-            Some(sender) => {
-                // The deliver may have been cancelled meanwhile; nothing to do then.
-                let _ = sender.send(answer);
-            }
-            None => tracing::warn!(
+        if !self.waiters.answer(&request.ack_message_id, answer) {
+            tracing::warn!(
                 id = %request.ack_message_id,
                 "answer for a message that is not waiting (unknown id, or its deliver was cancelled)"
-            ),
+            );
         }
     }
 }
 
-/// Removes a delivery from the waiting list when its deliver ends, however it
-/// ends (answered, closed, or its future dropped).
-struct WaitingGuard<'a> {
-    shared: &'a Shared,
-    id: &'a str,
-}
-
-impl Drop for WaitingGuard<'_> {
-    fn drop(&mut self) {
-        self.shared.pending().waiting.remove(self.id);
+impl Closeable for Shared {
+    fn close(&self) {
+        Shared::close(self);
     }
 }
 
@@ -434,56 +398,37 @@ impl Subscriber {
     /// unknown: treat the message as not processed.
     pub async fn deliver(&self, message: Message) -> Result<(), DeliveryError> {
         let shared = &*self.inner;
-        let id = uuid::Uuid::new_v4().to_string();
-        let (sender, answer) = oneshot::channel();
-        {
-            let mut pending = shared.pending();
-            if !pending.open {
-                return Err(DeliveryError::Closed);
-            }
-            // Registered before sending, so a fast answer always finds it.
-            pending.waiting.insert(id.clone(), sender);
-        }
-        let _guard = WaitingGuard { shared, id: &id };
-
         let topic_name = if message.topic.is_empty() {
             shared.topic.name.clone()
         } else {
             message.topic
         };
-        let response = pb::PullMessagesResponse {
-            data: message.data,
-            topic_name,
-            metadata: message.metadata,
-            content_type: message.content_type.unwrap_or_default(),
-            id: id.clone(),
-        };
-        tokio::select! {
-            biased;
-            () = shared.closed.cancelled() => return Err(DeliveryError::Closed),
-            sent = shared.outbound.send(response) => {
-                if sent.is_err() {
-                    return Err(DeliveryError::Closed);
-                }
-            }
-        }
-        match answer.await {
-            Ok(None) => Ok(()),
-            Ok(Some(text)) => Err(DeliveryError::Nacked(text)),
-            // The sender was dropped by `close`.
-            Err(_) => Err(DeliveryError::Closed),
+        let answer = shared
+            .waiters
+            .send(&shared.outbound, |id| pb::PullMessagesResponse {
+                data: message.data,
+                topic_name,
+                metadata: message.metadata,
+                content_type: message.content_type.unwrap_or_default(),
+                id,
+            })
+            .await;
+        match answer {
+            Some(None) => Ok(()),
+            Some(Some(text)) => Err(DeliveryError::Nacked(text)),
+            None => Err(DeliveryError::Closed),
         }
     }
 
     /// Whether the subscription has ended (no deliver can succeed any more).
     pub fn is_closed(&self) -> bool {
-        self.inner.closed.is_cancelled()
+        self.inner.waiters.is_closed()
     }
 
     /// Completes when the subscription ends: the host closed the stream, the
     /// stream broke, or [`PubSub::subscribe`] returned.
     pub async fn closed(&self) {
-        self.inner.closed.cancelled().await;
+        self.inner.waiters.closed().await;
     }
 }
 
@@ -743,21 +688,13 @@ impl<P: PubSub> PubSubService<P> {
     where
         Fut: Future<Output = Result<R, PubSubError>>,
     {
-        let (instance, pubsub) = self.mux.for_request(request.metadata())?;
-        let span = tracing::debug_span!("pubsub", %instance, method);
-        let result = call(pubsub, request.into_inner())
-            .instrument(span.clone())
-            .await;
-        match result {
-            Ok(response) => Ok(Response::new(response)),
-            Err(err) => {
-                span.in_scope(|| match &err {
-                    PubSubError::Internal(_) => tracing::warn!(error = %err, "call failed"),
-                    _ => tracing::debug!(error = %err, "call failed"),
-                });
-                Err(err.into())
-            }
-        }
+        common::call(
+            &self.mux,
+            request,
+            |instance| tracing::debug_span!("pubsub", %instance, method),
+            call,
+        )
+        .await
     }
 }
 
@@ -781,8 +718,7 @@ impl<P: PubSub> pb::pub_sub_server::PubSub for PubSubService<P> {
         request: Request<pb::PubSubInitRequest>,
     ) -> Result<Response<pb::PubSubInitResponse>, Status> {
         self.call("Init", request, |pubsub, req| async move {
-            let properties = req.metadata.map(|m| m.properties).unwrap_or_default();
-            pubsub.init(properties).await?;
+            pubsub.init(properties(req.metadata)).await?;
             Ok(pb::PubSubInitResponse {})
         })
         .await
@@ -865,11 +801,7 @@ impl<P: PubSub> pb::pub_sub_server::PubSub for PubSubService<P> {
             topic,
             instance,
             outbound,
-            pending: Mutex::new(Pending {
-                open: true,
-                waiting: HashMap::new(),
-            }),
-            closed: CancellationToken::new(),
+            waiters: Waiters::new(),
         });
         let subscriber = Subscriber {
             inner: Arc::clone(&shared),
@@ -878,12 +810,7 @@ impl<P: PubSub> pb::pub_sub_server::PubSub for PubSubService<P> {
         tokio::spawn(
             run_subscription(pubsub, subscriber, inbound, end_sender, stopping).instrument(span),
         );
-        Ok(Response::new(Outbound {
-            messages,
-            end,
-            ended: false,
-            shared,
-        }))
+        Ok(Response::new(Outbound::new(messages, end, shared)))
     }
 
     async fn pause(
@@ -974,7 +901,7 @@ async fn run_subscription<P: PubSub>(
 async fn read_answers(shared: &Shared, inbound: &mut Streaming<pb::PullMessagesRequest>) {
     loop {
         tokio::select! {
-            () = shared.closed.cancelled() => return,
+            () = shared.waiters.closed() => return,
             next = inbound.message() => match next {
                 Ok(Some(request)) => shared.answer(request),
                 Ok(None) => {
@@ -990,51 +917,9 @@ async fn read_answers(shared: &Shared, inbound: &mut Streaming<pb::PullMessagesR
     }
 }
 
-/// The component → host side of one `PullMessages` stream. Dropping it (the
-/// host reset the stream, or the connection went away) closes the
-/// subscription.
-struct Outbound {
-    messages: mpsc::Receiver<pb::PullMessagesResponse>,
-    end: oneshot::Receiver<Result<(), Status>>,
-    ended: bool,
-    shared: Arc<Shared>,
-}
-
-impl fmt::Debug for Outbound {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Outbound")
-            .field("topic", &self.shared.topic.name)
-            .field("ended", &self.ended)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Stream for Outbound {
-    type Item = Result<pb::PullMessagesResponse, Status>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if this.ended {
-            return Poll::Ready(None);
-        }
-        // The end comes first: messages still buffered then belong to
-        // deliveries that have already resolved to `Closed`.
-        if let Poll::Ready(end) = Pin::new(&mut this.end).poll(cx) {
-            this.ended = true;
-            return Poll::Ready(match end {
-                Ok(Err(status)) => Some(Err(status)),
-                Ok(Ok(())) | Err(_) => None,
-            });
-        }
-        this.messages.poll_recv(cx).map(|message| message.map(Ok))
-    }
-}
-
-impl Drop for Outbound {
-    fn drop(&mut self) {
-        self.shared.close();
-    }
-}
+/// The component → host side of one `PullMessages` stream; dropping it
+/// closes the subscription.
+type Outbound = common::Outbound<pb::PullMessagesResponse, Shared>;
 
 // ---- wire conversions ----
 
@@ -1134,11 +1019,7 @@ mod tests {
             },
             instance: "test".into(),
             outbound,
-            pending: Mutex::new(Pending {
-                open: true,
-                waiting: HashMap::new(),
-            }),
-            closed: CancellationToken::new(),
+            waiters: Waiters::new(),
         });
         (Subscriber { inner: shared }, messages)
     }
@@ -1185,7 +1066,7 @@ mod tests {
             .collect();
         assert_eq!(acked, 1);
         assert_eq!(nacked, ["app said no"]);
-        assert!(subscriber.inner.pending().waiting.is_empty());
+        assert_eq!(subscriber.inner.waiters.waiting(), 0);
     }
 
     #[tokio::test]
@@ -1221,7 +1102,7 @@ mod tests {
         let _sent = messages.recv().await.expect("message");
         delivery.abort();
         assert!(delivery.await.is_err_and(|err| err.is_cancelled()));
-        assert!(subscriber.inner.pending().waiting.is_empty());
+        assert_eq!(subscriber.inner.waiters.waiting(), 0);
     }
 
     #[tokio::test]

@@ -60,15 +60,13 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::common::{self, KindError, error_chain, properties};
+use crate::multiplex::Multiplexer;
+use crate::server::ComponentServer;
 use pb::secret_store_server::SecretStoreServer;
 use plugd_proto::components as pb;
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
-
-use crate::common::{error_chain, properties};
-use crate::multiplex::Multiplexer;
-use crate::server::ComponentServer;
 
 /// Feature strings a secret store can report (see [`SecretStore::features`]).
 pub mod feature {
@@ -137,6 +135,12 @@ impl From<SecretStoreError> for Status {
             SecretStoreError::Internal(_) => Status::internal(message),
             SecretStoreError::Status(status) => status,
         }
+    }
+}
+
+impl KindError for SecretStoreError {
+    fn is_internal(&self) -> bool {
+        matches!(self, Self::Internal(_))
     }
 }
 
@@ -247,21 +251,13 @@ impl<S: SecretStore> SecretStoreService<S> {
     where
         Fut: Future<Output = Result<R, SecretStoreError>>,
     {
-        let (instance, store) = self.mux.for_request(request.metadata())?;
-        let span = tracing::debug_span!("secretstore", %instance, method);
-        let result = call(store, request.into_inner())
-            .instrument(span.clone())
-            .await;
-        match result {
-            Ok(response) => Ok(Response::new(response)),
-            Err(err) => {
-                span.in_scope(|| match &err {
-                    SecretStoreError::Internal(_) => tracing::warn!(error = %err, "call failed"),
-                    _ => tracing::debug!(error = %err, "call failed"),
-                });
-                Err(err.into())
-            }
-        }
+        common::call(
+            &self.mux,
+            request,
+            |instance| tracing::debug_span!("secretstore", %instance, method),
+            call,
+        )
+        .await
     }
 }
 

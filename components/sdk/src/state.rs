@@ -8,16 +8,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::{self, KindError, error_chain, properties};
+use crate::multiplex::Multiplexer;
+use crate::server::ComponentServer;
 use pb::state_store_server::StateStoreServer;
 use pb::transactional_state_store_server::TransactionalStateStoreServer;
 use plugd_proto::components as pb;
 use tonic::server::NamedService;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
-use tracing::Instrument;
-
-use crate::multiplex::Multiplexer;
-use crate::server::ComponentServer;
 
 /// Feature strings a state store can report (see [`StateStore::features`]).
 pub mod feature {
@@ -242,14 +241,7 @@ pub enum StateError {
 impl StateError {
     /// An [`StateError::Internal`] from any error, with its source chain.
     pub fn internal(err: impl std::error::Error) -> Self {
-        let mut message = err.to_string();
-        let mut source = err.source();
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        Self::Internal(message)
+        Self::Internal(error_chain(&err))
     }
 }
 
@@ -288,6 +280,12 @@ impl From<StateError> for Status {
             StateError::Internal(_) => Status::internal(message),
             StateError::Status(status) => status,
         }
+    }
+}
+
+impl KindError for StateError {
+    fn is_internal(&self) -> bool {
+        matches!(self, Self::Internal(_))
     }
 }
 
@@ -448,21 +446,13 @@ impl<S: StateStore> StateService<S> {
     where
         Fut: Future<Output = Result<R, StateError>>,
     {
-        let (instance, store) = self.mux.for_request(request.metadata())?;
-        let span = tracing::debug_span!("state", %instance, method);
-        let result = call(store, request.into_inner())
-            .instrument(span.clone())
-            .await;
-        match result {
-            Ok(response) => Ok(Response::new(response)),
-            Err(err) => {
-                span.in_scope(|| match &err {
-                    StateError::Internal(_) => tracing::warn!(error = %err, "call failed"),
-                    _ => tracing::debug!(error = %err, "call failed"),
-                });
-                Err(err.into())
-            }
-        }
+        common::call(
+            &self.mux,
+            request,
+            |instance| tracing::debug_span!("state", %instance, method),
+            call,
+        )
+        .await
     }
 }
 
@@ -486,8 +476,7 @@ impl<S: StateStore> pb::state_store_server::StateStore for StateService<S> {
         request: Request<pb::InitRequest>,
     ) -> Result<Response<pb::InitResponse>, Status> {
         self.call("Init", request, |store, req| async move {
-            let properties = req.metadata.map(|m| m.properties).unwrap_or_default();
-            store.init(properties).await?;
+            store.init(properties(req.metadata)).await?;
             Ok(pb::InitResponse {})
         })
         .await

@@ -15,9 +15,7 @@ use plugd_component_sdk::bindings::{
 use plugd_component_sdk::proto::input_binding_client::InputBindingClient;
 use plugd_component_sdk::proto::output_binding_client::OutputBindingClient;
 use plugd_component_sdk::proto::{self as pb};
-use plugd_component_sdk::{
-    BoundServer, ComponentServer, DEFAULT_INSTANCE, INSTANCE_HEADER, ServeError,
-};
+use plugd_component_sdk::{BoundServer, ComponentServer, DEFAULT_INSTANCE, ServeError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -228,13 +226,12 @@ fn start_default() -> Running {
 }
 
 fn for_instance<T>(instance: Option<&str>, message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    if let Some(instance) = instance {
-        request
-            .metadata_mut()
-            .insert(INSTANCE_HEADER, instance.parse().expect("ascii"));
+    match instance {
+        Some(instance) => {
+            plugd_component_sdk::client::for_instance(instance, message).expect("ascii")
+        }
+        None => Request::new(message),
     }
-    request
 }
 
 /// The host side of one Read stream.

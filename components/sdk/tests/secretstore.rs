@@ -11,7 +11,7 @@ use plugd_component_sdk::proto::{self as pb};
 use plugd_component_sdk::secretstore::{
     Metadata, Properties, Secret, SecretStore, SecretStoreError,
 };
-use plugd_component_sdk::{BoundServer, ComponentServer, INSTANCE_HEADER, ServeError};
+use plugd_component_sdk::{BoundServer, ComponentServer, ServeError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -173,11 +173,7 @@ async fn dial(socket: &std::path::Path) -> Channel {
 }
 
 fn for_instance<T>(instance: &str, message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert(INSTANCE_HEADER, instance.parse().expect("ascii"));
-    request
+    plugd_component_sdk::client::for_instance(instance, message).expect("ascii")
 }
 
 fn get(key: &str) -> pb::GetSecretRequest {

@@ -13,7 +13,7 @@ use plugd_component_sdk::state::{
     DeleteRequest, GetRequest, GetResponse, Properties, SetRequest, StateError, StateStore,
     TransactionRequest, feature,
 };
-use plugd_component_sdk::{BoundServer, ComponentServer, INSTANCE_HEADER, ServeError};
+use plugd_component_sdk::{BoundServer, ComponentServer, ServeError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -208,11 +208,7 @@ async fn list_v1(channel: Channel) -> Vec<String> {
 }
 
 fn for_instance<T>(instance: &str, message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert(INSTANCE_HEADER, instance.parse().expect("ascii"));
-    request
+    plugd_component_sdk::client::for_instance(instance, message).expect("ascii")
 }
 
 fn init(label: &str) -> pb::InitRequest {

@@ -1,8 +1,11 @@
 //! Component metadata (`spec.metadata` of the Component YAML), validated.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::time::Duration;
+
+#[doc(no_inline)]
+pub use plugd_component_sdk::metadata::ConfigError;
+use plugd_component_sdk::metadata::property;
 
 /// Table used when `tableName` is not given.
 pub const DEFAULT_TABLE_NAME: &str = "state";
@@ -42,18 +45,6 @@ pub struct Config {
     pub cleanup_interval: Option<Duration>,
 }
 
-/// Every problem found in the metadata, reported together.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub Vec<String>);
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid metadata: {}", self.0.join("; "))
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
 impl Config {
     /// A config for `connection_string` with every other setting defaulted.
     pub fn new(connection_string: impl Into<String>) -> Self {
@@ -68,13 +59,7 @@ impl Config {
     /// Reads the Init properties. Unknown keys are ignored (daprd passes its
     /// own keys such as `keyPrefix` through).
     pub fn from_properties(properties: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        let get = |key: &str| {
-            properties
-                .iter()
-                .find(|(name, _)| name.eq_ignore_ascii_case(key))
-                .map(|(_, value)| value.trim())
-                .filter(|value| !value.is_empty())
-        };
+        let get = |key: &str| property(properties, key);
         let mut problems = Vec::new();
 
         let connection_string = match (get(keys::CONNECTION_STRING), get(keys::DATABASE_PATH)) {

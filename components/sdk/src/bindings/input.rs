@@ -2,26 +2,22 @@
 //! events through, and the adapter that runs `Read` streams (see the
 //! [module docs](super) for the stream's life).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pb::input_binding_server::InputBindingServer;
 use plugd_proto::components as pb;
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use super::{BindingError, Metadata, Properties, log_failure};
-use crate::common::properties;
+use super::{BindingError, Metadata, Properties};
+use crate::common::{self, Closeable, Waiters, properties};
 use crate::multiplex::Multiplexer;
 use crate::server::ComponentServer;
 
@@ -65,16 +61,10 @@ type Reply = Result<Vec<u8>, String>;
 struct Shared {
     instance: String,
     outbound: mpsc::Sender<pb::ReadResponse>,
-    pending: Mutex<Pending>,
-    closed: CancellationToken,
+    /// Events waiting for the host's reply.
+    waiters: Waiters<Reply>,
     /// Set when a newer `Read` stream of the same instance took over.
     replaced: AtomicBool,
-}
-
-/// Events waiting for the host's reply, by message id.
-struct Pending {
-    open: bool,
-    waiting: HashMap<String, oneshot::Sender<Reply>>,
 }
 
 impl Shared {
@@ -82,23 +72,13 @@ impl Shared {
         Self {
             instance,
             outbound,
-            pending: Mutex::new(Pending {
-                open: true,
-                waiting: HashMap::new(),
-            }),
-            closed: CancellationToken::new(),
+            waiters: Waiters::new(),
             replaced: AtomicBool::new(false),
         }
     }
 
-    fn pending(&self) -> MutexGuard<'_, Pending> {
-        // Only inserts and removals happen under the lock: a poisoned map is
-        // still consistent.
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     fn is_closed(&self) -> bool {
-        self.closed.is_cancelled()
+        self.waiters.is_closed()
     }
 
     /// Closes the stream because a newer one of the same instance took over.
@@ -115,20 +95,11 @@ impl Shared {
     /// Ends the stream for the component: every waiting send resolves to
     /// `Closed`, later ones fail at once, and `closed()` completes. Idempotent.
     fn close(&self) {
-        let waiting = {
-            let mut pending = self.pending();
-            pending.open = false;
-            self.closed.cancel();
-            std::mem::take(&mut pending.waiting)
-        };
-        if !waiting.is_empty() {
-            tracing::debug!(
-                unanswered = waiting.len(),
-                "read stream closed with events unanswered"
-            );
-        }
-        // Dropping the senders resolves the waiting sends to `Closed`.
-        drop(waiting);
+        self.waiters.close(|unanswered| {
+            if unanswered > 0 {
+                tracing::debug!(unanswered, "read stream closed with events unanswered");
+            }
+        });
     }
 
     /// Routes one reply from the host to the send waiting for its id.
@@ -141,30 +112,18 @@ impl Shared {
             Some(error) => Err(error.message),
             None => Ok(request.response_data),
         };
-        let waiting = self.pending().waiting.remove(&request.message_id);
-        match waiting {
-            Some(sender) => {
-                // The send may have been cancelled meanwhile; nothing to do then.
-                let _ = sender.send(reply);
-            }
-            None => tracing::warn!(
+        if !self.waiters.answer(&request.message_id, reply) {
+            tracing::warn!(
                 id = %request.message_id,
                 "reply to an event that is not waiting (unknown id, or its send was cancelled)"
-            ),
+            );
         }
     }
 }
 
-/// Removes an event from the waiting list when its send ends, however it
-/// ends (replied, closed, or its future dropped).
-struct WaitingGuard<'a> {
-    shared: &'a Shared,
-    id: &'a str,
-}
-
-impl Drop for WaitingGuard<'_> {
-    fn drop(&mut self) {
-        self.shared.pending().waiting.remove(self.id);
+impl Closeable for Shared {
+    fn close(&self) {
+        Shared::close(self);
     }
 }
 
@@ -206,38 +165,19 @@ impl EventSink {
     /// a later reply to its id is ignored.
     pub async fn send(&self, event: Event) -> Result<Vec<u8>, EventError> {
         let shared = &*self.inner;
-        let id = uuid::Uuid::new_v4().to_string();
-        let (sender, reply) = oneshot::channel();
-        {
-            let mut pending = shared.pending();
-            if !pending.open {
-                return Err(EventError::Closed);
-            }
-            // Registered before sending, so a fast reply always finds it.
-            pending.waiting.insert(id.clone(), sender);
-        }
-        let _guard = WaitingGuard { shared, id: &id };
-
-        let response = pb::ReadResponse {
-            data: event.data,
-            metadata: event.metadata,
-            content_type: event.content_type.unwrap_or_default(),
-            message_id: id.clone(),
-        };
-        tokio::select! {
-            biased;
-            () = shared.closed.cancelled() => return Err(EventError::Closed),
-            sent = shared.outbound.send(response) => {
-                if sent.is_err() {
-                    return Err(EventError::Closed);
-                }
-            }
-        }
-        match reply.await {
-            Ok(Ok(data)) => Ok(data),
-            Ok(Err(text)) => Err(EventError::Failed(text)),
-            // The sender was dropped by `close`.
-            Err(_) => Err(EventError::Closed),
+        let reply = shared
+            .waiters
+            .send(&shared.outbound, |message_id| pb::ReadResponse {
+                data: event.data,
+                metadata: event.metadata,
+                content_type: event.content_type.unwrap_or_default(),
+                message_id,
+            })
+            .await;
+        match reply {
+            Some(Ok(data)) => Ok(data),
+            Some(Err(text)) => Err(EventError::Failed(text)),
+            None => Err(EventError::Closed),
         }
     }
 
@@ -250,7 +190,7 @@ impl EventSink {
     /// `Read` stream replaced it, the server is shutting down, or
     /// [`InputBinding::read`] returned.
     pub async fn closed(&self) {
-        self.inner.closed.cancelled().await;
+        self.inner.waiters.closed().await;
     }
 }
 
@@ -379,15 +319,13 @@ impl<B: InputBinding> InputService<B> {
     where
         Fut: Future<Output = Result<R, BindingError>>,
     {
-        let (instance, binding) = self.mux.for_request(request.metadata())?;
-        let span = tracing::debug_span!("input_binding", %instance, method);
-        let result = call(binding, request.into_inner())
-            .instrument(span.clone())
-            .await;
-        result.map(Response::new).map_err(|err| {
-            log_failure(&span, &err);
-            err.into()
-        })
+        common::call(
+            &self.mux,
+            request,
+            |instance| tracing::debug_span!("input_binding", %instance, method),
+            call,
+        )
+        .await
     }
 }
 
@@ -436,12 +374,7 @@ impl<B: InputBinding> pb::input_binding_server::InputBinding for InputService<B>
             finished,
         };
         tokio::spawn(task.run().instrument(span));
-        Ok(Response::new(Outbound {
-            events,
-            end,
-            ended: false,
-            shared,
-        }))
+        Ok(Response::new(Outbound::new(events, end, shared)))
     }
 
     async fn ping(
@@ -564,7 +497,7 @@ fn replaced_status() -> Status {
 async fn read_replies(shared: &Shared, inbound: &mut Streaming<pb::ReadRequest>) {
     loop {
         tokio::select! {
-            () = shared.closed.cancelled() => return,
+            () = shared.waiters.closed() => return,
             next = inbound.message() => match next {
                 Ok(Some(request)) => shared.reply(request),
                 Ok(None) => {
@@ -580,51 +513,9 @@ async fn read_replies(shared: &Shared, inbound: &mut Streaming<pb::ReadRequest>)
     }
 }
 
-/// The component → host side of one `Read` stream. Dropping it (the host
-/// reset the stream, or the connection went away) closes the stream for the
-/// component.
-struct Outbound {
-    events: mpsc::Receiver<pb::ReadResponse>,
-    end: oneshot::Receiver<Result<(), Status>>,
-    ended: bool,
-    shared: Arc<Shared>,
-}
-
-impl fmt::Debug for Outbound {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Outbound")
-            .field("instance", &self.shared.instance)
-            .field("ended", &self.ended)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Stream for Outbound {
-    type Item = Result<pb::ReadResponse, Status>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if this.ended {
-            return Poll::Ready(None);
-        }
-        // The end comes first: events still buffered then belong to sends
-        // that have already resolved to `Closed`.
-        if let Poll::Ready(end) = Pin::new(&mut this.end).poll(cx) {
-            this.ended = true;
-            return Poll::Ready(match end {
-                Ok(Err(status)) => Some(Err(status)),
-                Ok(Ok(())) | Err(_) => None,
-            });
-        }
-        this.events.poll_recv(cx).map(|event| event.map(Ok))
-    }
-}
-
-impl Drop for Outbound {
-    fn drop(&mut self) {
-        self.shared.close();
-    }
-}
+/// The component → host side of one `Read` stream; dropping it closes the
+/// stream for the component.
+type Outbound = common::Outbound<pb::ReadResponse, Shared>;
 
 #[cfg(test)]
 mod tests {
@@ -680,7 +571,7 @@ mod tests {
             second.await.expect("task"),
             Err(EventError::Failed("app said no".into()))
         );
-        assert!(sink.inner.pending().waiting.is_empty());
+        assert_eq!(sink.inner.waiters.waiting(), 0);
     }
 
     #[tokio::test]
@@ -704,7 +595,7 @@ mod tests {
         let _sent = events.recv().await.expect("event");
         pending.abort();
         assert!(pending.await.is_err_and(|err| err.is_cancelled()));
-        assert!(sink.inner.pending().waiting.is_empty());
+        assert_eq!(sink.inner.waiters.waiting(), 0);
     }
 
     #[tokio::test]
@@ -716,7 +607,7 @@ mod tests {
         // The first fills the buffer; the second waits for room.
         let _first = send(&sink, b"1");
         let second = send(&sink, b"2");
-        while sink.inner.pending().waiting.len() < 2 {
+        while sink.inner.waiters.waiting() < 2 {
             tokio::task::yield_now().await;
         }
         sink.inner.close();

@@ -4,16 +4,14 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
+use super::{BindingError, Metadata, Properties};
+use crate::common::{self, properties};
+use crate::multiplex::Multiplexer;
+use crate::server::ComponentServer;
 use pb::output_binding_server::OutputBindingServer;
 use plugd_proto::components as pb;
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
-
-use super::{BindingError, Metadata, Properties, log_failure};
-use crate::common::properties;
-use crate::multiplex::Multiplexer;
-use crate::server::ComponentServer;
 
 /// The operation names Dapr bindings conventionally use. Any other name is
 /// allowed too.
@@ -136,15 +134,13 @@ impl<B: OutputBinding> OutputService<B> {
     where
         Fut: Future<Output = Result<R, BindingError>>,
     {
-        let (instance, binding) = self.mux.for_request(request.metadata())?;
-        let span = tracing::debug_span!("output_binding", %instance, method);
-        let result = call(binding, request.into_inner())
-            .instrument(span.clone())
-            .await;
-        result.map(Response::new).map_err(|err| {
-            log_failure(&span, &err);
-            err.into()
-        })
+        common::call(
+            &self.mux,
+            request,
+            |instance| tracing::debug_span!("output_binding", %instance, method),
+            call,
+        )
+        .await
     }
 }
 
