@@ -7,7 +7,7 @@ use std::{
 };
 
 use tokio::{net::TcpListener, sync::Semaphore};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::Layer;
 use tower_http::normalize_path::NormalizePathLayer;
 
@@ -41,6 +41,8 @@ pub struct App {
     grpc: TcpListener,
     http: TcpListener,
     shutdown: CancellationToken,
+    /// Background work that shutdown drains within the grace period (input bindings closing).
+    background: TaskTracker,
 }
 
 impl App {
@@ -130,6 +132,7 @@ impl App {
             manager,
             shutdown.clone(),
         );
+        let background = TaskTracker::new();
         match &config.app {
             Some(app) => {
                 let channel: Arc<dyn AppChannel> = appchannel::connect(appchannel::AppSettings {
@@ -162,7 +165,7 @@ impl App {
                         }),
                     stop: shutdown.clone(),
                 });
-                crate::bindings::start(inputs, app.address);
+                crate::bindings::start(inputs, app.address, &background);
             }
             None if !subscriptions.is_empty() => {
                 tracing::warn!(
@@ -180,6 +183,7 @@ impl App {
             grpc,
             http,
             shutdown,
+            background,
         })
     }
 
@@ -204,6 +208,7 @@ impl App {
             grpc,
             http,
             shutdown,
+            background,
         } = self;
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
@@ -269,6 +274,9 @@ impl App {
             if finished != Some("HTTP") {
                 log_stop("HTTP", joined(http_task.await));
             }
+            // Input bindings answer late events as closed while the app finishes theirs.
+            background.close();
+            background.wait().await;
         };
         if tokio::time::timeout(config.graceful_shutdown, drain)
             .await

@@ -393,17 +393,7 @@ impl AppChannel for HttpApp {
             .client
             .post(self.url(d.path))
             .header(http::header::CONTENT_TYPE, CLOUDEVENTS_JSON);
-        for (k, v) in d.metadata {
-            if k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("content-type") {
-                continue;
-            }
-            if let (Ok(name), Ok(value)) = (
-                http::HeaderName::from_bytes(k.as_bytes()),
-                http::HeaderValue::from_str(v),
-            ) {
-                req = req.header(name, value);
-            }
-        }
+        req = with_headers(req, d.metadata);
         if let Some(tp) = d.event.str("traceparent").filter(|t| !t.is_empty()) {
             req = req.header("traceparent", tp);
         }
@@ -459,17 +449,7 @@ impl AppChannel for HttpApp {
             .client
             .post(self.url(d.route))
             .header(http::header::CONTENT_TYPE, "application/json");
-        for (k, v) in d.metadata {
-            if k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("content-type") {
-                continue;
-            }
-            if let (Ok(name), Ok(value)) = (
-                http::HeaderName::from_bytes(k.as_bytes()),
-                http::HeaderValue::from_str(v),
-            ) {
-                req = req.header(name, value);
-            }
-        }
+        req = with_headers(req, d.metadata);
         let resp = self
             .with_token(req)
             .body(d.data.to_vec())
@@ -503,6 +483,26 @@ impl HttpApp {
             .map(|r| r.status())
             .map_err(|e| e.to_string())
     }
+}
+
+/// Adds string metadata as HTTP headers (what is not a valid header is skipped;
+/// `content-type` and `content-length` belong to the request itself).
+fn with_headers(
+    mut req: reqwest::RequestBuilder,
+    metadata: &HashMap<String, String>,
+) -> reqwest::RequestBuilder {
+    for (k, v) in metadata {
+        if k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("content-type") {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(k.as_bytes()),
+            http::HeaderValue::from_str(v),
+        ) {
+            req = req.header(name, value);
+        }
+    }
+    req
 }
 
 /// Bound on the `OPTIONS` probe of an HTTP app's input-binding route.

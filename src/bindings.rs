@@ -18,6 +18,7 @@ use std::{
 
 use futures::future::join_all;
 use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
@@ -32,7 +33,8 @@ use crate::{
 /// The error a closed binding answers late events with (daprd's words).
 pub const CLOSED: &str = "input binding is closed";
 
-/// How long a closing binding keeps answering late events after its last in-flight event.
+/// How long a closing binding that had events in flight keeps answering late events after the
+/// last of them.
 const LINGER: Duration = Duration::from_millis(500);
 /// Bound on closing a binding: in-flight events plus the linger.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
@@ -53,53 +55,71 @@ pub struct InputDelivery {
 }
 
 /// Watches the registry (after the app listens) and starts a reader for every input binding
-/// the app handles, as bindings come and go. Returns at once.
-pub fn start(d: Arc<InputDelivery>, app_address: std::net::SocketAddr) {
-    tokio::spawn(async move {
+/// the app handles, as bindings come and go. Runs on `tasks` (so shutdown can wait for the
+/// bindings to close); returns at once.
+pub fn start(d: Arc<InputDelivery>, app_address: std::net::SocketAddr, tasks: &TaskTracker) {
+    tasks.spawn(async move {
         if !crate::appchannel::wait_for_app(app_address, &d.stop).await {
             return;
         }
         let mut changes = d.registry.changes();
+        // Whether the app wants a binding, asked once per binding and route while it exists.
         let mut decided: HashMap<(String, String), bool> = HashMap::new();
-        let mut readers: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        let mut readers: JoinSet<String> = JoinSet::new();
+        let mut reading: HashSet<String> = HashSet::new();
         loop {
             changes.borrow_and_update();
-            readers.retain(|_, h| !h.is_finished());
             let snapshot = d.registry.snapshot();
+            decided.retain(|(name, _), _| snapshot.component(name).is_some());
             for (name, entry) in &snapshot.bindings {
                 if entry.binding.input.is_none()
-                    || readers.contains_key(name)
+                    || reading.contains(name)
                     || entry.info.status != ComponentStatus::Ready
                 {
                     continue;
                 }
-                let key = (name.clone(), entry.binding.route.clone());
-                let wanted = match decided.get(&key) {
-                    Some(w) => *w,
-                    None => {
-                        let w = entry.binding.input_declared
-                            || d.app.wants_binding(name, &entry.binding.route).await;
-                        if !w {
-                            tracing::info!(binding = %name, route = %entry.binding.route,
-                                "the app does not handle this input binding; its events are not read (set direction: input to deliver them anyway)");
+                let wanted = entry.binding.input_declared || {
+                    let key = (name.clone(), entry.binding.route.clone());
+                    match decided.get(&key) {
+                        Some(w) => *w,
+                        None => {
+                            let w = d.app.wants_binding(name, &entry.binding.route).await;
+                            if !w {
+                                tracing::info!(binding = %name, route = %entry.binding.route,
+                                    "the app does not handle this input binding; its events are not read (set direction: input to deliver them anyway)");
+                            }
+                            decided.insert(key, w);
+                            w
                         }
-                        decided.insert(key, w);
-                        w
                     }
                 };
                 if wanted {
                     let span = tracing::info_span!("input_binding", binding = %name);
-                    let task = tokio::spawn(read(d.clone(), name.clone()).instrument(span));
-                    readers.insert(name.clone(), task);
+                    let (d, name) = (d.clone(), name.clone());
+                    reading.insert(name.clone());
+                    readers.spawn(
+                        async move {
+                            read(d, &name).await;
+                            name
+                        }
+                        .instrument(span),
+                    );
                 }
             }
             tokio::select! {
                 _ = d.stop.cancelled() => break,
                 r = changes.changed() => if r.is_err() { break },
+                // A reader that ended (its binding closed) frees the name: a binding added
+                // again meanwhile is read by a new one.
+                Some(done) = readers.join_next() => {
+                    if let Ok(name) = done {
+                        reading.remove(&name);
+                    }
+                }
             }
         }
         // Let every reader close its binding (bounded by its own grace).
-        join_all(readers.into_values()).await;
+        while readers.join_next().await.is_some() {}
     });
 }
 
@@ -141,13 +161,13 @@ fn current(registry: &Registry, name: &str) -> Current {
 }
 
 /// Keeps binding `name`'s `Read` stream open until the binding closes.
-async fn read(d: Arc<InputDelivery>, name: String) {
+async fn read(d: Arc<InputDelivery>, name: &str) {
     let mut changes = d.registry.changes();
     let mut backoff = Duration::from_millis(50);
     loop {
         let (entry, input) = loop {
             changes.borrow_and_update();
-            match current(&d.registry, &name) {
+            match current(&d.registry, name) {
                 Current::Gone => {
                     tracing::info!("input binding closed");
                     return;
@@ -163,16 +183,7 @@ async fn read(d: Arc<InputDelivery>, name: String) {
         let ended = match input.read().await {
             Ok(stream) => {
                 tracing::info!(socket = %input.connection().socket().display(), route = %entry.binding.route, "reading input binding events");
-                consume(
-                    &d,
-                    &name,
-                    &entry,
-                    &input,
-                    stream,
-                    &mut changes,
-                    &mut backoff,
-                )
-                .await
+                consume(&d, name, &entry, &input, stream, &mut changes, &mut backoff).await
             }
             Err(e) => Ended::Broken(e.to_string()),
         };
@@ -216,6 +227,9 @@ async fn consume(
                 match current(&d.registry, name) {
                     Current::Gone => break,
                     Current::Ready(_, now) if !Arc::ptr_eq(&now, input) => {
+                        // The old instance's stream still answers its late events while its
+                        // in-flight ones finish.
+                        tokio::spawn(close(stream, in_flight).in_current_span());
                         return Ended::Broken("the component instance was replaced".into());
                     }
                     _ => continue,
@@ -271,7 +285,10 @@ async fn close(mut stream: EventStream, in_flight: TaskTracker) {
     let pending = in_flight.len();
     let drained = async {
         in_flight.wait().await;
-        tokio::time::sleep(LINGER).await;
+        // As daprd: linger only when events were in flight (their senders may have more).
+        if pending > 0 {
+            tokio::time::sleep(LINGER).await;
+        }
     };
     let bounded = tokio::time::timeout(CLOSE_GRACE, drained);
     tokio::pin!(bounded);
@@ -307,12 +324,7 @@ async fn handle(
     replies: &Replier,
     event: pb::ReadResponse,
 ) {
-    let mut metadata = event.metadata;
-    if !event.content_type.is_empty() {
-        metadata
-            .entry("content-type".to_string())
-            .or_insert(event.content_type);
-    }
+    let metadata = event.metadata;
     let answer = {
         let _global = match &d.app_limit {
             Some(limit) => limit.clone().acquire_owned().await.ok(),
@@ -350,7 +362,6 @@ async fn send_to_outputs(d: &InputDelivery, reply: &BindingReply) {
     let data = serde_json::from_slice::<serde_json::Value>(&reply.data)
         .map(|v| v.to_string().into_bytes())
         .unwrap_or_else(|_| b"null".to_vec());
-    let unique: HashSet<&String> = reply.to.iter().collect();
     let send = |target: &String| {
         let data = data.clone();
         let outputs = d.outputs.clone();
@@ -365,7 +376,7 @@ async fn send_to_outputs(d: &InputDelivery, reply: &BindingReply) {
         }
     };
     if reply.parallel {
-        join_all(unique.into_iter().map(send)).await;
+        join_all(reply.to.iter().map(send)).await;
     } else {
         for target in reply.to.iter() {
             send(target).await;

@@ -144,10 +144,11 @@ impl SecretSource for RegistrySecrets {
                     )));
                 }
             };
-            let mut metadata = HashMap::new();
-            if let Some(ns) = &self.namespace {
-                metadata.insert("namespace".to_string(), ns.clone());
-            }
+            // As daprd: the component's namespace, empty when there is none.
+            let metadata = HashMap::from([(
+                "namespace".to_string(),
+                self.namespace.clone().unwrap_or_default(),
+            )]);
             let data = entry
                 .store
                 .get(name.to_string(), metadata)
@@ -426,7 +427,12 @@ impl Manager {
                 self.registry.remove(&name, old.generation);
             }
         }
-        for (name, m) in wanted {
+        // Added components start first: a changed one may wait for one of them (a secret store
+        // added in the same edit) while its new instance comes up.
+        let (added, others): (Vec<_>, Vec<_>) = wanted
+            .into_iter()
+            .partition(|(name, _)| !self.running.contains_key(name));
+        for (name, m) in added.into_iter().chain(others) {
             match self.running.get(&name) {
                 Some(old) if old.manifest == m => {}
                 Some(old) => {
@@ -623,10 +629,16 @@ impl Supervisor {
                     return None;
                 }
             };
+            let timer = async {
+                match wait {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = self.stop.cancelled() => return None,
                 r = changes.changed() => if r.is_err() { return None },
-                _ = tokio::time::sleep(wait.unwrap_or(Duration::MAX)), if wait.is_some() => {}
+                _ = timer => {}
             }
         }
     }

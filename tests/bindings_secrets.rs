@@ -910,7 +910,17 @@ async fn secret_refs_wait_for_their_store_and_reach_init_resolved() {
     );
     // The secret store's process is not running yet.
     let plugd = start_plugd(config(&dirs, None)).await.expect("plugd");
-    let waiting = wait_status(&plugd, "db", "WAITING").await;
+    // Waiting (or, on a slow machine, already past its initTimeout): the reason names the
+    // reference and the store.
+    let waiting = eventually(WAIT, "db waiting for its secret store", || {
+        let snapshot = plugd.registry.snapshot();
+        let reason = snapshot
+            .component("db")
+            .filter(|c| matches!(c.status.name(), "WAITING" | "FAILED"))
+            .and_then(|c| c.status.reason().map(str::to_string));
+        async move { reason }
+    })
+    .await;
     assert!(
         waiting.contains("secretKeyRef \"dbpass\" key \"password\" from secret store \"vault\""),
         "{waiting}"
@@ -935,11 +945,20 @@ async fn secret_refs_wait_for_their_store_and_reach_init_resolved() {
     assert_eq!(props["plain"], "visible");
 
     // A key the secret does not have: failed, naming it, never initialised.
-    let reason = wait_status(&plugd, "broken", "FAILED").await;
-    assert!(
-        reason.contains("secret \"dbpass\" in secret store \"vault\" has no key \"no-such-key\""),
-        "{reason}"
-    );
+    // (It was already FAILED while it waited for the store: wait for the new reason.)
+    eventually(WAIT, "broken to fail on the missing key", || {
+        let snapshot = plugd.registry.snapshot();
+        let found = snapshot.component("broken").is_some_and(|c| {
+            c.status.name() == "FAILED"
+                && c.status.reason().is_some_and(|r| {
+                    r.contains(
+                        "secret \"dbpass\" in secret store \"vault\" has no key \"no-such-key\"",
+                    )
+                })
+        });
+        async move { found.then_some(()) }
+    })
+    .await;
     assert!(probe.init_of("broken").is_none());
 
     // The value shows nowhere: not in the metadata API, not in the logs.
@@ -1076,6 +1095,85 @@ async fn secrets_api_over_grpc_and_http() {
     let body: serde_json::Value = resp.json().await.expect("json");
     assert_eq!(body["errorCode"], "ERR_SECRET_GET");
 
+    plugd.stop().await;
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_binding_removed_and_added_again_is_read_again() {
+    logs();
+    let dirs = TestDirs::new();
+    let (probe, mut sinks) = Probe::with_sinks();
+    let (stop, _task) = serve(binding_server(&dirs.sockets, &probe));
+    let yaml = component("in", "bindings.testbind", &[], "");
+    let file = dirs.write_resource("in.yaml", &yaml);
+    let app = grpc_binding_app(&["in"]).await;
+    let plugd = start_plugd(config(&dirs, Some((&app, AppProtocol::Grpc))))
+        .await
+        .expect("plugd");
+    let sink = next_sink(&mut sinks).await;
+    assert_eq!(send(&sink, b"first").await.expect("reply"), b"reply:first");
+    // An event stays with the app, so the removed binding's stream stays open (closing) ...
+    let held = {
+        let sink = sink.clone();
+        tokio::spawn(async move { send(&sink, b"hold").await })
+    };
+    eventually(WAIT, "the held event at the app", || {
+        let n = app.log.events().len();
+        async move { (n == 2).then_some(()) }
+    })
+    .await;
+    std::fs::remove_file(&file).expect("remove the resource");
+    eventually(WAIT, "the binding to be removed", || {
+        let gone = plugd.registry.snapshot().component("in").is_none();
+        async move { gone.then_some(()) }
+    })
+    .await;
+    // ... while the binding is added again.
+    dirs.write_resource("in.yaml", &yaml);
+    wait_status(&plugd, "in", "READY").await;
+    assert!(!sink.is_closed(), "the old stream is still closing");
+    app.log.release.cancel();
+    assert_eq!(held.await.expect("join").expect("held reply"), b"released");
+    // The old reader ends, and a new one reads the binding added again.
+    let sink = next_sink(&mut sinks).await;
+    assert_eq!(send(&sink, b"again").await.expect("reply"), b"reply:again");
+    assert_eq!(probe.reads.load(Ordering::SeqCst), 2);
+    plugd.stop().await;
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn at_shutdown_late_events_are_refused_and_in_flight_ones_finish() {
+    logs();
+    let dirs = TestDirs::new();
+    let (probe, mut sinks) = Probe::with_sinks();
+    let (stop, _task) = serve(binding_server(&dirs.sockets, &probe));
+    dirs.write_resource("in.yaml", &component("in", "bindings.testbind", &[], ""));
+    let app = grpc_binding_app(&["in"]).await;
+    let plugd = start_plugd(config(&dirs, Some((&app, AppProtocol::Grpc))))
+        .await
+        .expect("plugd");
+    let sink = next_sink(&mut sinks).await;
+    let held = {
+        let sink = sink.clone();
+        tokio::spawn(async move { send(&sink, b"hold").await })
+    };
+    eventually(WAIT, "the held event at the app", || {
+        let n = app.log.events().len();
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    plugd.shutdown.cancel();
+    match send(&sink, b"late").await {
+        Err(EventError::Failed(message)) => assert_eq!(message, "input binding is closed"),
+        other => panic!("expected 'input binding is closed', got {other:?}"),
+    }
+    app.log.release.cancel();
+    assert_eq!(held.await.expect("join").expect("held reply"), b"released");
+    tokio::time::timeout(WAIT, sink.closed())
+        .await
+        .expect("the stream closes once the in-flight event is answered");
     plugd.stop().await;
     stop.cancel();
 }

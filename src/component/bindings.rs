@@ -41,13 +41,18 @@ pub struct EventStream {
     pub replies: Replier,
 }
 
-/// Sends replies on one stream; cheap to clone. Sends are serialised by the channel.
+/// Sends replies on one stream; cheap to clone. Sends are serialised by the channel, and each
+/// is bounded by the component call timeout (a component that stops reading its requests
+/// cannot hold plugd's handlers).
 #[derive(Clone)]
-pub struct Replier(mpsc::Sender<pb::ReadRequest>);
+pub struct Replier {
+    tx: mpsc::Sender<pb::ReadRequest>,
+    timeout: std::time::Duration,
+}
 
 impl Replier {
     /// Answers event `message_id` with the app's response data, or with an error message.
-    /// Returns false when the stream has ended.
+    /// Returns false when the stream has ended or the reply could not be queued in time.
     pub async fn reply(&self, message_id: String, reply: Result<Vec<u8>, String>) -> bool {
         let req = match reply {
             Ok(data) => pb::ReadRequest {
@@ -61,7 +66,10 @@ impl Replier {
                 response_error: Some(pb::AckResponseError { message }),
             },
         };
-        self.0.send(req).await.is_ok()
+        matches!(
+            tokio::time::timeout(self.timeout, self.tx.send(req)).await,
+            Ok(Ok(()))
+        )
     }
 }
 
@@ -182,7 +190,10 @@ impl InputBinding for GrpcBinding {
         let events = forward_stream(async move { client.read(req).await });
         Ok(EventStream {
             events,
-            replies: Replier(tx),
+            replies: Replier {
+                tx,
+                timeout: self.conn.call_timeout(),
+            },
         })
     }
 
