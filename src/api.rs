@@ -2,6 +2,7 @@
 //! `google.rpc` details that agree with the status) or Dapr's HTTP JSON error, here and only here.
 
 pub mod bindings;
+pub mod gate;
 pub mod grpc;
 pub mod http;
 pub mod pubsub;

@@ -228,6 +228,9 @@ impl App {
         let grpc_incoming =
             tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
         let grpc_server = tonic::transport::Server::builder()
+            .layer(api::gate::GrpcGateLayer::new(
+                config.api_token.as_deref().map(Arc::from),
+            ))
             .add_service(dapr)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -235,7 +238,13 @@ impl App {
         let mut grpc_task =
             tokio::spawn(async move { grpc_server.await.map_err(anyhow::Error::from) });
 
-        let router = api::http::router(registry, config.app_id.clone(), shutdown.clone());
+        let api_token: Option<Arc<str>> = config.api_token.as_deref().map(Arc::from);
+        let router = api::http::router(
+            registry,
+            config.app_id.clone(),
+            shutdown.clone(),
+            api_token.clone(),
+        );
         let service = axum::ServiceExt::<axum::extract::Request>::into_make_service(
             NormalizePathLayer::trim_trailing_slash().layer(router),
         );

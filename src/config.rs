@@ -42,6 +42,9 @@ pub struct Config {
     pub app: Option<AppConfig>,
     /// Messages of one subscription handled at once.
     pub subscription_concurrency: usize,
+    /// Every API call must carry it as `dapr-api-token` (`DAPR_API_TOKEN`), except the health
+    /// endpoints.
+    pub api_token: Option<String>,
 }
 
 /// How plugd reaches the app.
@@ -154,6 +157,9 @@ impl Config {
             rescan_interval: args.component_health_interval,
             app,
             subscription_concurrency: args.subscription_concurrency,
+            api_token: std::env::var("DAPR_API_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
         })
     }
 
@@ -176,6 +182,7 @@ impl Config {
             rescan_interval: Duration::from_millis(500),
             app: None,
             subscription_concurrency: 1,
+            api_token: None,
         }
     }
 }

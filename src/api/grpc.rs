@@ -93,8 +93,12 @@ fn trace_of<T>(req: &Request<T>) -> crate::pubsub::cloudevents::Trace {
     })
 }
 
-fn unserved(api: &str) -> Status {
-    Status::unimplemented(format!("{api} is not supported by plugd"))
+fn unserved(method: &str) -> Status {
+    let what = format!("dapr.proto.runtime.v1.Dapr/{method}");
+    Status::unimplemented(super::gate::unserved_message(
+        super::gate::api_of_method(method),
+        &what,
+    ))
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -105,7 +109,7 @@ impl rt::dapr_server::Dapr for DaprApi {
         &self,
         _: Request<rt::InvokeServiceRequest>,
     ) -> Reply<common::InvokeResponse> {
-        Err(unserved("service invocation (InvokeService)"))
+        Err(unserved("InvokeService"))
     }
 
     async fn get_state(&self, req: Request<rt::GetStateRequest>) -> Reply<rt::GetStateResponse> {
@@ -232,9 +236,7 @@ impl rt::dapr_server::Dapr for DaprApi {
         &self,
         _: Request<tonic::Streaming<rt::SubscribeTopicEventsRequestAlpha1>>,
     ) -> Reply<Self::SubscribeTopicEventsAlpha1Stream> {
-        Err(unserved(
-            "streaming subscriptions (SubscribeTopicEventsAlpha1)",
-        ))
+        Err(unserved("SubscribeTopicEventsAlpha1"))
     }
 
     async fn invoke_binding(

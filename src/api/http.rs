@@ -50,7 +50,12 @@ struct Ctx {
 type Params = Query<Vec<(String, String)>>;
 
 /// The HTTP API router.
-pub fn router(registry: Arc<Registry>, app_id: String, shutdown: CancellationToken) -> Router {
+pub fn router(
+    registry: Arc<Registry>,
+    app_id: String,
+    shutdown: CancellationToken,
+    api_token: Option<Arc<str>>,
+) -> Router {
     let ctx = Ctx {
         state: StateApi::new(registry.clone(), app_id.clone()),
         pubsub: PubSubApi::new(registry.clone(), app_id.clone()),
@@ -102,11 +107,15 @@ pub fn router(registry: Arc<Registry>, app_id: String, shutdown: CancellationTok
         .route("/v1.0/secrets/{store}/{key}", get(get_secret))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            api_token,
+            super::gate::http_token,
+        ))
         .with_state(ctx)
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
-    not_found_path(uri.path())
+    super::gate::http_unserved(uri.path()).unwrap_or_else(|| not_found_path(uri.path()))
 }
 
 fn not_found_path(path: &str) -> ApiError {
