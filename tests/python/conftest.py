@@ -950,3 +950,142 @@ class _BindingsEnvReports:
 
 def pytest_configure(config):
     config.pluginmanager.register(_BindingsEnvReports(), "plugd-bindings-env-reports")
+
+
+# ------------------------------------------------------------------------------------ API token
+#
+# test_api_token_metadata.py runs its own plugd with DAPR_API_TOKEN set, in its own
+# /tmp/plugd-tok-* folder, and never touches the session `sidecar` nor the environments above:
+#
+#   plugd-sqlite (sqlite.sock)  ->  Component `statestore` (state.sqlite, database in the folder)
+#   plugd-files  (files.sock)   ->  Components `secretstore` (secretstores.files, a JSON secrets
+#                                   file) and `files` (bindings.files, rootPath <tmp>/out)
+#   DAPR_API_TOKEN=<random> plugd --app-id token-py   (no app; started once per module)
+#
+# Readiness is `GET /v1.0/healthz` = 204, which needs no token. Processes stop like the pub/sub
+# ones (`_stop_env`); their output is attached to the report of every failing test that uses the
+# environment.
+
+TOKEN_APP_ID = "token-py"
+
+
+@dataclass
+class TokenEnv:
+    """One plugd started with DAPR_API_TOKEN, its state store, secret store and binding."""
+
+    root: Path
+    token: str
+    label: str = "api-token"
+    app_id: str = TOKEN_APP_ID
+    store: str = STORE
+    secret_store: str = SECRET_STORE
+    binding: str = FILES_BINDING
+    db_path: Optional[Path] = None
+    secrets: Optional[dict] = None
+    out_dir: Optional[Path] = None
+    grpc_port: int = 0
+    http_port: int = 0
+    procs: List[Proc] = field(default_factory=list)
+
+    def http_url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"----- {p.name} (pid {p.popen.pid}, rc {p.popen.poll()}) log {p.log_path} -----\n{p.log()}"
+            for p in self.procs
+        )
+
+    def sdk_env(self) -> Dict[str, str]:
+        """Environment that points the SDK at this plugd (the token is the test's choice)."""
+        return {
+            **SDK_ENV_DEFAULTS,
+            "DAPR_GRPC_PORT": str(self.grpc_port),
+            "DAPR_HTTP_PORT": str(self.http_port),
+        }
+
+
+_TOKEN_ENVS: List[TokenEnv] = []
+
+
+def _start_token_plugd(env: TokenEnv, sockets: Path, resources: Path) -> None:
+    for attempt in range(3):
+        env.grpc_port, env.http_port = _free_port(), _free_port()
+        while env.http_port == env.grpc_port:
+            env.http_port = _free_port()
+        plugd = _spawn(
+            "plugd" if attempt == 0 else f"plugd-{attempt}",
+            [
+                str(_binary("plugd")),
+                "--app-id", env.app_id,
+                "--resources-path", str(resources),
+                "--sockets-folder", str(sockets),
+                "--dapr-grpc-port", str(env.grpc_port),
+                "--dapr-http-port", str(env.http_port),
+                "--log-level", os.environ.get("PLUGD_LOG_LEVEL", "info"),
+            ],
+            env.root,
+            {"DAPR_API_TOKEN": env.token},
+        )
+        env.procs.append(plugd)
+        try:
+            _wait_for_healthz(env, plugd, HEALTH_WAIT_S)
+            return
+        except RuntimeError:
+            if plugd.popen.poll() is None or attempt == 2:
+                raise
+
+
+class _TokenEnvReports:
+    """Attaches the output of the API-token environment's processes to its failing tests."""
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        outcome = yield
+        report = outcome.get_result()
+        if report.failed:
+            for env in _TOKEN_ENVS:
+                if any(v is env for v in getattr(item, "funcargs", {}).values()):
+                    report.sections.append((f"{env.label} environment", env.logs()))
+
+
+@pytest.fixture(scope="module")
+def token_env(request):
+    """plugd with DAPR_API_TOKEN=<random> in front of plugd-sqlite and plugd-files, no app."""
+    if not request.config.pluginmanager.has_plugin("plugd-token-env-reports"):
+        request.config.pluginmanager.register(_TokenEnvReports(), "plugd-token-env-reports")
+    root = Path(tempfile.mkdtemp(prefix="plugd-tok-", dir="/tmp"))
+    sockets, resources = root / "sockets", root / "resources"
+    sockets.mkdir()
+    resources.mkdir()
+    env = TokenEnv(root=root, token=f"tok-{uuid.uuid4().hex}")
+    _TOKEN_ENVS.append(env)
+    try:
+        try:
+            env.db_path = root / "state.db"
+            env.out_dir = root / "out"
+            env.secrets = {"apikey": "k-7c2e1", "db": {"user": "admin", "password": "pa:ss w0rd"}}
+            secrets_path = root / "secrets.json"
+            secrets_path.write_text(json.dumps(env.secrets))
+            _start_component(env, "plugd-sqlite", SOCKET_NAME, sockets)
+            _start_component(env, "plugd-files", FILES_SOCKET, sockets)
+            (resources / f"{env.store}.yaml").write_text(
+                COMPONENT_YAML.format(store=env.store, socket=SOCKET_NAME, db=env.db_path))
+            (resources / f"{env.secret_store}.yaml").write_text(_component_yaml(
+                env.secret_store, f"secretstores.{FILES_SOCKET}", {"secretsFile": str(secrets_path)}))
+            (resources / f"{env.binding}.yaml").write_text(_component_yaml(
+                env.binding, f"bindings.{FILES_SOCKET}", {"rootPath": str(env.out_dir)}))
+            _start_token_plugd(env, sockets, resources)
+        except Exception as e:
+            pytest.fail(f"could not start the API-token environment: {e}\n{env.logs()}", pytrace=False)
+        yield env
+    finally:
+        _TOKEN_ENVS.remove(env)
+        problems = _stop_env(env)
+        if problems:
+            print(env.logs())
+            pytest.fail("; ".join(problems), pytrace=False)
+        if os.environ.get("PLUGD_KEEP_TMP"):
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
