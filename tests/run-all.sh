@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need (Python SDK for the compatibility suite,
-# redis-server), then runs every Rust test in the workspace and the Python SDK suite against the
-# freshly built binaries.
+# The test command: installs what the tests need (Python and Node.js SDKs for the compatibility
+# suites, redis-server), then runs every Rust test in the workspace and the Python and Node.js SDK
+# suites against the freshly built binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +18,16 @@ if ! command -v redis-server >/dev/null 2>&1; then
     fi
 fi
 
+# The Node.js SDK suite needs node (>= 20) and npm; its packages are pinned in
+# tests/node/package-lock.json.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "node and npm (Node.js >= 20) are required by the Node.js SDK tests (tests/node); install them and run again" >&2
+    exit 1
+fi
+
 python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 cargo test --workspace --all-targets
 cargo build --workspace --bins
 PLUGD_BIN_DIR="$PWD/target/debug" python3 -m pytest -q tests/python
+PLUGD_BIN_DIR="$PWD/target/debug" npm test --prefix tests/node --silent
