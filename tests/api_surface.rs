@@ -249,7 +249,7 @@ async fn apis_plugd_does_not_serve_answer_at_once_naming_the_api() {
 }
 
 #[tokio::test]
-async fn the_app_token_goes_with_every_call_to_the_app() {
+async fn the_app_token_goes_with_every_call_to_the_app_and_subscriptions_are_listed() {
     for protocol in [AppProtocol::Grpc, AppProtocol::Http] {
         let dirs = TestDirs::new();
         let _memory = spawn_component("plugd-memory", &dirs.sockets, "memory", &[]);
@@ -302,6 +302,32 @@ async fn the_app_token_goes_with_every_call_to_the_app() {
             Some("app-token-1"),
             "{protocol:?}: {:?}",
             events[0].headers
+        );
+        // The app's subscription is listed by the metadata API, over both transports.
+        let meta: serde_json::Value = reqwest::get(plugd.http_url("/v1.0/metadata"))
+            .await
+            .expect("metadata")
+            .json()
+            .await
+            .expect("json");
+        let subs = meta["subscriptions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(subs.len(), 1, "{meta}");
+        assert_eq!(subs[0]["pubsubname"], "pubsub");
+        assert_eq!(subs[0]["topic"], "orders");
+        assert_eq!(subs[0]["type"], "PROGRAMMATIC");
+        let grpc_meta = client
+            .get_metadata(rt::GetMetadataRequest {})
+            .await
+            .expect("GetMetadata")
+            .into_inner();
+        assert_eq!(grpc_meta.subscriptions.len(), 1);
+        assert_eq!(grpc_meta.subscriptions[0].topic, "orders");
+        assert_eq!(
+            grpc_meta.subscriptions[0].r#type,
+            rt::PubsubSubscriptionType::Programmatic as i32
         );
         plugd.stop().await;
     }

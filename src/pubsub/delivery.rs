@@ -73,7 +73,10 @@ pub fn start(
             }
             let span =
                 tracing::info_span!("subscription", pubsub = %sub.pubsub, topic = %sub.topic);
-            tokio::spawn(run(deliverer.clone(), Arc::new(sub)).instrument(span));
+            let sub = Arc::new(sub);
+            // Listed by the metadata API from now on.
+            deliverer.registry.add_subscription(sub.clone());
+            tokio::spawn(run(deliverer.clone(), sub).instrument(span));
         }
     });
 }
