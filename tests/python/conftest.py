@@ -12,6 +12,7 @@ temp dir and are attached to the report of every failing test.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -82,17 +83,9 @@ class Proc:
             return None
 
 
-@dataclass
-class Sidecar:
-    root: Path
-    sockets: Path
-    resources: Path
-    db_path: Path
-    grpc_port: int
-    http_port: int
-    app_id: str = APP_ID
-    store: str = STORE
-    procs: List[Proc] = field(default_factory=list)
+class _Env:
+    """What every environment dataclass below shares: it has `root`, `procs`, `grpc_port`,
+    `http_port`, `app_id` and `label` (and, with an app, `app_port` and `events_path`)."""
 
     def http_url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.http_port}{path}"
@@ -103,8 +96,38 @@ class Sidecar:
             for p in self.procs
         )
 
+    def sdk_env(self) -> Dict[str, str]:
+        """Environment that points the SDK at this plugd (an API token is the test's choice)."""
+        return {
+            **SDK_ENV_DEFAULTS,
+            "DAPR_GRPC_PORT": str(self.grpc_port),
+            "DAPR_HTTP_PORT": str(self.http_port),
+        }
 
-_SIDECAR: Optional[Sidecar] = None
+    def events(self) -> List[dict]:
+        """Every complete line the app has written so far, parsed."""
+        if getattr(self, "events_path", None) is None:
+            return []
+        try:
+            text = self.events_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        lines = text.split("\n")[:-1]  # a last line without its newline is still being written
+        return [json.loads(line) for line in lines if line]
+
+
+@dataclass
+class Sidecar(_Env):
+    root: Path
+    sockets: Path
+    resources: Path
+    db_path: Path
+    grpc_port: int
+    http_port: int
+    app_id: str = APP_ID
+    store: str = STORE
+    label: str = "sidecar"
+    procs: List[Proc] = field(default_factory=list)
 
 
 def _binary(name: str) -> Path:
@@ -162,8 +185,8 @@ def _http_status(url: str, timeout: float = 1.0) -> Optional[int]:
         return None
 
 
-def _wait_for_healthz(sidecar: Sidecar, proc: Proc, within: float) -> None:
-    url = sidecar.http_url("/v1.0/healthz")
+def _wait_for_healthz(env: _Env, proc: Proc, within: float) -> None:
+    url = env.http_url("/v1.0/healthz")
     deadline = time.monotonic() + within
     last = None
     while True:
@@ -175,6 +198,134 @@ def _wait_for_healthz(sidecar: Sidecar, proc: Proc, within: float) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"GET {url} did not return 204 within {within}s (last: {last})")
         time.sleep(0.05)
+
+
+def _wait_for_tcp(port: int, proc: Proc, within: float) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode} before listening on port {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{proc.name} did not accept on port {port} within {within}s")
+        time.sleep(0.02)
+
+
+def _spawn_retrying(env: _Env, name: str, launch: Callable[[], List[str]], wait: Callable[[Proc], None],
+                    spawn_env: Optional[Dict[str, str]] = None) -> Proc:
+    """Spawns `launch()` (which picks the free ports the command uses) as `name` and `wait`s for it.
+    A port picked by binding to 0 can be taken again before the child binds it: when the child
+    exits early, tries again with new ports (`name-1`, `name-2`), three attempts in all."""
+    for attempt in range(3):
+        proc = _spawn(name if attempt == 0 else f"{name}-{attempt}", launch(), env.root, spawn_env)
+        env.procs.append(proc)
+        try:
+            wait(proc)
+            return proc
+        except RuntimeError:
+            if proc.popen.poll() is None or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_component(env: _Env, binary: str, socket_name: str, sockets: Path,
+                     log_var: str = "PLUGD_BINDINGS_COMPONENT_LOG") -> None:
+    """Starts a pluggable component binary on <sockets>/<socket_name>.sock (RUST_LOG from $log_var)."""
+    proc = _spawn(
+        binary,
+        [str(_binary(binary)), "--socket-name", socket_name, "--socket-folder", str(sockets)],
+        env.root,
+        {"RUST_LOG": os.environ.get(log_var, "info")},
+    )
+    env.procs.append(proc)
+    _wait_for_socket(sockets / f"{socket_name}.sock", proc, SOCKET_WAIT_S)
+
+
+def _start_plugd(env: _Env, sockets: Path, resources: Path, *, extra_args: Sequence[str] = (),
+                 extra_env: Optional[Dict[str, str]] = None) -> None:
+    """Starts plugd for `env` on free ports (recorded in env.grpc_port/http_port) and waits until
+    it is healthy; `extra_args` go before --log-level, `extra_env` into its environment."""
+
+    def launch() -> List[str]:
+        env.grpc_port, env.http_port = _free_port(), _free_port()
+        while env.http_port in (env.grpc_port, getattr(env, "app_port", 0)):
+            env.http_port = _free_port()
+        return [
+            str(_binary("plugd")),
+            "--app-id", env.app_id,
+            "--resources-path", str(resources),
+            "--sockets-folder", str(sockets),
+            "--dapr-grpc-port", str(env.grpc_port),
+            "--dapr-http-port", str(env.http_port),
+            *extra_args,
+            "--log-level", os.environ.get("PLUGD_LOG_LEVEL", "info"),
+        ]
+
+    _spawn_retrying(env, "plugd", launch, lambda proc: _wait_for_healthz(env, proc, HEALTH_WAIT_S), extra_env)
+
+
+def _stop_env(env: _Env) -> List[str]:
+    """Stops the processes in reverse order of start (plugd first); lists what went wrong."""
+    problems = []
+    for proc in reversed(env.procs):
+        was_running = proc.popen.poll() is None
+        rc = proc.stop()
+        if not proc.name.startswith(("plugd", "redis")):
+            continue  # the Python apps do not handle SIGTERM (their exit code is -15)
+        if was_running and rc is None:
+            problems.append(f"{env.label}: {proc.name} ignored SIGTERM for {STOP_WAIT_S}s and was killed")
+        elif was_running and rc != 0:
+            problems.append(f"{env.label}: {proc.name} exited with {rc} after SIGTERM")
+    return problems
+
+
+# Environments alive now: (env, report section title, attach to every failing test rather than
+# only to those that use the env).
+_ACTIVE_ENVS: List[Tuple[_Env, str, bool]] = []
+
+
+def _new_root(prefix: str) -> Tuple[Path, Path, Path]:
+    """A fresh /tmp/<prefix>* folder and its `sockets` and `resources` subfolders."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    sockets, resources = root / "sockets", root / "resources"
+    sockets.mkdir()
+    resources.mkdir()
+    return root, sockets, resources
+
+
+@contextlib.contextmanager
+def _env_running(env: _Env, title: str, *, every_test: bool = False) -> Iterator[_Env]:
+    """The life of an environment in a fixture: its output is attached (as section `title`) to
+    the report of each failing test that uses it (every failing test with `every_test`); at the
+    end its processes are stopped, the fixture fails (printing the logs) if one did not stop
+    cleanly, and env.root is removed unless $PLUGD_KEEP_TMP is set."""
+    entry = (env, title, every_test)
+    _ACTIVE_ENVS.append(entry)
+    try:
+        yield env
+    finally:
+        _ACTIVE_ENVS.remove(entry)
+        problems = _stop_env(env)
+        if problems:
+            print(env.logs())
+            pytest.fail("; ".join(problems), pytrace=False)
+        if os.environ.get("PLUGD_KEEP_TMP"):
+            print(f"kept {env.root}")
+        else:
+            shutil.rmtree(env.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _starting(env: _Env, what: str) -> Iterator[None]:
+    """Turns an error while starting `env` into a fixture failure `could not start <what>` with the logs."""
+    try:
+        yield
+    except Exception as e:
+        pytest.fail(f"could not start {what}: {e}\n{env.logs()}", pytrace=False)
 
 
 COMPONENT_YAML = """\
@@ -191,113 +342,54 @@ spec:
 """
 
 
-def _new_sidecar(root: Path) -> Sidecar:
-    sockets = root / "sockets"
-    resources = root / "resources"
-    sockets.mkdir()
-    resources.mkdir()
+def _new_sidecar() -> Sidecar:
+    root, sockets, resources = _new_root("plugd-py-")
     return Sidecar(root, sockets, resources, root / "state.db", 0, 0)
 
 
 def _start(sidecar: Sidecar) -> None:
     """Starts the component, then plugd; the processes are recorded in `sidecar.procs`."""
-    root, sockets, resources, db_path = sidecar.root, sidecar.sockets, sidecar.resources, sidecar.db_path
-
-    component = _spawn(
-        "plugd-sqlite",
-        [str(_binary("plugd-sqlite")), "--socket-name", SOCKET_NAME, "--socket-folder", str(sockets)],
-        root,
-        {"RUST_LOG": os.environ.get("PLUGD_SQLITE_LOG", "info")},
+    _start_component(sidecar, "plugd-sqlite", SOCKET_NAME, sidecar.sockets, "PLUGD_SQLITE_LOG")
+    (sidecar.resources / f"{STORE}.yaml").write_text(
+        COMPONENT_YAML.format(store=STORE, socket=SOCKET_NAME, db=sidecar.db_path)
     )
-    sidecar.procs.append(component)
-    _wait_for_socket(sockets / f"{SOCKET_NAME}.sock", component, SOCKET_WAIT_S)
-
-    (resources / f"{STORE}.yaml").write_text(
-        COMPONENT_YAML.format(store=STORE, socket=SOCKET_NAME, db=db_path)
-    )
-
-    # A port picked by binding to 0 can be taken again before plugd binds it: retry a few times.
-    for attempt in range(3):
-        sidecar.grpc_port, sidecar.http_port = _free_port(), _free_port()
-        while sidecar.http_port == sidecar.grpc_port:
-            sidecar.http_port = _free_port()
-        plugd = _spawn(
-            "plugd" if attempt == 0 else f"plugd-{attempt}",
-            [
-                str(_binary("plugd")),
-                "--app-id", APP_ID,
-                "--resources-path", str(resources),
-                "--sockets-folder", str(sockets),
-                "--dapr-grpc-port", str(sidecar.grpc_port),
-                "--dapr-http-port", str(sidecar.http_port),
-                "--log-level", os.environ.get("PLUGD_LOG_LEVEL", "info"),
-            ],
-            root,
-        )
-        sidecar.procs.append(plugd)
-        try:
-            _wait_for_healthz(sidecar, plugd, HEALTH_WAIT_S)
-            return
-        except RuntimeError:
-            if plugd.popen.poll() is None or attempt == 2:
-                raise
-            # exited early (e.g. port clash): try again with new ports
+    _start_plugd(sidecar, sidecar.sockets, sidecar.resources)
 
 
 @pytest.fixture(scope="session")
 def sidecar():
     """plugd + plugd-sqlite, started once for the session; SDK env points at them."""
-    global _SIDECAR
-    root = Path(tempfile.mkdtemp(prefix="plugd-py-", dir="/tmp"))
     saved_env = {k: os.environ.get(k) for k in (*SDK_ENV_DEFAULTS, *SDK_ENV_CLEARED, "DAPR_GRPC_PORT", "DAPR_HTTP_PORT")}
-    sidecar = _new_sidecar(root)
-    try:
+    sidecar = _new_sidecar()
+    with _env_running(sidecar, "plugd and plugd-sqlite output", every_test=True):
         try:
-            _start(sidecar)
-        except Exception as e:
-            pytest.fail(f"could not start plugd: {e}\n{sidecar.logs()}", pytrace=False)
-        _SIDECAR = sidecar
-        for k in SDK_ENV_CLEARED:
-            os.environ.pop(k, None)
-        for k, v in SDK_ENV_DEFAULTS.items():
-            os.environ.setdefault(k, v)
-        os.environ["DAPR_GRPC_PORT"] = str(sidecar.grpc_port)
-        os.environ["DAPR_HTTP_PORT"] = str(sidecar.http_port)
-        yield sidecar
-    finally:
-        _SIDECAR = None
-        for k, v in saved_env.items():
-            if v is None:
+            with _starting(sidecar, "plugd"):
+                _start(sidecar)
+            for k in SDK_ENV_CLEARED:
                 os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        problems = []
-        for proc in reversed(sidecar.procs):  # plugd first, then the component
-            was_running = proc.popen.poll() is None
-            rc = proc.stop()
-            if was_running and rc is None:
-                problems.append(f"{proc.name} ignored SIGTERM for {STOP_WAIT_S}s and was killed")
-            elif was_running and rc != 0:
-                problems.append(f"{proc.name} exited with {rc} after SIGTERM")
-        if problems:
-            print(sidecar.logs())
-            pytest.fail("; ".join(problems), pytrace=False)
-        if os.environ.get("PLUGD_KEEP_TMP"):
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+            for k, v in SDK_ENV_DEFAULTS.items():
+                os.environ.setdefault(k, v)
+            os.environ["DAPR_GRPC_PORT"] = str(sidecar.grpc_port)
+            os.environ["DAPR_HTTP_PORT"] = str(sidecar.http_port)
+            yield sidecar
+        finally:
+            for k, v in saved_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
+    """Attaches the output of the environments a failing test uses (and the session sidecar's)."""
     outcome = yield
     report = outcome.get_result()
-    if report.failed and _SIDECAR is not None:
-        report.sections.append(("plugd and plugd-sqlite output", _SIDECAR.logs()))
     if report.failed:
-        for env in _PUBSUB_ENVS:
-            if any(v is env for v in getattr(item, "funcargs", {}).values()):
-                report.sections.append((f"pub/sub environment {env.label}", env.logs()))
+        funcargs = getattr(item, "funcargs", {}).values()
+        for env, title, every_test in _ACTIVE_ENVS:
+            if every_test or any(v is env for v in funcargs):
+                report.sections.append((title, env.logs()))
 
 
 # ------------------------------------------------------------------------------------- pub/sub
@@ -378,7 +470,7 @@ spec:
 
 
 @dataclass
-class PubSubEnv:
+class PubSubEnv(_Env):
     """One plugd with --app-port, its broker component and its subscriber app."""
 
     broker: str
@@ -397,31 +489,6 @@ class PubSubEnv:
     def label(self) -> str:
         return f"{self.protocol}-app/{self.broker}"
 
-    def http_url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.http_port}{path}"
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"----- {p.name} (pid {p.popen.pid}, rc {p.popen.poll()}) log {p.log_path} -----\n{p.log()}"
-            for p in self.procs
-        )
-
-    def events(self) -> List[dict]:
-        """Every complete line the app has written so far, parsed."""
-        try:
-            text = self.events_path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return []
-        lines = text.split("\n")[:-1]  # a last line without its newline is still being written
-        return [json.loads(line) for line in lines if line]
-
-    def sdk_env(self) -> Dict[str, str]:
-        """Environment that points the SDK at this plugd."""
-        return {
-            **SDK_ENV_DEFAULTS,
-            "DAPR_GRPC_PORT": str(self.grpc_port),
-            "DAPR_HTTP_PORT": str(self.http_port),
-        }
 
     def publish_http(self, topic: str, body: bytes, content_type: str, metadata: Dict[str, str]) -> int:
         """POST /v1.0/publish/{pubsub}/{topic} with metadata.* query parameters; the status."""
@@ -439,48 +506,21 @@ class PubSubEnv:
             return e.code
 
 
-_PUBSUB_ENVS: List[PubSubEnv] = []
-
-
-def _wait_for_tcp(port: int, proc: Proc, within: float) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        if proc.popen.poll() is not None:
-            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode} before listening on port {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{proc.name} did not accept on port {port} within {within}s")
-        time.sleep(0.02)
-
-
 def _start_redis(env: PubSubEnv) -> None:
     data_dir = env.root / "redis"
     data_dir.mkdir()
-    for attempt in range(3):
+
+    def launch() -> List[str]:
         env.redis_port = _free_port()
-        proc = _spawn(
-            "redis-server" if attempt == 0 else f"redis-server-{attempt}",
-            [REDIS_SERVER, "--port", str(env.redis_port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(data_dir)],
-            env.root,
-        )
-        env.procs.append(proc)
-        try:
-            _wait_for_tcp(env.redis_port, proc, SOCKET_WAIT_S)
-        except RuntimeError:
-            if proc.popen.poll() is None or attempt == 2:
-                raise
-            continue  # port clash: try another
-        with socket.create_connection(("127.0.0.1", env.redis_port), timeout=2) as s:
-            s.sendall(b"PING\r\n")
-            reply = s.recv(64)
-        if not reply.startswith(b"+PONG"):
-            raise RuntimeError(f"redis-server answered PING with {reply!r}")
-        return
+        return [REDIS_SERVER, "--port", str(env.redis_port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", str(data_dir)]
+
+    _spawn_retrying(env, "redis-server", launch, lambda proc: _wait_for_tcp(env.redis_port, proc, SOCKET_WAIT_S))
+    with socket.create_connection(("127.0.0.1", env.redis_port), timeout=2) as s:
+        s.sendall(b"PING\r\n")
+        reply = s.recv(64)
+    if not reply.startswith(b"+PONG"):
+        raise RuntimeError(f"redis-server answered PING with {reply!r}")
 
 
 def _start_broker(env: PubSubEnv, sockets: Path, resources: Path) -> None:
@@ -493,66 +533,23 @@ def _start_broker(env: PubSubEnv, sockets: Path, resources: Path) -> None:
         metadata = {"redisHost": f"127.0.0.1:{env.redis_port}", "concurrency": "1"}
     else:
         raise ValueError(f"unknown broker {env.broker}")
-    component = _spawn(
-        f"plugd-{env.broker}",
-        [str(_binary(f"plugd-{env.broker}")), "--socket-name", env.broker, "--socket-folder", str(sockets)],
-        env.root,
-        {"RUST_LOG": os.environ.get("PLUGD_BROKER_LOG", "info")},
-    )
-    env.procs.append(component)
-    _wait_for_socket(sockets / f"{env.broker}.sock", component, SOCKET_WAIT_S)
+    _start_component(env, f"plugd-{env.broker}", env.broker, sockets, "PLUGD_BROKER_LOG")
     items = "".join(f"    - name: {k}\n      value: \"{v}\"\n" for k, v in metadata.items())
     (resources / f"{env.pubsub}.yaml").write_text(
         BROKER_COMPONENT_YAML.format(name=env.pubsub, broker=env.broker, metadata=items)
     )
 
 
-def _start_app(env: PubSubEnv) -> None:
-    for attempt in range(3):
+def _start_app(env: _Env, script: str, args: Sequence[str]) -> None:
+    """Starts apps/<script> <free port> <env.events_path> <args...> as `<protocol>-app` and waits
+    until it accepts on its port (recorded in env.app_port)."""
+
+    def launch() -> List[str]:
         env.app_port = _free_port()
-        proc = _spawn(
-            f"{env.protocol}-app" if attempt == 0 else f"{env.protocol}-app-{attempt}",
-            [sys.executable, str(APPS_DIR / f"{env.protocol}_subscriber.py"),
-             str(env.app_port), str(env.events_path), env.pubsub],
-            env.root,
-            {"PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore::DeprecationWarning"},
-        )
-        env.procs.append(proc)
-        try:
-            _wait_for_tcp(env.app_port, proc, APP_WAIT_S)
-            return
-        except RuntimeError:
-            if proc.popen.poll() is None or attempt == 2:
-                raise
+        return [sys.executable, str(APPS_DIR / script), str(env.app_port), str(env.events_path), *args]
 
-
-def _start_plugd(env: PubSubEnv, sockets: Path, resources: Path) -> None:
-    for attempt in range(3):
-        env.grpc_port, env.http_port = _free_port(), _free_port()
-        while env.http_port in (env.grpc_port, env.app_port):
-            env.http_port = _free_port()
-        plugd = _spawn(
-            "plugd" if attempt == 0 else f"plugd-{attempt}",
-            [
-                str(_binary("plugd")),
-                "--app-id", env.app_id,
-                "--resources-path", str(resources),
-                "--sockets-folder", str(sockets),
-                "--dapr-grpc-port", str(env.grpc_port),
-                "--dapr-http-port", str(env.http_port),
-                "--app-port", str(env.app_port),
-                "--app-protocol", env.protocol,
-                "--log-level", os.environ.get("PLUGD_LOG_LEVEL", "info"),
-            ],
-            env.root,
-        )
-        env.procs.append(plugd)
-        try:
-            _wait_for_healthz(env, plugd, HEALTH_WAIT_S)
-            return
-        except RuntimeError:
-            if plugd.popen.poll() is None or attempt == 2:
-                raise
+    _spawn_retrying(env, f"{env.protocol}-app", launch, lambda proc: _wait_for_tcp(env.app_port, proc, APP_WAIT_S),
+                    {"PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore::DeprecationWarning"})
 
 
 def _warm_up(env: PubSubEnv, topics) -> None:
@@ -591,26 +588,8 @@ def event_text(e: dict) -> str:
     return text
 
 
-def _stop_env(env: PubSubEnv) -> List[str]:
-    """Stops plugd first, then the app, the component and redis; lists what went wrong."""
-    problems = []
-    for proc in reversed(env.procs):
-        was_running = proc.popen.poll() is None
-        rc = proc.stop()
-        if not proc.name.startswith(("plugd", "redis")):
-            continue  # the Python apps do not handle SIGTERM (their exit code is -15)
-        if was_running and rc is None:
-            problems.append(f"{env.label}: {proc.name} ignored SIGTERM for {STOP_WAIT_S}s and was killed")
-        elif was_running and rc != 0:
-            problems.append(f"{env.label}: {proc.name} exited with {rc} after SIGTERM")
-    return problems
-
-
 def _pubsub_env(protocol: str, broker: str, topics, extra_resources: Optional[Dict[str, str]] = None):
-    root = Path(tempfile.mkdtemp(prefix=f"plugd-ps-{protocol}-{broker}-", dir="/tmp"))
-    sockets, resources = root / "sockets", root / "resources"
-    sockets.mkdir()
-    resources.mkdir()
+    root, sockets, resources = _new_root(f"plugd-ps-{protocol}-{broker}-")
     env = PubSubEnv(
         broker=broker,
         protocol=protocol,
@@ -618,28 +597,15 @@ def _pubsub_env(protocol: str, broker: str, topics, extra_resources: Optional[Di
         app_id=f"pubsub-py-{protocol}",
         events_path=root / "events.jsonl",
     )
-    _PUBSUB_ENVS.append(env)
-    try:
-        try:
+    with _env_running(env, f"pub/sub environment {env.label}"):
+        with _starting(env, env.label):
             _start_broker(env, sockets, resources)
             for name, text in (extra_resources or {}).items():
                 (resources / name).write_text(text.format(pubsub=env.pubsub))
-            _start_app(env)
-            _start_plugd(env, sockets, resources)
+            _start_app(env, f"{protocol}_subscriber.py", [env.pubsub])
+            _start_plugd(env, sockets, resources, extra_args=["--app-port", str(env.app_port), "--app-protocol", protocol])
             _warm_up(env, topics)
-        except Exception as e:
-            pytest.fail(f"could not start {env.label}: {e}\n{env.logs()}", pytrace=False)
         yield env
-    finally:
-        _PUBSUB_ENVS.remove(env)
-        problems = _stop_env(env)
-        if problems:
-            print(env.logs())
-            pytest.fail("; ".join(problems), pytrace=False)
-        if os.environ.get("PLUGD_KEEP_TMP"):
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module", params=BROKERS)
@@ -741,7 +707,7 @@ def files_secrets(ref_root: Path) -> dict:
 
 
 @dataclass
-class BindingsEnv:
+class BindingsEnv(_Env):
     """One plugd for the bindings/secrets tests, its components and (maybe) its app."""
 
     label: str
@@ -758,102 +724,9 @@ class BindingsEnv:
     ref_dir: Optional[Path] = None  # rootPath of `files-ref`, known only through the secret
     procs: List[Proc] = field(default_factory=list)
 
-    def http_url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.http_port}{path}"
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"----- {p.name} (pid {p.popen.pid}, rc {p.popen.poll()}) log {p.log_path} -----\n{p.log()}"
-            for p in self.procs
-        )
-
-    def events(self) -> List[dict]:
-        """Every complete line the app has written so far, parsed."""
-        if self.events_path is None:
-            return []
-        try:
-            text = self.events_path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return []
-        lines = text.split("\n")[:-1]  # a last line without its newline is still being written
-        return [json.loads(line) for line in lines if line]
-
-    def sdk_env(self) -> Dict[str, str]:
-        """Environment that points the SDK at this plugd."""
-        return {
-            **SDK_ENV_DEFAULTS,
-            "DAPR_GRPC_PORT": str(self.grpc_port),
-            "DAPR_HTTP_PORT": str(self.http_port),
-        }
-
-
-_BINDINGS_ENVS: List[BindingsEnv] = []
-
-
-def _start_component(env: BindingsEnv, binary: str, socket_name: str, sockets: Path) -> None:
-    proc = _spawn(
-        binary,
-        [str(_binary(binary)), "--socket-name", socket_name, "--socket-folder", str(sockets)],
-        env.root,
-        {"RUST_LOG": os.environ.get("PLUGD_BINDINGS_COMPONENT_LOG", "info")},
-    )
-    env.procs.append(proc)
-    _wait_for_socket(sockets / f"{socket_name}.sock", proc, SOCKET_WAIT_S)
-
-
-def _start_bindings_app(env: BindingsEnv, args: List[str]) -> None:
-    for attempt in range(3):
-        env.app_port = _free_port()
-        proc = _spawn(
-            f"{env.protocol}-app" if attempt == 0 else f"{env.protocol}-app-{attempt}",
-            [sys.executable, str(APPS_DIR / f"{env.protocol}_bindings_app.py"),
-             str(env.app_port), str(env.events_path), *args],
-            env.root,
-            {"PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore::DeprecationWarning"},
-        )
-        env.procs.append(proc)
-        try:
-            _wait_for_tcp(env.app_port, proc, APP_WAIT_S)
-            return
-        except RuntimeError:
-            if proc.popen.poll() is None or attempt == 2:
-                raise
-
-
-def _start_bindings_plugd(env: BindingsEnv, sockets: Path, resources: Path) -> None:
-    for attempt in range(3):
-        env.grpc_port, env.http_port = _free_port(), _free_port()
-        while env.http_port in (env.grpc_port, env.app_port):
-            env.http_port = _free_port()
-        app_args = ["--app-port", str(env.app_port), "--app-protocol", env.protocol] if env.protocol else []
-        plugd = _spawn(
-            "plugd" if attempt == 0 else f"plugd-{attempt}",
-            [
-                str(_binary("plugd")),
-                "--app-id", env.app_id,
-                "--resources-path", str(resources),
-                "--sockets-folder", str(sockets),
-                "--dapr-grpc-port", str(env.grpc_port),
-                "--dapr-http-port", str(env.http_port),
-                *app_args,
-                "--log-level", os.environ.get("PLUGD_LOG_LEVEL", "info"),
-            ],
-            env.root,
-        )
-        env.procs.append(plugd)
-        try:
-            _wait_for_healthz(env, plugd, HEALTH_WAIT_S)
-            return
-        except RuntimeError:
-            if plugd.popen.poll() is None or attempt == 2:
-                raise
-
 
 def _bindings_env(label: str, protocol: Optional[str] = None):
-    root = Path(tempfile.mkdtemp(prefix=f"plugd-bs-{label}-", dir="/tmp"))
-    sockets, resources = root / "sockets", root / "resources"
-    sockets.mkdir()
-    resources.mkdir()
+    root, sockets, resources = _new_root(f"plugd-bs-{label}-")
     env = BindingsEnv(
         label=label,
         root=root,
@@ -861,9 +734,8 @@ def _bindings_env(label: str, protocol: Optional[str] = None):
         protocol=protocol,
         events_path=root / "events.jsonl" if protocol else None,
     )
-    _BINDINGS_ENVS.append(env)
-    try:
-        try:
+    with _env_running(env, f"bindings environment {label}"):
+        with _starting(env, f"bindings environment {label}"):
             components: Dict[str, str] = {}
             if label == "files":
                 env.out_dir = root / "out"
@@ -888,7 +760,7 @@ def _bindings_env(label: str, protocol: Optional[str] = None):
                     GRPC_TICKS: _component_yaml(GRPC_TICKS, cron, {"schedule": CRON_PERIOD}),
                     GRPC_TICKS_UNLISTED: _component_yaml(GRPC_TICKS_UNLISTED, cron, {"schedule": CRON_PERIOD}),
                 }
-                _start_bindings_app(env, [GRPC_TICKS])
+                _start_app(env, "grpc_bindings_app.py", [GRPC_TICKS])
             elif label == "http":
                 _start_component(env, "plugd-cron", CRON_SOCKET, sockets)
                 cron = f"bindings.{CRON_SOCKET}"
@@ -896,25 +768,14 @@ def _bindings_env(label: str, protocol: Optional[str] = None):
                     HTTP_TICKS: _component_yaml(HTTP_TICKS, cron, {"schedule": CRON_PERIOD, "route": HTTP_TICKS_ROUTE}),
                     HTTP_TICKS_DEFAULT: _component_yaml(HTTP_TICKS_DEFAULT, cron, {"schedule": CRON_PERIOD}),
                 }
-                _start_bindings_app(env, [HTTP_TICKS_ROUTE])
+                _start_app(env, "http_bindings_app.py", [HTTP_TICKS_ROUTE])
             else:
                 raise ValueError(f"unknown bindings environment {label}")
             for name, text in components.items():
                 (resources / f"{name}.yaml").write_text(text)
-            _start_bindings_plugd(env, sockets, resources)
-        except Exception as e:
-            pytest.fail(f"could not start bindings environment {label}: {e}\n{env.logs()}", pytrace=False)
+            app_args = ["--app-port", str(env.app_port), "--app-protocol", protocol] if protocol else []
+            _start_plugd(env, sockets, resources, extra_args=app_args)
         yield env
-    finally:
-        _BINDINGS_ENVS.remove(env)
-        problems = _stop_env(env)
-        if problems:
-            print(env.logs())
-            pytest.fail("; ".join(problems), pytrace=False)
-        if os.environ.get("PLUGD_KEEP_TMP"):
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -935,23 +796,6 @@ def cron_http_env():
     yield from _bindings_env("http", "http")
 
 
-class _BindingsEnvReports:
-    """Attaches the output of a bindings environment's processes to its failing tests."""
-
-    @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_makereport(self, item, call):
-        outcome = yield
-        report = outcome.get_result()
-        if report.failed:
-            for env in _BINDINGS_ENVS:
-                if any(v is env for v in getattr(item, "funcargs", {}).values()):
-                    report.sections.append((f"bindings environment {env.label}", env.logs()))
-
-
-def pytest_configure(config):
-    config.pluginmanager.register(_BindingsEnvReports(), "plugd-bindings-env-reports")
-
-
 # ------------------------------------------------------------------------------------ API token
 #
 # test_api_token_metadata.py runs its own plugd with DAPR_API_TOKEN set, in its own
@@ -970,7 +814,7 @@ TOKEN_APP_ID = "token-py"
 
 
 @dataclass
-class TokenEnv:
+class TokenEnv(_Env):
     """One plugd started with DAPR_API_TOKEN, its state store, secret store and binding."""
 
     root: Path
@@ -987,81 +831,14 @@ class TokenEnv:
     http_port: int = 0
     procs: List[Proc] = field(default_factory=list)
 
-    def http_url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.http_port}{path}"
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"----- {p.name} (pid {p.popen.pid}, rc {p.popen.poll()}) log {p.log_path} -----\n{p.log()}"
-            for p in self.procs
-        )
-
-    def sdk_env(self) -> Dict[str, str]:
-        """Environment that points the SDK at this plugd (the token is the test's choice)."""
-        return {
-            **SDK_ENV_DEFAULTS,
-            "DAPR_GRPC_PORT": str(self.grpc_port),
-            "DAPR_HTTP_PORT": str(self.http_port),
-        }
-
-
-_TOKEN_ENVS: List[TokenEnv] = []
-
-
-def _start_token_plugd(env: TokenEnv, sockets: Path, resources: Path) -> None:
-    for attempt in range(3):
-        env.grpc_port, env.http_port = _free_port(), _free_port()
-        while env.http_port == env.grpc_port:
-            env.http_port = _free_port()
-        plugd = _spawn(
-            "plugd" if attempt == 0 else f"plugd-{attempt}",
-            [
-                str(_binary("plugd")),
-                "--app-id", env.app_id,
-                "--resources-path", str(resources),
-                "--sockets-folder", str(sockets),
-                "--dapr-grpc-port", str(env.grpc_port),
-                "--dapr-http-port", str(env.http_port),
-                "--log-level", os.environ.get("PLUGD_LOG_LEVEL", "info"),
-            ],
-            env.root,
-            {"DAPR_API_TOKEN": env.token},
-        )
-        env.procs.append(plugd)
-        try:
-            _wait_for_healthz(env, plugd, HEALTH_WAIT_S)
-            return
-        except RuntimeError:
-            if plugd.popen.poll() is None or attempt == 2:
-                raise
-
-
-class _TokenEnvReports:
-    """Attaches the output of the API-token environment's processes to its failing tests."""
-
-    @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_makereport(self, item, call):
-        outcome = yield
-        report = outcome.get_result()
-        if report.failed:
-            for env in _TOKEN_ENVS:
-                if any(v is env for v in getattr(item, "funcargs", {}).values()):
-                    report.sections.append((f"{env.label} environment", env.logs()))
-
 
 @pytest.fixture(scope="module")
-def token_env(request):
+def token_env():
     """plugd with DAPR_API_TOKEN=<random> in front of plugd-sqlite and plugd-files, no app."""
-    if not request.config.pluginmanager.has_plugin("plugd-token-env-reports"):
-        request.config.pluginmanager.register(_TokenEnvReports(), "plugd-token-env-reports")
-    root = Path(tempfile.mkdtemp(prefix="plugd-tok-", dir="/tmp"))
-    sockets, resources = root / "sockets", root / "resources"
-    sockets.mkdir()
-    resources.mkdir()
+    root, sockets, resources = _new_root("plugd-tok-")
     env = TokenEnv(root=root, token=f"tok-{uuid.uuid4().hex}")
-    _TOKEN_ENVS.append(env)
-    try:
-        try:
+    with _env_running(env, f"{env.label} environment"):
+        with _starting(env, "the API-token environment"):
             env.db_path = root / "state.db"
             env.out_dir = root / "out"
             env.secrets = {"apikey": "k-7c2e1", "db": {"user": "admin", "password": "pa:ss w0rd"}}
@@ -1075,17 +852,5 @@ def token_env(request):
                 env.secret_store, f"secretstores.{FILES_SOCKET}", {"secretsFile": str(secrets_path)}))
             (resources / f"{env.binding}.yaml").write_text(_component_yaml(
                 env.binding, f"bindings.{FILES_SOCKET}", {"rootPath": str(env.out_dir)}))
-            _start_token_plugd(env, sockets, resources)
-        except Exception as e:
-            pytest.fail(f"could not start the API-token environment: {e}\n{env.logs()}", pytrace=False)
+            _start_plugd(env, sockets, resources, extra_env={"DAPR_API_TOKEN": env.token})
         yield env
-    finally:
-        _TOKEN_ENVS.remove(env)
-        problems = _stop_env(env)
-        if problems:
-            print(env.logs())
-            pytest.fail("; ".join(problems), pytrace=False)
-        if os.environ.get("PLUGD_KEEP_TMP"):
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
