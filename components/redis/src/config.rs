@@ -1,5 +1,8 @@
 //! Component metadata (`spec.metadata` of the Component YAML), validated.
 //!
+//! [`Settings`] are a pub/sub instance's; [`Connection`] is the part shared
+//! with the state store (which reads nothing else).
+//!
 //! Keys are matched without regard to case, as Dapr does. Keys this component
 //! does not know are ignored (daprd passes some of its own through) and listed
 //! by [`unrecognised_keys`] so that they can be logged. A few keys of other
@@ -67,6 +70,17 @@ pub mod keys {
         ("useEntraID", "false"),
     ];
 
+    /// Every key read by [`Connection::from_properties`](super::Connection::from_properties)
+    /// (the state store's keys).
+    pub const CONNECTION: [&str; 6] = [
+        REDIS_HOST,
+        REDIS_PASSWORD,
+        REDIS_USERNAME,
+        REDIS_DB,
+        ENABLE_TLS,
+        POOL_SIZE,
+    ];
+
     /// Every key read by [`Settings::from_properties`](super::Settings::from_properties).
     pub const ALL: [&str; 11] = [
         REDIS_HOST,
@@ -132,10 +146,42 @@ impl fmt::Debug for Settings {
     }
 }
 
-impl Settings {
-    /// Settings for a server at `host:port` and a consumer group, everything
-    /// else defaulted.
-    pub fn new(host: impl Into<String>, port: u16, consumer_group: impl Into<String>) -> Self {
+/// How to reach Redis: the settings the pub/sub and the state store share.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Connection {
+    /// Redis host name or address (IPv6 without brackets).
+    pub host: String,
+    /// Redis port.
+    pub port: u16,
+    /// ACL user name.
+    pub username: Option<String>,
+    /// Password; never printed by `Debug`.
+    pub password: Option<String>,
+    /// Database number.
+    pub db: i64,
+    /// Connect with TLS (rustls, the platform's root certificates).
+    pub tls: bool,
+    /// Shared (multiplexed) connections.
+    pub pool_size: usize,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("db", &self.db)
+            .field("tls", &self.tls)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+impl Connection {
+    /// A server at `host:port`, database 0, no credentials, no TLS.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
         Self {
             host: host.into(),
             port,
@@ -143,35 +189,32 @@ impl Settings {
             password: None,
             db: 0,
             tls: false,
-            consumer_group: consumer_group.into(),
-            max_len_approx: None,
-            processing_timeout: Some(DEFAULT_PROCESSING_TIMEOUT),
-            redeliver_interval: Some(DEFAULT_REDELIVER_INTERVAL),
-            concurrency: DEFAULT_CONCURRENCY,
             pool_size: DEFAULT_POOL_SIZE,
         }
     }
 
     /// `host:port` as given to Redis, for messages.
     pub fn address(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
+        address(&self.host, self.port)
+    }
+
+    /// Reads the connection keys ([`keys::CONNECTION`]) and refuses the
+    /// [`keys::UNSUPPORTED`] values; other keys are not looked at. Each
+    /// problem reported starts with the name of the key it is about.
+    pub fn from_properties(properties: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+        let connection = Self::parse(properties, &mut problems);
+        check_unsupported(properties, &mut problems);
+        if problems.is_empty() {
+            Ok(connection)
         } else {
-            format!("{}:{}", self.host, self.port)
+            Err(ConfigError(problems))
         }
     }
 
-    /// Whether pending entries are reclaimed at all.
-    pub fn reclaim(&self) -> Option<(Duration, Duration)> {
-        self.processing_timeout.zip(self.redeliver_interval)
-    }
-
-    /// Reads the Init properties. Each problem reported starts with the name
-    /// of the key it is about.
-    pub fn from_properties(properties: &HashMap<String, String>) -> Result<Self, ConfigError> {
+    /// The connection keys, problems appended to `problems`.
+    fn parse(properties: &HashMap<String, String>, problems: &mut Vec<String>) -> Self {
         let get = |key: &str| property(properties, key);
-        let mut problems = Vec::new();
-
         let (host, port) = match get(keys::REDIS_HOST) {
             None => (DEFAULT_HOST.to_owned(), DEFAULT_PORT),
             Some(value) => parse_host(value).unwrap_or_else(|problem| {
@@ -203,6 +246,115 @@ impl Settings {
                 false
             }
         };
+
+        let pool_size = match get(keys::POOL_SIZE).map(str::parse::<usize>) {
+            None => DEFAULT_POOL_SIZE,
+            Some(Ok(n)) if (1..=MAX_POOL_SIZE).contains(&n) => n,
+            Some(_) => {
+                problems.push(format!(
+                    "{}: must be a whole number from 1 to {MAX_POOL_SIZE}",
+                    keys::POOL_SIZE
+                ));
+                DEFAULT_POOL_SIZE
+            }
+        };
+
+        Self {
+            host,
+            port,
+            username,
+            password,
+            db,
+            tls,
+            pool_size,
+        }
+    }
+}
+
+fn address(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Refuses the [`keys::UNSUPPORTED`] values.
+fn check_unsupported(properties: &HashMap<String, String>, problems: &mut Vec<String>) {
+    for (key, accepted) in keys::UNSUPPORTED {
+        let acceptable = |value: &str| match parse_bool(accepted) {
+            Some(flag) => parse_bool(value) == Some(flag),
+            None => value.eq_ignore_ascii_case(accepted),
+        };
+        if let Some(value) = property(properties, key)
+            && !acceptable(value)
+        {
+            problems.push(format!(
+                "{key}: {value:?} is not supported by this component (only a single Redis server; leave {key} unset or {accepted:?})"
+            ));
+        }
+    }
+}
+
+impl Settings {
+    /// The connection part of these settings.
+    pub fn connection(&self) -> Connection {
+        Connection {
+            host: self.host.clone(),
+            port: self.port,
+            username: self.username.clone(),
+            password: self.password.clone(),
+            db: self.db,
+            tls: self.tls,
+            pool_size: self.pool_size,
+        }
+    }
+
+    /// Settings for a server at `host:port` and a consumer group, everything
+    /// else defaulted.
+    pub fn new(host: impl Into<String>, port: u16, consumer_group: impl Into<String>) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            username: None,
+            password: None,
+            db: 0,
+            tls: false,
+            consumer_group: consumer_group.into(),
+            max_len_approx: None,
+            processing_timeout: Some(DEFAULT_PROCESSING_TIMEOUT),
+            redeliver_interval: Some(DEFAULT_REDELIVER_INTERVAL),
+            concurrency: DEFAULT_CONCURRENCY,
+            pool_size: DEFAULT_POOL_SIZE,
+        }
+    }
+
+    /// `host:port` as given to Redis, for messages.
+    pub fn address(&self) -> String {
+        address(&self.host, self.port)
+    }
+
+    /// Whether pending entries are reclaimed at all.
+    pub fn reclaim(&self) -> Option<(Duration, Duration)> {
+        self.processing_timeout.zip(self.redeliver_interval)
+    }
+
+    /// Reads the Init properties. Each problem reported starts with the name
+    /// of the key it is about.
+    pub fn from_properties(properties: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let get = |key: &str| property(properties, key);
+        let mut problems = Vec::new();
+        // Reported in key order: the connection keys, then the others, then
+        // the unsupported ones.
+        let Connection {
+            host,
+            port,
+            username,
+            password,
+            db,
+            tls,
+            pool_size,
+        } = Connection::parse(properties, &mut problems);
 
         let consumer_group = match get(keys::CONSUMER_ID) {
             Some(group) => group.to_owned(),
@@ -253,31 +405,18 @@ impl Settings {
         let processing_timeout = duration(keys::PROCESSING_TIMEOUT, DEFAULT_PROCESSING_TIMEOUT);
         let redeliver_interval = duration(keys::REDELIVER_INTERVAL, DEFAULT_REDELIVER_INTERVAL);
 
-        let mut count =
-            |key: &str, default: usize, max: usize| match get(key).map(str::parse::<usize>) {
-                None => default,
-                Some(Ok(n)) if (1..=max).contains(&n) => n,
-                Some(_) => {
-                    problems.push(format!("{key}: must be a whole number from 1 to {max}"));
-                    default
-                }
-            };
-        let concurrency = count(keys::CONCURRENCY, DEFAULT_CONCURRENCY, MAX_CONCURRENCY);
-        let pool_size = count(keys::POOL_SIZE, DEFAULT_POOL_SIZE, MAX_POOL_SIZE);
-
-        for (key, accepted) in keys::UNSUPPORTED {
-            let acceptable = |value: &str| match parse_bool(accepted) {
-                Some(flag) => parse_bool(value) == Some(flag),
-                None => value.eq_ignore_ascii_case(accepted),
-            };
-            if let Some(value) = get(key)
-                && !acceptable(value)
-            {
+        let concurrency = match get(keys::CONCURRENCY).map(str::parse::<usize>) {
+            None => DEFAULT_CONCURRENCY,
+            Some(Ok(n)) if (1..=MAX_CONCURRENCY).contains(&n) => n,
+            Some(_) => {
                 problems.push(format!(
-                    "{key}: {value:?} is not supported by this component (only a single Redis server; leave {key} unset or {accepted:?})"
+                    "{}: must be a whole number from 1 to {MAX_CONCURRENCY}",
+                    keys::CONCURRENCY
                 ));
+                DEFAULT_CONCURRENCY
             }
-        }
+        };
+        check_unsupported(properties, &mut problems);
 
         if problems.is_empty() {
             Ok(Self {
@@ -300,13 +439,22 @@ impl Settings {
     }
 }
 
-/// The keys of `properties` that this component does not read (sorted).
+/// The keys of `properties` that the pub/sub does not read (sorted).
 pub fn unrecognised_keys(properties: &HashMap<String, String>) -> Vec<&str> {
+    unrecognised(properties, &keys::ALL)
+}
+
+/// The keys of `properties` that the state store does not read (sorted).
+pub fn unrecognised_state_keys(properties: &HashMap<String, String>) -> Vec<&str> {
+    unrecognised(properties, &keys::CONNECTION)
+}
+
+fn unrecognised<'a>(properties: &'a HashMap<String, String>, known: &[&str]) -> Vec<&'a str> {
     let mut unknown: Vec<&str> = properties
         .keys()
         .map(String::as_str)
         .filter(|key| {
-            !keys::ALL
+            !known
                 .iter()
                 .chain(keys::UNSUPPORTED.iter().map(|(key, _)| key))
                 .any(|known| known.eq_ignore_ascii_case(key))
@@ -506,12 +654,12 @@ mod tests {
             "redisHost",
             "redisDB",
             "enableTLS",
+            "poolSize",
             "consumerID",
             "maxLenApprox",
             "processingTimeout",
             "redeliverInterval",
             "concurrency",
-            "poolSize",
             "redisType",
         ];
         assert_eq!(err.0.len(), expected.len(), "{err}");
@@ -550,25 +698,71 @@ mod tests {
         }
     }
 
+    /// The documents of `component.yaml` with their metadata as properties.
+    fn sample_components() -> Vec<(String, HashMap<String, String>)> {
+        include_str!("../component.yaml")
+            .split("\n---\n")
+            .map(|document| {
+                let yaml: serde_yaml::Value = serde_yaml::from_str(document).expect("YAML");
+                let kind = yaml["spec"]["type"].as_str().expect("type").to_owned();
+                let items = yaml["spec"]["metadata"].as_sequence().expect("metadata");
+                let properties = items
+                    .iter()
+                    .map(|item| {
+                        let name = item["name"].as_str().expect("name").to_owned();
+                        let value = item["value"].as_str().expect("string value").to_owned();
+                        (name, value)
+                    })
+                    .collect();
+                (kind, properties)
+            })
+            .collect()
+    }
+
     #[test]
     fn the_sample_component_yaml_is_valid() {
-        let yaml: serde_yaml::Value =
-            serde_yaml::from_str(include_str!("../component.yaml")).expect("YAML");
-        assert_eq!(yaml["spec"]["type"].as_str(), Some("pubsub.redis"));
-        let items = yaml["spec"]["metadata"].as_sequence().expect("metadata");
-        let mut properties: HashMap<String, String> = items
-            .iter()
-            .map(|item| {
-                let name = item["name"].as_str().expect("name").to_owned();
-                let value = item["value"].as_str().expect("string value").to_owned();
-                (name, value)
-            })
-            .collect();
+        let samples = sample_components();
+        let kinds: Vec<&str> = samples.iter().map(|(kind, _)| kind.as_str()).collect();
+        assert_eq!(kinds, ["pubsub.redis", "state.redis"]);
+
+        let mut properties = samples[0].1.clone();
         assert!(unrecognised_keys(&properties).is_empty());
         // daprd adds the consumer group.
         properties.insert("consumerID".into(), "app".into());
         let settings = Settings::from_properties(&properties).expect("valid");
         assert_eq!(settings, Settings::new("localhost", 6379, "app"));
+
+        let properties = &samples[1].1;
+        assert!(unrecognised_state_keys(properties).is_empty());
+        let connection = Connection::from_properties(properties).expect("valid");
+        let mut expected = Connection::new("localhost", 6379);
+        expected.db = 1;
+        assert_eq!(connection, expected);
+    }
+
+    #[test]
+    fn connection_keys_only() {
+        let connection = Connection::from_properties(&props(&[
+            ("redisHost", "[::1]:7000"),
+            ("redisPassword", "pw"),
+            ("poolSize", "4"),
+            ("consumerID", "not needed"),
+        ]))
+        .expect("valid");
+        assert_eq!(connection.address(), "[::1]:7000");
+        assert_eq!(connection.pool_size, 4);
+        assert!(!format!("{connection:?}").contains("pw"));
+        assert_eq!(
+            unrecognised_state_keys(&props(&[("consumerID", "g"), ("redisDB", "1")])),
+            ["consumerID"]
+        );
+        let err = Connection::from_properties(&props(&[
+            ("redisDB", "x"),
+            ("poolSize", "1000"),
+            ("failover", "true"),
+        ]))
+        .expect_err("invalid");
+        assert_eq!(err.0.len(), 3, "{err}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `plugd-redis`: serves the Redis Streams pub/sub on a Unix socket.
+//! `plugd-redis`: serves the Redis Streams pub/sub and the Redis state store
+//! on one Unix socket.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,13 +7,15 @@ use std::time::Duration;
 
 use clap::Parser;
 use plugd_component_sdk::{ComponentServer, run};
-use plugd_redis::RedisPubSub;
+use plugd_redis::{RedisPubSub, RedisStateStore};
 
-/// A Redis Streams pub/sub served as a Dapr pluggable component.
+/// A Redis Streams pub/sub and a Redis state store served as a Dapr pluggable
+/// component.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Socket file name without `.sock`; Components use `type: pubsub.<name>`.
+    /// Socket file name without `.sock`; Components use `type: pubsub.<name>`
+    /// and `type: state.<name>`.
     #[arg(long, env = "PLUGD_REDIS_SOCKET_NAME", default_value = "redis")]
     socket_name: String,
 
@@ -45,6 +48,7 @@ async fn main() -> ExitCode {
 
     let mut server = ComponentServer::new(cli.socket_name)
         .shutdown_grace(cli.shutdown_grace)
+        .state_store(RedisStateStore::new)
         .pubsub(RedisPubSub::new);
     if let Some(folder) = cli.socket_folder {
         server = server.socket_folder(folder);

@@ -58,20 +58,18 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{
-    AsyncConnectionConfig, Client, ConnectionAddr, RedisConnectionInfo, RedisError, Value,
-};
+use redis::aio::ConnectionManager;
+use redis::{RedisError, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::Settings;
+use crate::connection::{ConnectError, Pool, is_connection_error, manager_config};
 
 /// Field names of a stream entry.
 pub mod field {
@@ -91,13 +89,6 @@ pub const NACK_RETRY_DELAYS: [Duration; 3] = [
     Duration::from_millis(500),
     Duration::from_secs(2),
 ];
-/// Bound on establishing a connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bound on the connection Init makes (and its PING), kept under daprd's
-/// default 5 s `initTimeout` so that a clear error reaches the host.
-const INIT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Bound on one command's reply.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts at `XACK` before the entry is left to the reclaim scan.
 const ACK_ATTEMPTS: u32 = 3;
 /// Largest back-off between failed reads.
@@ -202,12 +193,35 @@ impl StreamsError {
     }
 }
 
-fn is_connection_error(err: &RedisError) -> bool {
-    err.is_io_error()
-        || err.is_timeout()
-        || err.is_connection_dropped()
-        || err.is_connection_refusal()
-        || err.is_unrecoverable_error()
+impl From<ConnectError> for StreamsError {
+    fn from(err: ConnectError) -> Self {
+        match err {
+            ConnectError::Unreachable {
+                address,
+                tls,
+                source,
+                hint,
+            } => Self::Unreachable {
+                address,
+                tls,
+                source,
+                hint,
+            },
+            ConnectError::Authentication { address, source } => {
+                Self::Authentication { address, source }
+            }
+            ConnectError::Database {
+                address,
+                db,
+                source,
+            } => Self::Database {
+                address,
+                db,
+                source,
+            },
+            ConnectError::Redis(source) => Self::Redis(source),
+        }
+    }
 }
 
 /// A connected Redis: shared connections plus the settings.
@@ -217,9 +231,7 @@ pub struct Streams {
 }
 
 struct Inner {
-    client: Client,
-    pool: Vec<ConnectionManager>,
-    next: AtomicUsize,
+    pool: Pool,
     settings: Settings,
 }
 
@@ -234,60 +246,13 @@ impl std::fmt::Debug for Streams {
 impl Streams {
     /// Connects and checks the connection with `PING`.
     pub async fn connect(settings: Settings) -> Result<Self, StreamsError> {
-        if settings.tls {
-            // The redis crate builds its rustls configuration with the process
-            // default provider; ring is the one compiled in.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-        let addr = if settings.tls {
-            ConnectionAddr::TcpTls {
-                host: settings.host.clone(),
-                port: settings.port,
-                insecure: false,
-                tls_params: None,
-            }
-        } else {
-            ConnectionAddr::Tcp(settings.host.clone(), settings.port)
-        };
-        let mut redis = RedisConnectionInfo::default().set_db(settings.db);
-        if let Some(username) = &settings.username {
-            redis = redis.set_username(username);
-        }
-        if let Some(password) = &settings.password {
-            redis = redis.set_password(password);
-        }
-        let info = redis::IntoConnectionInfo::into_connection_info(addr)?.set_redis_settings(redis);
-        let client = Client::open(info)?;
-
-        // One direct connection first, so that a wrong address or password
-        // fails Init at once with a clear message instead of being retried.
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(INIT_TIMEOUT))
-            .set_response_timeout(Some(INIT_TIMEOUT));
-        let mut probe: MultiplexedConnection = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|source| classify_connect_error(&settings, source))?;
-        let _: String = redis::cmd("PING")
-            .query_async(&mut probe)
-            .await
-            .map_err(|source| classify_connect_error(&settings, source))?;
-        drop(probe);
-
+        let pool = Pool::connect(&settings.connection()).await?;
         // Settings built in code may hold zeros; Init refuses them.
         let mut settings = settings;
         settings.pool_size = settings.pool_size.max(1);
         settings.concurrency = settings.concurrency.max(1);
-        let pool = (0..settings.pool_size)
-            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), manager_config(None)))
-            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
-            inner: Arc::new(Inner {
-                client,
-                pool,
-                next: AtomicUsize::new(0),
-                settings,
-            }),
+            inner: Arc::new(Inner { pool, settings }),
         })
     }
 
@@ -298,8 +263,7 @@ impl Streams {
 
     /// A shared connection (round robin over `poolSize`).
     fn conn(&self) -> ConnectionManager {
-        let index = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.pool.len();
-        self.inner.pool[index].clone()
+        self.inner.pool.conn()
     }
 
     /// `PING`.
@@ -455,44 +419,6 @@ impl Streams {
             })
             .collect()
     }
-}
-
-fn classify_connect_error(settings: &Settings, source: RedisError) -> StreamsError {
-    let address = settings.address();
-    match source.kind() {
-        redis::ErrorKind::AuthenticationFailed => StreamsError::Authentication { address, source },
-        _ if source.code() == Some("WRONGPASS") || source.code() == Some("NOAUTH") => {
-            StreamsError::Authentication { address, source }
-        }
-        _ if source.code() == Some("ERR")
-            && source.detail().is_some_and(|d| d.contains("DB index")) =>
-        {
-            StreamsError::Database {
-                address,
-                db: settings.db,
-                source,
-            }
-        }
-        _ => StreamsError::Unreachable {
-            address,
-            tls: if settings.tls { " over TLS" } else { "" },
-            hint: if settings.tls && source.is_timeout() {
-                " (no TLS handshake: does the server have TLS enabled on that port?)"
-            } else {
-                ""
-            },
-            source,
-        },
-    }
-}
-
-fn manager_config(extra_response_time: Option<Duration>) -> ConnectionManagerConfig {
-    ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(
-            RESPONSE_TIMEOUT + extra_response_time.unwrap_or_default(),
-        ))
-        .set_max_delay(Duration::from_secs(2))
 }
 
 /// A stream entry as read: `fields` is `None` for an entry deleted from the
@@ -702,7 +628,7 @@ impl<H: Handler> Subscription<H> {
 
     async fn read_loop(self: &Arc<Self>) {
         let mut conn = match ConnectionManager::new_lazy_with_config(
-            self.streams.inner.client.clone(),
+            self.streams.inner.pool.client().clone(),
             manager_config(Some(READ_BLOCK)),
         ) {
             Ok(conn) => conn,
