@@ -98,20 +98,11 @@ pub mod keys {
 }
 
 /// Validated settings of one pub/sub instance.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
-    /// Redis host name or address (IPv6 without brackets).
-    pub host: String,
-    /// Redis port.
-    pub port: u16,
-    /// ACL user name.
-    pub username: Option<String>,
-    /// Password; never printed by `Debug`.
-    pub password: Option<String>,
-    /// Database number.
-    pub db: i64,
-    /// Connect with TLS (rustls, the platform's root certificates).
-    pub tls: bool,
+    /// How to reach Redis (shared with the state store); its `Debug` never
+    /// prints the password.
+    pub connection: Connection,
     /// The consumer group every subscription of this instance joins.
     pub consumer_group: String,
     /// Approximate stream length cap applied on every publish.
@@ -123,27 +114,6 @@ pub struct Settings {
     pub redeliver_interval: Option<Duration>,
     /// Deliveries in flight per subscription.
     pub concurrency: usize,
-    /// Shared connections for publishing and acknowledging.
-    pub pool_size: usize,
-}
-
-impl fmt::Debug for Settings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Settings")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("db", &self.db)
-            .field("tls", &self.tls)
-            .field("consumer_group", &self.consumer_group)
-            .field("max_len_approx", &self.max_len_approx)
-            .field("processing_timeout", &self.processing_timeout)
-            .field("redeliver_interval", &self.redeliver_interval)
-            .field("concurrency", &self.concurrency)
-            .field("pool_size", &self.pool_size)
-            .finish()
-    }
 }
 
 /// How to reach Redis: the settings the pub/sub and the state store share.
@@ -195,7 +165,11 @@ impl Connection {
 
     /// `host:port` as given to Redis, for messages.
     pub fn address(&self) -> String {
-        address(&self.host, self.port)
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 
     /// Reads the connection keys ([`keys::CONNECTION`]) and refuses the
@@ -271,14 +245,6 @@ impl Connection {
     }
 }
 
-fn address(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
-}
-
 /// Refuses the [`keys::UNSUPPORTED`] values.
 fn check_unsupported(properties: &HashMap<String, String>, problems: &mut Vec<String>) {
     for (key, accepted) in keys::UNSUPPORTED {
@@ -297,41 +263,22 @@ fn check_unsupported(properties: &HashMap<String, String>, problems: &mut Vec<St
 }
 
 impl Settings {
-    /// The connection part of these settings.
-    pub fn connection(&self) -> Connection {
-        Connection {
-            host: self.host.clone(),
-            port: self.port,
-            username: self.username.clone(),
-            password: self.password.clone(),
-            db: self.db,
-            tls: self.tls,
-            pool_size: self.pool_size,
-        }
-    }
-
     /// Settings for a server at `host:port` and a consumer group, everything
     /// else defaulted.
     pub fn new(host: impl Into<String>, port: u16, consumer_group: impl Into<String>) -> Self {
         Self {
-            host: host.into(),
-            port,
-            username: None,
-            password: None,
-            db: 0,
-            tls: false,
+            connection: Connection::new(host, port),
             consumer_group: consumer_group.into(),
             max_len_approx: None,
             processing_timeout: Some(DEFAULT_PROCESSING_TIMEOUT),
             redeliver_interval: Some(DEFAULT_REDELIVER_INTERVAL),
             concurrency: DEFAULT_CONCURRENCY,
-            pool_size: DEFAULT_POOL_SIZE,
         }
     }
 
     /// `host:port` as given to Redis, for messages.
     pub fn address(&self) -> String {
-        address(&self.host, self.port)
+        self.connection.address()
     }
 
     /// Whether pending entries are reclaimed at all.
@@ -346,15 +293,7 @@ impl Settings {
         let mut problems = Vec::new();
         // Reported in key order: the connection keys, then the others, then
         // the unsupported ones.
-        let Connection {
-            host,
-            port,
-            username,
-            password,
-            db,
-            tls,
-            pool_size,
-        } = Connection::parse(properties, &mut problems);
+        let connection = Connection::parse(properties, &mut problems);
 
         let consumer_group = match get(keys::CONSUMER_ID) {
             Some(group) => group.to_owned(),
@@ -420,18 +359,12 @@ impl Settings {
 
         if problems.is_empty() {
             Ok(Self {
-                host,
-                port,
-                username,
-                password,
-                db,
-                tls,
+                connection,
                 consumer_group,
                 max_len_approx,
                 processing_timeout,
                 redeliver_interval,
                 concurrency,
-                pool_size,
             })
         } else {
             Err(ConfigError(problems))
@@ -609,12 +542,12 @@ mod tests {
             ("keyPrefix", "appid"),
         ]))
         .expect("valid");
-        assert_eq!(settings.host, "redis.example");
-        assert_eq!(settings.port, 6380);
-        assert_eq!(settings.password.as_deref(), Some(" secret "));
-        assert_eq!(settings.username.as_deref(), Some("me"));
-        assert_eq!(settings.db, 3);
-        assert!(settings.tls);
+        assert_eq!(settings.connection.host, "redis.example");
+        assert_eq!(settings.connection.port, 6380);
+        assert_eq!(settings.connection.password.as_deref(), Some(" secret "));
+        assert_eq!(settings.connection.username.as_deref(), Some("me"));
+        assert_eq!(settings.connection.db, 3);
+        assert!(settings.connection.tls);
         assert_eq!(settings.consumer_group, "group-a");
         assert_eq!(settings.max_len_approx, Some(1000));
         assert_eq!(settings.processing_timeout, Some(Duration::from_secs(90)));
@@ -623,7 +556,7 @@ mod tests {
             Some(Duration::from_millis(500))
         );
         assert_eq!(settings.concurrency, 4);
-        assert_eq!(settings.pool_size, 8);
+        assert_eq!(settings.connection.pool_size, 8);
         assert!(!format!("{settings:?}").contains("secret"));
     }
 

@@ -60,6 +60,30 @@ pub enum ConnectError {
     Redis(#[from] RedisError),
 }
 
+impl ConnectError {
+    /// Whether Redis refused the settings (credentials or database number),
+    /// as opposed to not being reachable.
+    pub fn is_refused_settings(&self) -> bool {
+        matches!(self, Self::Authentication { .. } | Self::Database { .. })
+    }
+}
+
+/// An error with its causes, `: `-separated (a cause already quoted in the
+/// message is not repeated).
+pub(crate) fn describe(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
 /// Whether a command failed because of the connection rather than the command.
 pub fn is_connection_error(err: &RedisError) -> bool {
     err.is_io_error()
@@ -153,6 +177,12 @@ impl Pool {
         self.inner.conns[index].clone()
     }
 
+    /// `PING` on a shared connection.
+    pub async fn ping(&self) -> Result<(), RedisError> {
+        let _: String = redis::cmd("PING").query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
     /// The client, for connections of their own (blocking reads).
     pub fn client(&self) -> &Client {
         &self.inner.client
@@ -197,4 +227,22 @@ pub(crate) fn manager_config(extra_response_time: Option<Duration>) -> Connectio
             RESPONSE_TIMEOUT + extra_response_time.unwrap_or_default(),
         ))
         .set_max_delay(Duration::from_secs(2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("inner")]
+    struct Inner;
+
+    #[test]
+    fn errors_are_described_with_their_causes() {
+        assert_eq!(describe(&Outer(Inner)), "outer: inner");
+    }
 }

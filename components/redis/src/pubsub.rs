@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::{Settings, unrecognised_keys};
+use crate::connection::describe;
 use crate::streams::{Delivery, Entry, Handler, Outcome, Streams, StreamsError};
 
 /// One pub/sub component instance (one per Component resource).
@@ -41,25 +42,9 @@ impl RedisPubSub {
     }
 }
 
-/// An error with its causes, `: `-separated (a cause already quoted in the
-/// message is not repeated).
-fn describe(err: &dyn std::error::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
-}
-
 fn to_pubsub_error(err: StreamsError) -> PubSubError {
     match &err {
-        StreamsError::Authentication { .. } | StreamsError::Database { .. } => {
+        StreamsError::Connect(connect) if connect.is_refused_settings() => {
             PubSubError::InvalidArgument(describe(&err))
         }
         _ if err.is_unavailable() => PubSubError::Unavailable(describe(&err)),
@@ -217,19 +202,6 @@ impl Handler for Deliverer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("outer")]
-    struct Outer(#[source] Inner);
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("inner")]
-    struct Inner;
-
-    #[test]
-    fn errors_are_described_with_their_causes() {
-        assert_eq!(describe(&Outer(Inner)), "outer: inner");
-    }
 
     #[tokio::test]
     async fn calls_before_init_are_refused() {

@@ -49,7 +49,7 @@ use redis::{RedisError, Value};
 use tonic::Status;
 
 use crate::config::{Connection, unrecognised_state_keys};
-use crate::connection::{ConnectError, Pool, is_connection_error};
+use crate::connection::{ConnectError, Pool, describe, is_connection_error};
 
 /// Hash field holding the value.
 pub const DATA_FIELD: &str = "data";
@@ -405,11 +405,10 @@ fn in_operation(index: usize, err: StateError) -> StateError {
 
 fn connect_error(err: ConnectError) -> StateError {
     let message = describe(&err);
-    match err {
-        ConnectError::Authentication { .. } | ConnectError::Database { .. } => {
-            StateError::InvalidArgument(message)
-        }
-        _ => StateError::Status(Status::unavailable(message)),
+    if err.is_refused_settings() {
+        StateError::InvalidArgument(message)
+    } else {
+        StateError::Status(Status::unavailable(message))
     }
 }
 
@@ -422,22 +421,6 @@ fn redis_error(err: &RedisError, what: &str) -> StateError {
     } else {
         StateError::Internal(message)
     }
-}
-
-/// An error with its causes, `: `-separated (a cause already quoted in the
-/// message is not repeated).
-fn describe(err: &dyn std::error::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
 }
 
 fn unexpected(what: &str, reply: &Value) -> StateError {
@@ -660,11 +643,10 @@ impl StateStore for RedisStateStore {
 
     async fn ping(&self) -> Result<(), StateError> {
         let open = self.current()?;
-        let _: String = redis::cmd("PING")
-            .query_async(&mut open.pool.conn())
+        open.pool
+            .ping()
             .await
-            .map_err(|err| redis_error(&err, "PING"))?;
-        Ok(())
+            .map_err(|err| redis_error(&err, "PING"))
     }
 }
 

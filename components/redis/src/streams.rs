@@ -136,39 +136,9 @@ pub trait Handler: Send + Sync + 'static {
 /// Errors talking to Redis.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamsError {
-    /// No connection could be made.
-    #[error("cannot reach Redis at {address}{tls}: {source}{hint}")]
-    Unreachable {
-        /// `host:port`.
-        address: String,
-        /// `" over TLS"` or empty.
-        tls: &'static str,
-        /// The cause.
-        #[source]
-        source: RedisError,
-        /// A likely explanation, or empty.
-        hint: &'static str,
-    },
-    /// Redis refused the credentials.
-    #[error("Redis at {address} refused the credentials (redisUsername/redisPassword): {source}")]
-    Authentication {
-        /// `host:port`.
-        address: String,
-        /// The cause.
-        #[source]
-        source: RedisError,
-    },
-    /// Redis refused `SELECT <db>`.
-    #[error("Redis at {address} refused database {db} (redisDB): {source}")]
-    Database {
-        /// `host:port`.
-        address: String,
-        /// The database number.
-        db: i64,
-        /// The cause.
-        #[source]
-        source: RedisError,
-    },
+    /// No connection could be made (its message is the [`ConnectError`]'s).
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// A command failed.
     #[error("Redis: {0}")]
     Redis(#[from] RedisError),
@@ -186,40 +156,9 @@ impl StreamsError {
     /// Whether the error is about reaching Redis rather than about the request.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            Self::Unreachable { .. } => true,
-            Self::Redis(err) => is_connection_error(err),
+            Self::Connect(ConnectError::Unreachable { .. }) => true,
+            Self::Connect(ConnectError::Redis(err)) | Self::Redis(err) => is_connection_error(err),
             _ => false,
-        }
-    }
-}
-
-impl From<ConnectError> for StreamsError {
-    fn from(err: ConnectError) -> Self {
-        match err {
-            ConnectError::Unreachable {
-                address,
-                tls,
-                source,
-                hint,
-            } => Self::Unreachable {
-                address,
-                tls,
-                source,
-                hint,
-            },
-            ConnectError::Authentication { address, source } => {
-                Self::Authentication { address, source }
-            }
-            ConnectError::Database {
-                address,
-                db,
-                source,
-            } => Self::Database {
-                address,
-                db,
-                source,
-            },
-            ConnectError::Redis(source) => Self::Redis(source),
         }
     }
 }
@@ -246,10 +185,10 @@ impl std::fmt::Debug for Streams {
 impl Streams {
     /// Connects and checks the connection with `PING`.
     pub async fn connect(settings: Settings) -> Result<Self, StreamsError> {
-        let pool = Pool::connect(&settings.connection()).await?;
+        let pool = Pool::connect(&settings.connection).await?;
         // Settings built in code may hold zeros; Init refuses them.
         let mut settings = settings;
-        settings.pool_size = settings.pool_size.max(1);
+        settings.connection.pool_size = settings.connection.pool_size.max(1);
         settings.concurrency = settings.concurrency.max(1);
         Ok(Self {
             inner: Arc::new(Inner { pool, settings }),
@@ -268,8 +207,7 @@ impl Streams {
 
     /// `PING`.
     pub async fn ping(&self) -> Result<(), StreamsError> {
-        let _: String = redis::cmd("PING").query_async(&mut self.conn()).await?;
-        Ok(())
+        Ok(self.inner.pool.ping().await?)
     }
 
     fn xadd(&self, topic: &str, entry: &Entry) -> redis::Cmd {

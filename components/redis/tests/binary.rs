@@ -12,13 +12,12 @@ use plugd_component_sdk::INSTANCE_HEADER;
 use plugd_proto::components::pub_sub_client::PubSubClient;
 use plugd_proto::components::{self as pb};
 use plugd_redis::{Settings, Streams};
-use support::{RedisServer, eventually};
+use support::{RedisServer, WAIT, group_ready, no_pending};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Streaming};
 
-const WAIT: Duration = Duration::from_secs(10);
 const GROUP: &str = "app";
 
 struct Component {
@@ -43,15 +42,7 @@ impl Component {
             .spawn()
             .expect("spawn plugd-redis");
         let socket = folder.join("redis.sock");
-        // Connectable, not just present: a killed predecessor leaves its file.
-        let deadline = Instant::now() + WAIT;
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "socket never accepted connections"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        support::socket_accepting(&socket).await;
         Self { child, socket }
     }
 
@@ -140,13 +131,6 @@ async fn observer(redis: &RedisServer) -> Streams {
         .expect("observer connection")
 }
 
-async fn no_pending(observer: &Streams, topic: &str) {
-    eventually(WAIT, "no pending entries", || async {
-        observer.pending(topic).await.ok()?.is_empty().then_some(())
-    })
-    .await;
-}
-
 /// One PullMessages stream, as the host drives it.
 struct Stream {
     requests: mpsc::Sender<pb::PullMessagesRequest>,
@@ -218,14 +202,6 @@ async fn publish(client: &mut PubSubClient<Channel>, topic: &str, data: &str) {
         }))
         .await
         .expect("publish");
-}
-
-/// Waits until the subscription's consumer group exists.
-async fn subscribed(observer: &Streams, topic: &str) {
-    eventually(WAIT, "the consumer group", || async {
-        observer.pending(topic).await.ok()
-    })
-    .await;
 }
 
 #[tokio::test]
@@ -328,7 +304,7 @@ async fn publish_pull_ack_nack_and_bulk() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (component, mut client) = ready(&redis, dir.path()).await;
     let mut stream = Stream::open(&mut client, "orders").await;
-    subscribed(&observer, "orders").await;
+    group_ready(&observer, "orders").await;
 
     client
         .publish(named(pb::PublishRequest {
@@ -401,11 +377,7 @@ async fn publish_pull_ack_nack_and_bulk() {
     no_pending(&observer, "orders").await;
 
     // Bulk publish to a key that is not a stream: each entry fails.
-    let mut conn = redis::Client::open(format!("redis://{}/", redis.address()))
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connection");
+    let mut conn = redis.inspect(0).await;
     let _: () = redis::cmd("SET")
         .arg("plain")
         .arg("x")
@@ -442,7 +414,7 @@ async fn a_message_unanswered_on_a_dropped_stream_goes_to_the_next_stream() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_component, mut client) = ready(&redis, dir.path()).await;
     let mut stream = Stream::open(&mut client, "t").await;
-    subscribed(&observer, "t").await;
+    group_ready(&observer, "t").await;
     publish(&mut client, "t", "unanswered").await;
     let message = stream.next().await;
     assert_eq!(message.data, b"unanswered");
@@ -465,7 +437,7 @@ async fn a_host_connection_lost_mid_delivery_loses_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_component, mut client) = ready(&redis, dir.path()).await;
     let mut stream = Stream::open(&mut client, "t").await;
-    subscribed(&observer, "t").await;
+    group_ready(&observer, "t").await;
     for i in 0..5 {
         publish(&mut client, "t", &format!("m{i}")).await;
     }
@@ -507,7 +479,7 @@ async fn messages_survive_a_kill_9_of_the_component() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (component, mut client) = ready(&redis, dir.path()).await;
     let mut stream = Stream::open(&mut client, "t").await;
-    subscribed(&observer, "t").await;
+    group_ready(&observer, "t").await;
     for i in 0..5 {
         publish(&mut client, "t", &format!("m{i}")).await;
     }
@@ -518,11 +490,7 @@ async fn messages_survive_a_kill_9_of_the_component() {
     drop(stream);
     drop(client);
     // Published while the component is down: kept in the stream.
-    let mut conn = redis::Client::open(format!("redis://{}/", redis.address()))
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connection");
+    let mut conn = redis.inspect(0).await;
     let _: String = redis::cmd("XADD")
         .arg("t")
         .arg("*")
@@ -555,7 +523,7 @@ async fn sigterm_with_a_stream_open_leaves_unanswered_messages_for_the_next_proc
     let dir = tempfile::tempdir().expect("tempdir");
     let (component, mut client) = ready(&redis, dir.path()).await;
     let mut stream = Stream::open(&mut client, "t").await;
-    subscribed(&observer, "t").await;
+    group_ready(&observer, "t").await;
     publish(&mut client, "t", "in flight at shutdown").await;
     let message = stream.next().await;
     assert_eq!(message.data, b"in flight at shutdown");
@@ -627,7 +595,7 @@ async fn throughput() {
     let (_component, mut client) = ready(&redis, dir.path()).await;
     let observer = observer(&redis).await;
     let mut stream = Stream::open(&mut client, "bench").await;
-    subscribed(&observer, "bench").await;
+    group_ready(&observer, "bench").await;
     let total: usize = 20_000;
     let batch = 100;
     let started = Instant::now();

@@ -7,7 +7,7 @@ mod support;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use pb::state_options::StateConcurrency;
 use pb::transactional_state_operation::Request as Op;
@@ -16,11 +16,9 @@ use plugd_proto::components::pub_sub_client::PubSubClient;
 use plugd_proto::components::state_store_client::StateStoreClient;
 use plugd_proto::components::transactional_state_store_client::TransactionalStateStoreClient;
 use plugd_proto::components::{self as pb};
-use support::{RedisServer, eventually};
+use support::{RedisServer, WAIT, eventually};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
-
-const WAIT: Duration = Duration::from_secs(10);
 
 /// The component process, killed on drop.
 struct Component {
@@ -40,14 +38,7 @@ impl Component {
             .spawn()
             .expect("spawn plugd-redis");
         let socket = dir.path().join("redis.sock");
-        let deadline = Instant::now() + WAIT;
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "socket never accepted connections"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        support::socket_accepting(&socket).await;
         Self {
             child,
             socket,
@@ -205,15 +196,6 @@ fn is_mismatch<T: std::fmt::Debug>(result: Result<T, Status>) {
     failed(result, Code::FailedPrecondition);
 }
 
-/// A plain Redis connection to database `db`, to look at the data.
-async fn inspect(redis: &RedisServer, db: i64) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(format!("redis://{}/{db}", redis.address()))
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("inspection connection")
-}
-
 async fn pttl(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
     redis::cmd("PTTL")
         .arg(key)
@@ -298,7 +280,7 @@ async fn crud_etags_and_first_write() {
     let component = Component::start().await;
     let mut store = component.store("statestore").await;
     store.init(props(&redis, &[])).await.expect("init");
-    let mut redis_conn = inspect(&redis, 0).await;
+    let mut redis_conn = redis.inspect(0).await;
 
     // Missing key: no data, no etag.
     let missing = store.get("app||nope").await;
@@ -557,7 +539,7 @@ async fn transactions_are_all_or_nothing() {
     let component = Component::start().await;
     let mut store = component.store("statestore").await;
     store.init(props(&redis, &[])).await.expect("init");
-    let mut redis_conn = inspect(&redis, 0).await;
+    let mut redis_conn = redis.inspect(0).await;
 
     store.set(set_req("a", "a0")).await.expect("set");
     store.set(set_req("b", "b0")).await.expect("set");
@@ -658,7 +640,7 @@ async fn ttl_expiry_and_expire_time() {
     let component = Component::start().await;
     let mut store = component.store("statestore").await;
     store.init(props(&redis, &[])).await.expect("init");
-    let mut redis_conn = inspect(&redis, 0).await;
+    let mut redis_conn = redis.inspect(0).await;
 
     // Invalid TTLs are refused and write nothing.
     for bad in ["0", "-2", "ten", "1.5"] {
@@ -748,7 +730,7 @@ async fn instances_are_isolated_by_database() {
     assert_eq!(one.data("app||k").await, "from one");
     assert_eq!(two.data("app||k").await, "from two");
 
-    let mut db1 = inspect(&redis, 1).await;
+    let mut db1 = redis.inspect(1).await;
     let data: Vec<u8> = redis::cmd("HGET")
         .arg("app||k")
         .arg("data")
@@ -756,7 +738,7 @@ async fn instances_are_isolated_by_database() {
         .await
         .expect("HGET");
     assert_eq!(data, b"from one");
-    let mut db0 = inspect(&redis, 0).await;
+    let mut db0 = redis.inspect(0).await;
     let size: i64 = redis::cmd("DBSIZE")
         .query_async(&mut db0)
         .await

@@ -6,13 +6,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use plugd_redis::connection::ConnectError;
 use plugd_redis::streams::{Delivery, Entry, Handler, Outcome, StreamsError};
 use plugd_redis::{Settings, Streams};
-use support::{RedisServer, eventually};
+use support::{RedisServer, WAIT, group_ready, no_pending};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
-
-const WAIT: Duration = Duration::from_secs(10);
 
 /// Hands every delivery to the test, which answers through the oneshot;
 /// dropping the oneshot means the subscriber went away.
@@ -83,6 +82,15 @@ fn settings(redis: &RedisServer) -> Settings {
     settings
 }
 
+/// Connects with [`settings`] and subscribes to `topic`, once its consumer
+/// group is ready.
+async fn subscribed(redis: &RedisServer, topic: &str) -> (Streams, Running) {
+    let streams = Streams::connect(settings(redis)).await.expect("connect");
+    let sub = subscribe(&streams, topic);
+    group_ready(&streams, topic).await;
+    (streams, sub)
+}
+
 fn entry(data: &str) -> Entry {
     Entry {
         data: data.as_bytes().to_vec(),
@@ -90,33 +98,11 @@ fn entry(data: &str) -> Entry {
     }
 }
 
-async fn no_pending(streams: &Streams, topic: &str) {
-    eventually(WAIT, "no pending entries", || async {
-        streams
-            .pending(topic)
-            .await
-            .expect("XPENDING")
-            .is_empty()
-            .then_some(())
-    })
-    .await;
-}
-
-/// Waits until the group exists, so that what is published next is delivered.
-async fn group_ready(streams: &Streams, topic: &str) {
-    eventually(WAIT, "the consumer group", || async {
-        streams.pending(topic).await.ok()
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn publish_deliver_ack() {
     let redis = RedisServer::start();
-    let streams = Streams::connect(settings(&redis)).await.expect("connect");
+    let (streams, mut sub) = subscribed(&redis, "orders").await;
     streams.ping().await.expect("ping");
-    let mut sub = subscribe(&streams, "orders");
-    group_ready(&streams, "orders").await;
 
     let sent = Entry {
         data: vec![0, 1, 2, 255],
@@ -140,9 +126,7 @@ async fn publish_deliver_ack() {
 #[tokio::test]
 async fn a_nacked_message_is_redelivered_soon() {
     let redis = RedisServer::start();
-    let streams = Streams::connect(settings(&redis)).await.expect("connect");
-    let mut sub = subscribe(&streams, "t");
-    group_ready(&streams, "t").await;
+    let (streams, mut sub) = subscribed(&redis, "t").await;
     streams.publish("t", &entry("m")).await.expect("publish");
 
     let (first, reply) = sub.next().await;
@@ -162,9 +146,7 @@ async fn a_nacked_message_is_redelivered_soon() {
 #[tokio::test]
 async fn a_message_refused_past_the_quick_retries_comes_back_after_the_processing_timeout() {
     let redis = RedisServer::start();
-    let streams = Streams::connect(settings(&redis)).await.expect("connect");
-    let mut sub = subscribe(&streams, "t");
-    group_ready(&streams, "t").await;
+    let (streams, mut sub) = subscribed(&redis, "t").await;
     streams.publish("t", &entry("m")).await.expect("publish");
     // The first delivery and the three quick retries.
     for _ in 0..4 {
@@ -183,9 +165,7 @@ async fn a_message_refused_past_the_quick_retries_comes_back_after_the_processin
 #[tokio::test]
 async fn a_message_left_by_a_closed_subscriber_goes_to_another() {
     let redis = RedisServer::start();
-    let streams = Streams::connect(settings(&redis)).await.expect("connect");
-    let mut first = subscribe(&streams, "t");
-    group_ready(&streams, "t").await;
+    let (streams, mut first) = subscribed(&redis, "t").await;
     let id = streams.publish("t", &entry("m")).await.expect("publish");
     let (delivery, reply) = first.next().await;
     assert_eq!(delivery.id, id);
@@ -239,19 +219,13 @@ async fn an_entry_in_flight_is_not_taken_over_by_another_subscriber() {
 #[tokio::test]
 async fn deleted_pending_entries_are_acknowledged() {
     let redis = RedisServer::start();
-    let streams = Streams::connect(settings(&redis)).await.expect("connect");
-    let mut first = subscribe(&streams, "t");
-    group_ready(&streams, "t").await;
+    let (streams, mut first) = subscribed(&redis, "t").await;
     let id = streams.publish("t", &entry("gone")).await.expect("publish");
     let (_, reply) = first.next().await;
     drop(reply);
     first.end().await;
 
-    let client = redis::Client::open(format!("redis://{}/", redis.address())).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connection");
+    let mut conn = redis.inspect(0).await;
     let deleted: i64 = redis::cmd("XDEL")
         .arg("t")
         .arg(&id)
@@ -272,14 +246,8 @@ async fn deleted_pending_entries_are_acknowledged() {
 #[tokio::test]
 async fn foreign_entries_are_skipped() {
     let redis = RedisServer::start();
-    let streams = Streams::connect(settings(&redis)).await.expect("connect");
-    let mut sub = subscribe(&streams, "t");
-    group_ready(&streams, "t").await;
-    let client = redis::Client::open(format!("redis://{}/", redis.address())).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connection");
+    let (streams, mut sub) = subscribed(&redis, "t").await;
+    let mut conn = redis.inspect(0).await;
     let _: String = redis::cmd("XADD")
         .arg("t")
         .arg("*")
@@ -339,9 +307,7 @@ async fn concurrency_bounds_deliveries_in_flight() {
 #[tokio::test]
 async fn pause_stops_reading_and_resume_carries_on() {
     let redis = RedisServer::start();
-    let streams = Streams::connect(settings(&redis)).await.expect("connect");
-    let mut sub = subscribe(&streams, "t");
-    group_ready(&streams, "t").await;
+    let (streams, mut sub) = subscribed(&redis, "t").await;
     sub.paused.send_replace(true);
     // A read already blocking may still return one entry; wait for the
     // reader to have observed the pause by publishing until a full read
@@ -373,11 +339,7 @@ async fn bulk_publish_reports_each_entry() {
     assert_eq!(results.len(), 3);
     assert!(results.iter().all(Result::is_ok), "{results:?}");
 
-    let client = redis::Client::open(format!("redis://{}/", redis.address())).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connection");
+    let mut conn = redis.inspect(0).await;
     let _: () = redis::cmd("SET")
         .arg("not-a-stream")
         .arg("x")
@@ -432,12 +394,15 @@ async fn unreachable_redis_fails_at_once_with_a_clear_error() {
 async fn a_wrong_password_is_reported_as_such() {
     let redis = RedisServer::start();
     let mut settings = settings(&redis);
-    settings.password = Some("wrong".into());
+    settings.connection.password = Some("wrong".into());
     let error = Streams::connect(settings)
         .await
         .expect_err("no password set");
     assert!(
-        matches!(error, StreamsError::Authentication { .. }),
+        matches!(
+            error,
+            StreamsError::Connect(ConnectError::Authentication { .. })
+        ),
         "{error:?}"
     );
 }
@@ -445,9 +410,7 @@ async fn a_wrong_password_is_reported_as_such() {
 #[tokio::test]
 async fn subscriptions_survive_a_redis_restart() {
     let mut redis = RedisServer::start();
-    let streams = Streams::connect(settings(&redis)).await.expect("connect");
-    let mut sub = subscribe(&streams, "t");
-    group_ready(&streams, "t").await;
+    let (streams, mut sub) = subscribed(&redis, "t").await;
     redis.kill();
     redis.restart();
     // The restarted server is empty (no persistence): the reader finds the
@@ -467,9 +430,7 @@ async fn subscriptions_survive_a_redis_restart() {
 #[tokio::test]
 async fn many_messages_flow_through() {
     let redis = RedisServer::start();
-    let streams = Streams::connect(settings(&redis)).await.expect("connect");
-    let mut sub = subscribe(&streams, "t");
-    group_ready(&streams, "t").await;
+    let (streams, mut sub) = subscribed(&redis, "t").await;
     let total = 2000;
     let publisher = tokio::spawn({
         let streams = streams.clone();

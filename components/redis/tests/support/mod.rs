@@ -4,9 +4,14 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use plugd_redis::Streams;
+
+/// How long the tests wait for something to happen.
+pub const WAIT: Duration = Duration::from_secs(10);
 
 /// Where `redis-server` is: `$REDIS_SERVER`, else found on `PATH`.
 fn redis_server_binary() -> PathBuf {
@@ -201,6 +206,16 @@ impl RedisServer {
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+
+    /// A plain connection to database `db`, to look at or change the data
+    /// behind the component's back.
+    pub async fn inspect(&self, db: i64) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(format!("redis://{}/{db}", self.address()))
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("inspection connection")
+    }
 }
 
 impl Drop for RedisServer {
@@ -235,4 +250,34 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until the component's socket accepts connections (connectable, not
+/// just present: a killed predecessor leaves its file).
+pub async fn socket_accepting(socket: &Path) {
+    let deadline = Instant::now() + WAIT;
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "socket never accepted connections"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `topic`'s consumer group exists, so that what is published
+/// next is delivered.
+pub async fn group_ready(streams: &Streams, topic: &str) {
+    eventually(WAIT, "the consumer group", || async {
+        streams.pending(topic).await.ok()
+    })
+    .await;
+}
+
+/// Waits until nothing is pending in `topic`'s consumer group.
+pub async fn no_pending(streams: &Streams, topic: &str) {
+    eventually(WAIT, "no pending entries", || async {
+        streams.pending(topic).await.ok()?.is_empty().then_some(())
+    })
+    .await;
 }
