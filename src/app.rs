@@ -245,8 +245,11 @@ impl App {
             shutdown.clone(),
             api_token.clone(),
         );
+        // As daprd: `//` inside a path and a trailing `/` are tolerated (before routing, so the
+        // token check sees the same path as the router).
         let service = axum::ServiceExt::<axum::extract::Request>::into_make_service(
-            NormalizePathLayer::trim_trailing_slash().layer(router),
+            tower::util::MapRequestLayer::new(api::gate::collapse_slashes)
+                .layer(NormalizePathLayer::trim_trailing_slash().layer(router)),
         );
         let http_token = shutdown.clone();
         let mut http_task = tokio::spawn(async move {

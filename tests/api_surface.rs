@@ -39,7 +39,13 @@ async fn the_api_token_guards_every_call_but_health() {
     let http = reqwest::Client::new();
 
     // Health answers without the token.
-    for path in ["/v1.0/healthz", "/v1.0/healthz/outbound"] {
+    // (Repeated and trailing slashes are tolerated, as in daprd.)
+    for path in [
+        "/v1.0/healthz",
+        "/v1.0/healthz/outbound",
+        "/v1.0//healthz",
+        "/v1.0/healthz/outbound/",
+    ] {
         let resp = http.get(plugd.http_url(path)).send().await.expect("health");
         assert_eq!(resp.status(), 204, "{path}");
     }
@@ -50,6 +56,7 @@ async fn the_api_token_guards_every_call_but_health() {
             (reqwest::Method::GET, "/v1.0/state/store/key"),
             (reqwest::Method::POST, "/v1.0/publish/p/t"),
             (reqwest::Method::GET, "/v1.0/does-not-exist"),
+            (reqwest::Method::GET, "/v1.0//metadata"),
         ] {
             let mut req = http.request(method.clone(), plugd.http_url(path));
             if let Some(t) = token {

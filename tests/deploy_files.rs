@@ -1185,10 +1185,13 @@ fn resolved_secret(
         .map(str::to_string)
 }
 
-/// `redisHost` of every pubsub.redis Component names a Service of the manifests on that port, and
+/// `redisHost` of every pubsub.redis and state.redis Component names a Service of the manifests on that port, and
 /// the password plugd resolves is the one that Redis is started with.
 fn check_redis_hosts(d: &Deploy, loaded: &[ComponentManifest], p: &mut Problems) {
-    for m in loaded.iter().filter(|m| m.type_name() == "pubsub.redis") {
+    for m in loaded
+        .iter()
+        .filter(|m| matches!(m.type_name().as_str(), "pubsub.redis" | "state.redis"))
+    {
         let at = format!(
             "{}: component {}: metadata redisHost",
             m.file.display(),
@@ -1751,6 +1754,13 @@ fn a_redis_host_without_a_service_is_caught() {
     expect_caught(
         |d| edit_config_map(d, "pubsub.yaml", "redis:6379", "redis-master:6379"),
         &["metadata redisHost", "no Service \"redis-master\""],
+    );
+    expect_caught(
+        |d| edit_config_map(d, "statestore.yaml", "redis:6379", "redis-master:6379"),
+        &[
+            "component statestore: metadata redisHost",
+            "no Service \"redis-master\"",
+        ],
     );
 }
 

@@ -138,13 +138,8 @@ async fn one_copy_per_app_id_and_one_consumer_per_message_within_an_app_id() {
     .await;
     // Within the app id, each message went to exactly one replica, once.
     let (r1, r2) = (a1.received(), a2.received());
+    // (How they share depends on when each replica's stream opened; not asserted.)
     assert_eq!(r1.len() + r2.len(), N as usize, "a1 {r1:?}, a2 {r2:?}");
-    assert!(
-        !r1.is_empty() && !r2.is_empty(),
-        "both replicas take a share: a1 {} a2 {}",
-        r1.len(),
-        r2.len()
-    );
     println!(
         "consumer group: {} messages split {} / {} between two replicas; the other app id got all {}",
         N,

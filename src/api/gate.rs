@@ -71,8 +71,34 @@ pub fn api_of_method(method: &str) -> &'static str {
     } else if has("health") {
         "health"
     } else {
-        "this"
+        "requested"
     }
+}
+
+/// Collapses repeated `/` in the request path (`/v1.0//state` → `/v1.0/state`).
+pub fn collapse_slashes(mut request: Request) -> Request {
+    let uri = request.uri();
+    if !uri.path().contains("//") {
+        return request;
+    }
+    let mut path = String::with_capacity(uri.path().len());
+    for c in uri.path().chars() {
+        if !(c == '/' && path.ends_with('/')) {
+            path.push(c);
+        }
+    }
+    let path_and_query = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = http::uri::PathAndQuery::try_from(path_and_query).ok();
+    if parts.path_and_query.is_some()
+        && let Ok(new) = http::Uri::from_parts(parts)
+    {
+        *request.uri_mut() = new;
+    }
+    request
 }
 
 /// The message of an API plugd does not serve.
@@ -143,7 +169,7 @@ const UNSERVED_HTTP: [(&str, &str); 10] = [
 pub fn http_unserved(path: &str) -> Option<ApiError> {
     let mut parts = path.trim_start_matches('/').split('/');
     let version = parts.next()?;
-    if !version.starts_with("v1.0") {
+    if version != "v1.0" && !version.starts_with("v1.0-") {
         return None;
     }
     let first = parts.next()?;
@@ -262,6 +288,17 @@ mod tests {
         assert!(http_unserved("/v1.0-beta1/workflows/dapr/x/start").is_some());
         assert!(http_unserved("/v1.0/state/s").is_none());
         assert!(http_unserved("/nope").is_none());
+        assert!(http_unserved("/v1.0x/actors/a").is_none());
+    }
+
+    #[test]
+    fn repeated_slashes_collapse() {
+        let req = Request::builder()
+            .uri("/v1.0//state///s/k?metadata.a=1")
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let req = collapse_slashes(req);
+        assert_eq!(req.uri(), "/v1.0/state/s/k?metadata.a=1");
     }
 
     #[test]

@@ -13,8 +13,10 @@
 //! | `version` | the etag: a random UUID (v4, hyphenated lower case), new on every write |
 //! | `contentType` | the content type, only when the writer gave one |
 //!
-//! A `ttlInSeconds` becomes the key's Redis expiry (`PEXPIRE`); a write
-//! without one removes it (`PERSIST`). Redis drops expired keys itself.
+//! A `ttlInSeconds` becomes the key's Redis expiry (`PEXPIRE`); `-1` removes
+//! it (`PERSIST`). A write without one uses the component's own
+//! `ttlInSeconds` when it has one, and otherwise leaves the key's expiry as it
+//! was (as Dapr's Redis store does). Redis drops expired keys itself.
 //!
 //! Versions are UUIDs rather than counters so that a key deleted (or
 //! expired) and written again never gets an etag it had before: an etag read
@@ -42,7 +44,8 @@ use std::time::{Duration, SystemTime};
 
 use plugd_component_sdk::state::{
     BulkGetItem, DeleteRequest, GetRequest, GetResponse, Operation, Properties, SetRequest,
-    StateError, StateStore, TTL_EXPIRE_TIME_METADATA_KEY, TransactionRequest, feature,
+    StateError, StateStore, TTL_EXPIRE_TIME_METADATA_KEY, TTL_METADATA_KEY, TransactionRequest,
+    feature, parse_ttl,
 };
 use redis::aio::ConnectionManager;
 use redis::{RedisError, Value};
@@ -122,10 +125,10 @@ for i = 1, #KEYS do
     else
       redis.call('HDEL', key, 'contentType')
     end
-    if ARGV[base + 5] ~= '' then
-      redis.call('PEXPIRE', key, ARGV[base + 5])
-    else
+    if ARGV[base + 5] == '-1' then
       redis.call('PERSIST', key)
+    elseif ARGV[base + 5] ~= '' then
+      redis.call('PEXPIRE', key, ARGV[base + 5])
     end
   else
     redis.call('DEL', key)
@@ -208,6 +211,8 @@ pub struct RedisStateStore {
 struct Open {
     pool: Pool,
     connection: Connection,
+    /// The component's `ttlInSeconds`: for writes that give none.
+    default_ttl: Ttl,
     write: Script,
     read: Script,
 }
@@ -237,7 +242,13 @@ impl RedisStateStore {
     async fn connect(&self, properties: &Properties) -> Result<Open, StateError> {
         let connection = Connection::from_properties(properties)
             .map_err(|err| StateError::InvalidArgument(err.to_string()))?;
-        let ignored = unrecognised_state_keys(properties);
+        let default_ttl =
+            match plugd_component_sdk::metadata::property(properties, TTL_METADATA_KEY) {
+                None => Ttl::Keep,
+                Some(value) => Ttl::parse(value)?,
+            };
+        let mut ignored = unrecognised_state_keys(properties);
+        ignored.retain(|key| !key.eq_ignore_ascii_case(TTL_METADATA_KEY));
         if !ignored.is_empty() {
             tracing::info!(instance = %self.instance, ?ignored, "ignoring metadata this state store does not use");
         }
@@ -259,6 +270,7 @@ impl RedisStateStore {
         Ok(Open {
             pool,
             connection,
+            default_ttl,
             write,
             read,
         })
@@ -301,7 +313,7 @@ impl RedisStateStore {
             match &op.set {
                 Some(set) => args.extend_from_slice(&[
                     set.version.as_bytes(),
-                    set.ttl_millis.as_deref().unwrap_or_default().as_bytes(),
+                    set.ttl.arg().as_bytes(),
                     &set.data,
                     set.content_type.as_deref().unwrap_or_default().as_bytes(),
                 ]),
@@ -329,21 +341,56 @@ struct Write {
     set: Option<NewValue>,
 }
 
+/// What a write does to the key's expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ttl {
+    /// Leave it as it is.
+    Keep,
+    /// Remove it (`ttlInSeconds: -1`).
+    Persist,
+    /// Expire after this many milliseconds.
+    Millis(String),
+}
+
+impl Ttl {
+    /// A `ttlInSeconds` value: `-1` or a positive number of seconds.
+    fn parse(value: &str) -> Result<Self, StateError> {
+        if value.trim() == "-1" {
+            return Ok(Self::Persist);
+        }
+        Ok(match parse_ttl(Some(value))? {
+            // Whole milliseconds; a TTL is at least one second.
+            Some(ttl) => Self::Millis(ttl.as_millis().clamp(1, MAX_TTL_MILLIS).to_string()),
+            None => Self::Persist,
+        })
+    }
+
+    /// The script argument: `""` keep, `"-1"` persist, else milliseconds.
+    fn arg(&self) -> &str {
+        match self {
+            Self::Keep => "",
+            Self::Persist => "-1",
+            Self::Millis(ms) => ms,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct NewValue {
     version: String,
-    ttl_millis: Option<String>,
+    ttl: Ttl,
     data: Vec<u8>,
     content_type: Option<String>,
 }
 
 impl Write {
-    fn set(request: SetRequest) -> Result<Self, StateError> {
+    /// A set; without a `ttlInSeconds` of its own it gets `default_ttl`.
+    fn set(request: SetRequest, default_ttl: &Ttl) -> Result<Self, StateError> {
         require_key(&request.key)?;
-        let ttl_millis = request.ttl()?.map(|ttl| {
-            // Whole milliseconds; a TTL is at least one second.
-            ttl.as_millis().clamp(1, MAX_TTL_MILLIS).to_string()
-        });
+        let ttl = match request.metadata.get(TTL_METADATA_KEY) {
+            Some(value) => Ttl::parse(value)?,
+            None => default_ttl.clone(),
+        };
         let expected = request.etag.as_deref().map(parse_etag).transpose()?;
         Ok(Self {
             insert_only: request.is_insert_only(),
@@ -351,7 +398,7 @@ impl Write {
             expected,
             set: Some(NewValue {
                 version: new_version(),
-                ttl_millis,
+                ttl,
                 data: request.value,
                 content_type: request.content_type.filter(|ct| !ct.is_empty()),
             }),
@@ -578,7 +625,8 @@ impl StateStore for RedisStateStore {
     }
 
     async fn set(&self, request: SetRequest) -> Result<(), StateError> {
-        self.write(vec![Write::set(request)?]).await
+        let default_ttl = self.current()?.default_ttl.clone();
+        self.write(vec![Write::set(request, &default_ttl)?]).await
     }
 
     async fn delete(&self, request: DeleteRequest) -> Result<(), StateError> {
@@ -594,6 +642,12 @@ impl StateStore for RedisStateStore {
             self.current()?;
             return Ok(Vec::new());
         }
+        if keys.len() > MAX_OPERATIONS {
+            return Err(StateError::InvalidArgument(format!(
+                "{} keys in one bulk get; at most {MAX_OPERATIONS} are allowed",
+                keys.len()
+            )));
+        }
         let results = self.read(&keys).await?;
         Ok(keys
             .iter()
@@ -607,10 +661,13 @@ impl StateStore for RedisStateStore {
 
     /// All or none, like a transaction.
     async fn bulk_set(&self, requests: Vec<SetRequest>) -> Result<(), StateError> {
+        let default_ttl = self.current()?.default_ttl.clone();
         let writes = requests
             .into_iter()
             .enumerate()
-            .map(|(index, request)| Write::set(request).map_err(|err| in_operation(index, err)))
+            .map(|(index, request)| {
+                Write::set(request, &default_ttl).map_err(|err| in_operation(index, err))
+            })
             .collect::<Result<_, _>>()?;
         self.write(writes).await
     }
@@ -626,13 +683,14 @@ impl StateStore for RedisStateStore {
     }
 
     async fn transact(&self, request: TransactionRequest) -> Result<(), StateError> {
+        let default_ttl = self.current()?.default_ttl.clone();
         let writes = request
             .operations
             .into_iter()
             .enumerate()
             .map(|(index, operation)| {
                 match operation {
-                    Operation::Set(request) => Write::set(request),
+                    Operation::Set(request) => Write::set(request, &default_ttl),
                     Operation::Delete(request) => Write::delete(request),
                 }
                 .map_err(|err| in_operation(index, err))
@@ -718,7 +776,7 @@ mod tests {
             ..SetRequest::default()
         };
         assert!(matches!(
-            Write::set(request.clone()),
+            Write::set(request.clone(), &Ttl::Keep),
             Err(StateError::InvalidEtag(_))
         ));
         request.etag = None;
@@ -726,7 +784,7 @@ mod tests {
             .metadata
             .insert("ttlInSeconds".to_owned(), "0".to_owned());
         assert!(matches!(
-            Write::set(request),
+            Write::set(request, &Ttl::Keep),
             Err(StateError::InvalidArgument(_))
         ));
         assert!(matches!(

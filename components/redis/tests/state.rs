@@ -665,19 +665,38 @@ async fn ttl_expiry_and_expire_time() {
     let upper = SystemTime::now() + Duration::from_secs(101);
     assert!(at >= lower && at <= upper, "{:?}", got.metadata);
 
-    // A write without a TTL (or with -1) removes it.
+    // A write without a TTL leaves the expiry as it was (as Dapr's Redis store); -1 removes it.
     store.set(set_req("k", "v2")).await.expect("set");
-    assert_eq!(pttl(&mut redis_conn, "k").await, -1);
-    assert!(store.get("k").await.metadata.is_empty());
-    store
-        .set(with_ttl(set_req("k", "v3"), "100"))
-        .await
-        .expect("set");
+    let kept = pttl(&mut redis_conn, "k").await;
+    assert!((80_000..=100_000).contains(&kept), "{kept}");
+    assert!(store.get("k").await.metadata.contains_key("ttlExpireTime"));
     store
         .set(with_ttl(set_req("k", "v4"), "-1"))
         .await
         .expect("set");
     assert_eq!(pttl(&mut redis_conn, "k").await, -1);
+    assert!(store.get("k").await.metadata.is_empty());
+
+    // The component's own ttlInSeconds applies to writes without one; invalid ones fail Init.
+    let mut defaulted = component.store("defaulted").await;
+    failed(
+        defaulted
+            .init(props(&redis, &[("ttlInSeconds", "0")]))
+            .await,
+        Code::InvalidArgument,
+    );
+    defaulted
+        .init(props(&redis, &[("ttlInSeconds", "50")]))
+        .await
+        .expect("init with a default TTL");
+    defaulted.set(set_req("d", "v")).await.expect("set");
+    let remaining = pttl(&mut redis_conn, "d").await;
+    assert!((40_000..=50_000).contains(&remaining), "{remaining}");
+    defaulted
+        .set(with_ttl(set_req("d", "v"), "-1"))
+        .await
+        .expect("set without expiry");
+    assert_eq!(pttl(&mut redis_conn, "d").await, -1);
 
     // A TTL beyond year 9999: kept, without ttlExpireTime.
     store
