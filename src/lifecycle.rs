@@ -695,7 +695,7 @@ impl Supervisor {
                     };
                     self.info.socket = None;
                     self.set(status, None);
-                    self.registry.drop_store(&self.m.name, self.info.generation);
+                    self.registry.drop_live(&self.m.name, self.info.generation);
                     let left = limit.saturating_sub(waiting_since.elapsed());
                     tokio::select! {
                         _ = self.stop.cancelled() => return,

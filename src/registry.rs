@@ -387,7 +387,7 @@ impl Registry {
     }
 
     /// Drops the live object of a component (its connection closes with it).
-    pub fn drop_store(&self, name: &str, generation: u64) {
+    pub fn drop_live(&self, name: &str, generation: u64) {
         self.current.rcu(|old| {
             let mut next = Snapshot::clone(old);
             next.remove_live(name, Some(generation));

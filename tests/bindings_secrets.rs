@@ -28,7 +28,7 @@ use plugd_component_sdk::{
     secretstore::{self, Secret, SecretStore, SecretStoreError},
     state::{self, DeleteRequest, GetRequest, GetResponse, SetRequest, StateError, StateStore},
 };
-use tokio::{net::TcpListener, sync::mpsc};
+use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -523,6 +523,36 @@ async fn send(sink: &EventSink, data: &[u8]) -> Result<Vec<u8>, EventError> {
         .expect("a reply in time")
 }
 
+/// Sends an event the app holds until `release` is cancelled; returns once the app has it.
+async fn hold(app: &BindingApp, sink: &EventSink) -> JoinHandle<Result<Vec<u8>, EventError>> {
+    let task = {
+        let sink = sink.clone();
+        tokio::spawn(async move { send(&sink, b"hold").await })
+    };
+    eventually(WAIT, "the held event at the app", || {
+        let held = app.log.events().iter().any(|e| e.data == b"hold");
+        async move { held.then_some(()) }
+    })
+    .await;
+    task
+}
+
+/// Sends an event that must be refused as plugd's closed binding refuses it.
+async fn expect_closed(sink: &EventSink) {
+    match send(sink, b"late").await {
+        Err(EventError::Failed(message)) => assert_eq!(message, "input binding is closed"),
+        other => panic!("expected 'input binding is closed', got {other:?}"),
+    }
+}
+
+/// Checks an HTTP error answer: its status and Dapr's `errorCode`; returns the body.
+async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
+    assert_eq!(resp.status(), status);
+    let body: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(body["errorCode"], code, "{body}");
+    body
+}
+
 // ---------------------------------------------------------------------------------------------
 // Output bindings.
 
@@ -612,9 +642,7 @@ async fn output_binding_over_grpc_and_http_checks_operations_first() {
         .send()
         .await
         .expect("http");
-    assert_eq!(resp.status(), 500);
-    let body: serde_json::Value = resp.json().await.expect("json");
-    assert_eq!(body["errorCode"], "ERR_INVOKE_OUTPUT_BINDING");
+    let body = expect_error(resp, 500, "ERR_INVOKE_OUTPUT_BINDING").await;
     assert!(
         body["message"]
             .as_str()
@@ -642,9 +670,7 @@ async fn output_binding_over_grpc_and_http_checks_operations_first() {
         .send()
         .await
         .expect("http");
-    assert_eq!(resp.status(), 400);
-    let body: serde_json::Value = resp.json().await.expect("json");
-    assert_eq!(body["errorCode"], "ERR_MALFORMED_REQUEST");
+    expect_error(resp, 400, "ERR_MALFORMED_REQUEST").await;
 
     plugd.stop().await;
     stop.cancel();
@@ -693,20 +719,7 @@ async fn input_binding_events_reach_a_grpc_app_and_replies_go_back_by_id() {
     }
 
     // Concurrent events, answered out of order: each reply goes to its own event.
-    let held = {
-        let sink = sink.clone();
-        tokio::spawn(async move { send(&sink, b"hold").await })
-    };
-    eventually(WAIT, "the held event at the app", || {
-        let n = app
-            .log
-            .events()
-            .iter()
-            .filter(|e| e.data == b"hold")
-            .count();
-        async move { (n == 1).then_some(()) }
-    })
-    .await;
+    let held = hold(&app, &sink).await;
     assert_eq!(send(&sink, b"two").await.expect("reply"), b"reply:two");
     app.log.release.cancel();
     assert_eq!(held.await.expect("join").expect("held reply"), b"released");
@@ -832,15 +845,7 @@ async fn a_removed_binding_answers_late_events_as_closed_while_in_flight_ones_fi
         .await
         .expect("plugd");
     let sink = next_sink(&mut sinks).await;
-    let held = {
-        let sink = sink.clone();
-        tokio::spawn(async move { send(&sink, b"hold").await })
-    };
-    eventually(WAIT, "the held event at the app", || {
-        let n = app.log.events().len();
-        async move { (n == 1).then_some(()) }
-    })
-    .await;
+    let held = hold(&app, &sink).await;
 
     // Hot reload removes the binding while an event is with the app.
     std::fs::remove_file(&file).expect("remove the resource");
@@ -849,10 +854,7 @@ async fn a_removed_binding_answers_late_events_as_closed_while_in_flight_ones_fi
         async move { gone.then_some(()) }
     })
     .await;
-    match send(&sink, b"late").await {
-        Err(EventError::Failed(message)) => assert_eq!(message, "input binding is closed"),
-        other => panic!("expected 'input binding is closed', got {other:?}"),
-    }
+    expect_closed(&sink).await;
     assert_eq!(
         app.log.events().len(),
         1,
@@ -1083,17 +1085,13 @@ async fn secrets_api_over_grpc_and_http() {
         .send()
         .await
         .expect("http");
-    assert_eq!(resp.status(), 401);
-    let body: serde_json::Value = resp.json().await.expect("json");
-    assert_eq!(body["errorCode"], "ERR_SECRET_STORE_NOT_FOUND");
+    expect_error(resp, 401, "ERR_SECRET_STORE_NOT_FOUND").await;
     let resp = http
         .get(plugd.http_url("/v1.0/secrets/vault/missing"))
         .send()
         .await
         .expect("http");
-    assert_eq!(resp.status(), 500);
-    let body: serde_json::Value = resp.json().await.expect("json");
-    assert_eq!(body["errorCode"], "ERR_SECRET_GET");
+    expect_error(resp, 500, "ERR_SECRET_GET").await;
 
     plugd.stop().await;
     stop.cancel();
@@ -1114,15 +1112,7 @@ async fn a_binding_removed_and_added_again_is_read_again() {
     let sink = next_sink(&mut sinks).await;
     assert_eq!(send(&sink, b"first").await.expect("reply"), b"reply:first");
     // An event stays with the app, so the removed binding's stream stays open (closing) ...
-    let held = {
-        let sink = sink.clone();
-        tokio::spawn(async move { send(&sink, b"hold").await })
-    };
-    eventually(WAIT, "the held event at the app", || {
-        let n = app.log.events().len();
-        async move { (n == 2).then_some(()) }
-    })
-    .await;
+    let held = hold(&app, &sink).await;
     std::fs::remove_file(&file).expect("remove the resource");
     eventually(WAIT, "the binding to be removed", || {
         let gone = plugd.registry.snapshot().component("in").is_none();
@@ -1155,20 +1145,9 @@ async fn at_shutdown_late_events_are_refused_and_in_flight_ones_finish() {
         .await
         .expect("plugd");
     let sink = next_sink(&mut sinks).await;
-    let held = {
-        let sink = sink.clone();
-        tokio::spawn(async move { send(&sink, b"hold").await })
-    };
-    eventually(WAIT, "the held event at the app", || {
-        let n = app.log.events().len();
-        async move { (n == 1).then_some(()) }
-    })
-    .await;
+    let held = hold(&app, &sink).await;
     plugd.shutdown.cancel();
-    match send(&sink, b"late").await {
-        Err(EventError::Failed(message)) => assert_eq!(message, "input binding is closed"),
-        other => panic!("expected 'input binding is closed', got {other:?}"),
-    }
+    expect_closed(&sink).await;
     app.log.release.cancel();
     assert_eq!(held.await.expect("join").expect("held reply"), b"released");
     tokio::time::timeout(WAIT, sink.closed())
