@@ -27,7 +27,10 @@
 //!   `etag`, missing secret → `NOT_FOUND`, …).
 //! - **Metadata.** [`metadata`] reads Init properties as Dapr components do
 //!   (names matched without regard to case, blank values absent, Go
-//!   durations) and collects every problem into one [`metadata::ConfigError`].
+//!   durations), collects every problem into one [`metadata::ConfigError`],
+//!   and [`metadata::warn_unknown`] logs the keys a component does not read
+//!   (one `warn` line, names only), leaving alone the keys Dapr defines at
+//!   runtime level ([`metadata::RUNTIME_KEYS`]).
 //!
 //! Kinds live in one module each, all of the same shape (a trait, a
 //! `ComponentServer::<kind>(factory)` method, an adapter):

@@ -4,7 +4,8 @@
 //! usually treat an empty value like a missing one. [`property`] reads a value
 //! that way; [`ConfigError`] collects every problem found so that they can
 //! be reported together; [`parse_go_duration`] reads durations written the
-//! way Dapr's (Go) components expect them.
+//! way Dapr's (Go) components expect them; [`warn_unknown`] logs, once per
+//! Init, the keys a component does not read.
 //!
 //! ```
 //! use std::collections::HashMap;
@@ -65,6 +66,66 @@ pub fn raw_property<'a>(properties: &'a HashMap<String, String>, key: &str) -> O
         .find(|(name, _)| name.eq_ignore_ascii_case(key))
         .map(|(_, value)| value.as_str())
         .filter(|value| !value.is_empty())
+}
+
+/// Metadata names that Dapr defines at runtime level, or that the host
+/// (daprd or plugd) reads or adds itself, so that any component may be given
+/// them: [`warn_unknown`] never warns about these. `consumerID` is added by
+/// the host to every pub/sub; `direction` and `route` belong to bindings;
+/// `keyPrefix`, `actorStateStore`, `ttlInSeconds` and the `outbox*` keys to
+/// state stores.
+pub const RUNTIME_KEYS: &[&str] = &[
+    "keyPrefix",
+    "actorStateStore",
+    "consumerID",
+    "direction",
+    "route",
+    "ttlInSeconds",
+    "outboxPublishPubsub",
+    "outboxPublishTopic",
+    "outboxPubsub",
+    "outboxDiscardWhenMissingState",
+];
+
+/// The names in `properties` that are neither in `known` nor in
+/// [`RUNTIME_KEYS`] (compared without regard to case), sorted.
+pub fn unknown_keys<'a>(properties: &'a HashMap<String, String>, known: &[&str]) -> Vec<&'a str> {
+    let mut unknown: Vec<&str> = properties
+        .keys()
+        .map(String::as_str)
+        .filter(|key| {
+            !known
+                .iter()
+                .chain(RUNTIME_KEYS)
+                .any(|name| name.eq_ignore_ascii_case(key))
+        })
+        .collect();
+    unknown.sort_unstable();
+    unknown
+}
+
+/// Logs one `warn` line naming the keys of `properties` that `component`
+/// (for example `bindings.localstorage`) does not read, for instance
+/// `instance`, and returns them; nothing is logged when there are none.
+/// Only names are logged, never values. Keys in [`RUNTIME_KEYS`] are never
+/// reported. Call it once per Init, after the metadata was read: unknown
+/// keys are ignored, not an error, as in Dapr.
+pub fn warn_unknown<'a>(
+    component: &str,
+    instance: &str,
+    properties: &'a HashMap<String, String>,
+    known: &[&str],
+) -> Vec<&'a str> {
+    let unknown = unknown_keys(properties, known);
+    if !unknown.is_empty() {
+        tracing::warn!(
+            component,
+            instance,
+            unknown = %unknown.join(", "),
+            "ignoring metadata keys this component does not know"
+        );
+    }
+    unknown
 }
 
 /// The longest duration Go can represent (an `int64` of nanoseconds, about
@@ -174,6 +235,85 @@ mod tests {
         assert_eq!(raw_property(&p, "x"), None);
         assert_eq!(property(&p, "missing"), None);
         assert_eq!(raw_property(&p, "missing"), None);
+    }
+
+    #[test]
+    fn unknown_keys_skip_known_and_runtime_keys() {
+        let p = props(&[
+            ("RootPath", "/data"),
+            ("KEYPREFIX", "none"),
+            ("direction", "output"),
+            ("outboxPubsub", "p"),
+            ("zeta", "secret value"),
+            ("alpha", ""),
+        ]);
+        assert_eq!(unknown_keys(&p, &["rootPath"]), ["alpha", "zeta"]);
+        assert!(unknown_keys(&p, &["rootpath", "ALPHA", "Zeta"]).is_empty());
+        assert!(unknown_keys(&HashMap::new(), &[]).is_empty());
+    }
+
+    /// A writer collecting what the subscriber prints.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn warn_unknown_logs_one_line_with_names_only() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::TRACE)
+            .finish();
+        let p = props(&[
+            ("rootPath", "/data"),
+            ("route", "/in"),
+            ("colour", "hunter2"),
+            ("Bogus", "s3cret"),
+        ]);
+        let reported = tracing::subscriber::with_default(subscriber, || {
+            let reported = warn_unknown("bindings.localstorage", "files", &p, &["rootPath"]);
+            // Nothing unknown: nothing logged.
+            assert!(
+                warn_unknown(
+                    "bindings.localstorage",
+                    "files",
+                    &p,
+                    &["rootPath", "colour", "bogus"]
+                )
+                .is_empty()
+            );
+            reported
+        });
+        assert_eq!(reported, ["Bogus", "colour"]);
+        let bytes = captured.0.lock().expect("log").clone();
+        let text = String::from_utf8(bytes).expect("utf-8 log");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let line = lines[0];
+        assert!(line.contains("WARN"), "{line}");
+        assert!(line.contains("unknown=Bogus, colour"), "{line}");
+        assert!(
+            line.contains("component=\"bindings.localstorage\""),
+            "{line}"
+        );
+        assert!(line.contains("instance=\"files\""), "{line}");
+        for secret in ["hunter2", "s3cret", "/data", "/in", "route", "rootPath"] {
+            assert!(!line.contains(secret), "{secret} in {line}");
+        }
     }
 
     #[test]
