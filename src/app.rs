@@ -16,6 +16,7 @@ use crate::{
     appchannel::{self, AppChannel},
     config::{Config, manifest},
     discovery, lifecycle,
+    managed::Managed,
     registry::Registry,
     reload,
 };
@@ -40,6 +41,11 @@ pub struct App {
     registry: Arc<Registry>,
     grpc: TcpListener,
     http: TcpListener,
+    /// Listeners on the other `--dapr-listen-addresses`.
+    more_grpc: Vec<TcpListener>,
+    more_http: Vec<TcpListener>,
+    metrics_addr: Option<SocketAddr>,
+    managed: Arc<Managed>,
     shutdown: CancellationToken,
     /// Background work that shutdown drains within the grace period (input bindings closing).
     background: TaskTracker,
@@ -86,6 +92,31 @@ impl App {
                 addr: config.http_addr,
                 source,
             })?;
+        let (mut more_grpc, mut more_http) = (Vec::new(), Vec::new());
+        for ip in &config.more_listen_ips {
+            for (port, into) in [
+                (grpc.local_addr().map(|a| a.port()), &mut more_grpc),
+                (http.local_addr().map(|a| a.port()), &mut more_http),
+            ] {
+                let addr = SocketAddr::new(*ip, port.unwrap_or(0));
+                into.push(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| StartError::Bind { addr, source })?,
+                );
+            }
+        }
+        let longest_init = loaded
+            .components
+            .iter()
+            .map(|c| c.init_timeout)
+            .max()
+            .unwrap_or_default();
+        // Components nobody has started yet, which plugd knows how to run, are launched before
+        // the first scan, so their sockets are usually there when it runs.
+        let managed = Managed::new(config.managed.clone());
+        let launched = managed.reconcile(&loaded.components);
+        managed.ready(&launched, longest_init).await;
         let mut scanner =
             discovery::Scanner::new(config.sockets_folder.clone(), config.discovery_timeout);
         let first = scanner.scan().await;
@@ -108,12 +139,6 @@ impl App {
             .filter(|c| c.category == manifest::Category::PubSub)
             .map(|c| c.name.clone())
             .collect();
-        let longest_init = loaded
-            .components
-            .iter()
-            .map(|c| c.init_timeout)
-            .max()
-            .unwrap_or_default();
         let mut manager = lifecycle::Manager::new(
             registry.clone(),
             lifecycle::Settings::from_config(&config),
@@ -130,19 +155,33 @@ impl App {
             config.app_id.clone(),
             config.namespace.clone(),
             manager,
+            managed.clone(),
             shutdown.clone(),
         );
+        let metrics_addr = match config.metrics_addr {
+            Some(addr) => {
+                crate::metrics::serve(addr, registry.clone(), managed.clone(), shutdown.clone())
+                    .await
+            }
+            None => None,
+        };
         let background = TaskTracker::new();
         match &config.app {
             Some(app) => {
-                let channel: Arc<dyn AppChannel> = appchannel::connect(appchannel::AppSettings {
+                let channel = match appchannel::connect(appchannel::AppSettings {
                     address: app.address,
                     protocol: app.protocol,
                     token: app.token.clone(),
                     call_timeout: app.call_timeout,
-                })
-                .map_err(StartError::AppChannel)?
-                .into();
+                }) {
+                    Ok(channel) => channel,
+                    Err(e) => {
+                        shutdown.cancel();
+                        managed.shutdown().await;
+                        return Err(StartError::AppChannel(e));
+                    }
+                };
+                let channel: Arc<dyn AppChannel> = channel.into();
                 // One bound on calls to the app, shared by pub/sub and input bindings.
                 let app_limit = app.max_concurrency.map(|n| Arc::new(Semaphore::new(n)));
                 let deliverer = Arc::new(crate::pubsub::delivery::Deliverer {
@@ -182,9 +221,23 @@ impl App {
             registry,
             grpc,
             http,
+            more_grpc,
+            more_http,
+            metrics_addr,
+            managed,
             shutdown,
             background,
         })
+    }
+
+    /// Where metrics are served, if they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The components plugd launched itself.
+    pub fn managed(&self) -> Arc<Managed> {
+        self.managed.clone()
     }
 
     pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
@@ -207,8 +260,12 @@ impl App {
             registry,
             grpc,
             http,
+            more_grpc,
+            more_http,
+            managed,
             shutdown,
             background,
+            ..
         } = self;
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
@@ -225,8 +282,11 @@ impl App {
             api::grpc::DaprApi::new(registry.clone(), config.app_id.clone(), shutdown.clone())
                 .into_server();
         let grpc_token = shutdown.clone();
-        let grpc_incoming =
-            tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
+        let grpc_incoming = futures::stream::select_all(
+            std::iter::once(grpc)
+                .chain(more_grpc)
+                .map(|l| tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true))),
+        );
         let grpc_server = tonic::transport::Server::builder()
             .layer(api::gate::GrpcGateLayer::new(
                 config.api_token.as_deref().map(Arc::from),
@@ -254,16 +314,23 @@ impl App {
         let http_token = shutdown.clone();
         let mut http_task = tokio::spawn(async move {
             use axum::serve::ListenerExt;
-            // Small responses must not wait for a delayed ACK.
-            let http = http.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            let servers = std::iter::once(http).chain(more_http).map(|listener| {
+                // Small responses must not wait for a delayed ACK.
+                let listener = listener.tap_io(|tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                });
+                let token = http_token.clone();
+                let service = service.clone();
+                async move {
+                    axum::serve(listener, service)
+                        .with_graceful_shutdown(token.cancelled_owned())
+                        .await
+                        .map_err(anyhow::Error::from)
                 }
             });
-            axum::serve(http, service)
-                .with_graceful_shutdown(http_token.cancelled_owned())
-                .await
-                .map_err(anyhow::Error::from)
+            futures::future::try_join_all(servers).await.map(|_| ())
         });
         tracing::info!(grpc = %grpc_addr, http = %http_addr, app_id = %config.app_id, "plugd is serving the runtime API");
 
@@ -300,6 +367,8 @@ impl App {
             grpc_abort.abort();
             http_abort.abort();
         }
+        // Components plugd launched stop last: in-flight requests needed them.
+        managed.shutdown().await;
         match early {
             None => Ok(()),
             Some((server, Ok(()))) => Err(anyhow::anyhow!(

@@ -43,7 +43,7 @@ pub struct Args {
     )]
     pub dapr_http_port: u16,
 
-    /// Address the APIs listen on.
+    /// Addresses the APIs listen on, comma-separated (`127.0.0.1,[::1]`).
     #[arg(
         long = "dapr-listen-addresses",
         env = "DAPR_LISTEN_ADDRESSES",
@@ -51,12 +51,47 @@ pub struct Args {
     )]
     pub listen_address: String,
 
+    /// Serve Prometheus metrics on --metrics-port.
+    #[arg(long = "enable-metrics", env = "PLUGD_ENABLE_METRICS", default_value_t = true,
+          num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub enable_metrics: bool,
+
+    /// Port of the Prometheus metrics endpoint (`/metrics`), on the first listen address.
+    #[arg(
+        long = "metrics-port",
+        env = "DAPR_METRICS_PORT",
+        default_value_t = 9090
+    )]
+    pub metrics_port: u16,
+
+    /// Launch, supervise and stop the reference components (and --managed-component commands)
+    /// that Components need and no process serves yet.
+    #[arg(long = "managed-components", env = "PLUGD_MANAGED_COMPONENTS", default_value_t = true,
+          num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub managed_components: bool,
+
+    /// Your own component to launch when a Component needs its socket: NAME=COMMAND, NAME being
+    /// the socket name (`mystore` for `type: state.mystore`). The command gets
+    /// DAPR_COMPONENT_SOCKETS_FOLDER and PLUGD_SOCKET_NAME. Repeatable.
+    #[arg(long = "managed-component", value_name = "NAME=COMMAND")]
+    pub managed_component: Vec<String>,
+
+    /// Folders searched first for reference component binaries (then plugd's own folder, then
+    /// PATH). Repeatable, or colon-separated in the environment.
+    #[arg(
+        long = "managed-components-path",
+        env = "PLUGD_MANAGED_COMPONENTS_PATH",
+        value_delimiter = ':'
+    )]
+    pub managed_components_path: Vec<PathBuf>,
+
     /// Log level: debug, info, warn, error (or a tracing filter directive).
     #[arg(long = "log-level", env = "DAPR_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 
     /// Write logs as JSON lines.
-    #[arg(long = "log-as-json", env = "DAPR_LOG_AS_JSON")]
+    #[arg(long = "log-as-json", env = "DAPR_LOG_AS_JSON", default_value_t = false,
+          num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub log_as_json: bool,
 
     /// Bound on dialling a component socket and on its reflection call at discovery.
@@ -133,4 +168,184 @@ pub struct Args {
     #[arg(long = "app-call-timeout", env = "PLUGD_APP_CALL_TIMEOUT", default_value = "60s",
           value_parser = humantime::parse_duration)]
     pub app_call_timeout: std::time::Duration,
+}
+
+/// daprd flags plugd accepts and does not use: (name, takes a value).
+pub const IGNORED_DAPRD_FLAGS: &[(&str, bool)] = &[
+    ("allowed-origins", true),
+    ("app-health-check-path", true),
+    ("app-health-probe-interval", true),
+    ("app-health-probe-timeout", true),
+    ("app-health-threshold", true),
+    ("app-ssl", false),
+    ("config", true),
+    ("control-plane-address", true),
+    ("control-plane-trust-domain", true),
+    ("dapr-block-shutdown-duration", true),
+    ("dapr-http-max-request-size", true),
+    ("dapr-http-read-buffer-size", true),
+    ("dapr-internal-grpc-listen-address", true),
+    ("dapr-internal-grpc-port", true),
+    ("dapr-public-listen-address", true),
+    ("dapr-public-port", true),
+    ("disable-builtin-k8s-secret-store", false),
+    ("enable-api-logging", false),
+    ("enable-app-health-check", false),
+    ("enable-mtls", false),
+    ("enable-profiling", false),
+    ("kubeconfig", true),
+    ("max-body-size", true),
+    ("metrics-listen-address", true),
+    ("mode", true),
+    ("placement-host-address", true),
+    ("profile-port", true),
+    ("read-buffer-size", true),
+    ("scheduler-host-address", true),
+    ("sentry-address", true),
+    ("trust-anchors-file", true),
+    ("trust-domain", true),
+    ("unix-domain-socket", true),
+];
+
+/// Rewrites daprd-style arguments for clap: Go's single-dash spelling (`-app-id x`,
+/// `-log-as-json=true`) becomes `--app-id x`, and daprd flags plugd does not use are removed with
+/// their values. Returns the arguments and one warning per removed flag.
+pub fn normalize_daprd_args(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> (Vec<std::ffi::OsString>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut warnings: Vec<String> = Vec::new();
+    let mut iter = args.into_iter();
+    if let Some(program) = iter.next() {
+        out.push(program);
+    }
+    let mut rest_verbatim = false;
+    while let Some(arg) = iter.next() {
+        let Some(text) = arg.to_str().filter(|_| !rest_verbatim) else {
+            out.push(arg);
+            continue;
+        };
+        if text == "--" {
+            rest_verbatim = true;
+            out.push(arg);
+            continue;
+        }
+        // `-name...` with a letter after the dash and more than one letter: Go's long flag.
+        let long = match text.strip_prefix('-') {
+            Some(rest)
+                if !rest.starts_with('-')
+                    && rest.len() > 1
+                    && rest.starts_with(|c: char| c.is_ascii_alphabetic()) =>
+            {
+                format!("-{text}")
+            }
+            _ => text.to_string(),
+        };
+        let Some(flag) = long.strip_prefix("--") else {
+            out.push(arg);
+            continue;
+        };
+        let (name, has_value) = match flag.split_once('=') {
+            Some((name, _)) => (name, true),
+            None => (flag, false),
+        };
+        if let Some((_, takes_value)) = IGNORED_DAPRD_FLAGS.iter().find(|(n, _)| *n == name) {
+            if *takes_value && !has_value {
+                iter.next();
+            }
+            let warning = format!("daprd flag --{name} is accepted but not used by plugd");
+            if !warnings.contains(&warning) {
+                warnings.push(warning);
+            }
+            continue;
+        }
+        out.push(long.into());
+    }
+    (out, warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn normalize(args: &[&str]) -> (Vec<String>, Vec<String>) {
+        let (out, warnings) = normalize_daprd_args(args.iter().map(std::ffi::OsString::from));
+        let out = out
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        (out, warnings)
+    }
+
+    #[test]
+    fn go_spelling_and_unused_daprd_flags() {
+        let (out, warnings) = normalize(&[
+            "plugd",
+            "-app-id",
+            "orders",
+            "-log-as-json=true",
+            "--dapr-internal-grpc-port",
+            "50002",
+            "-placement-host-address=localhost:50005",
+            "-enable-mtls",
+            "--config",
+            "./config.yaml",
+            "--config",
+            "x.yaml",
+            "-h",
+            "--dapr-http-port",
+            "3501",
+        ]);
+        assert_eq!(
+            out,
+            [
+                "plugd",
+                "--app-id",
+                "orders",
+                "--log-as-json=true",
+                "-h",
+                "--dapr-http-port",
+                "3501"
+            ]
+        );
+        assert_eq!(warnings.len(), 4, "{warnings:?}");
+        assert!(warnings[0].contains("--dapr-internal-grpc-port"));
+    }
+
+    #[test]
+    fn daprd_command_lines_parse() {
+        let (out, warnings) = normalize(&[
+            "plugd",
+            "-app-id",
+            "a",
+            "-mode",
+            "standalone",
+            "-app-max-concurrency",
+            "4",
+            "-enable-app-health-check",
+            "-log-as-json",
+            "-metrics-port",
+            "9091",
+            "-enable-metrics=false",
+            "-dapr-listen-addresses",
+            "127.0.0.1,[::1]",
+            "-managed-components=false",
+        ]);
+        assert_eq!(warnings.len(), 2);
+        let args = Args::try_parse_from(out).expect("parses");
+        assert_eq!(args.app_id, "a");
+        assert_eq!(args.app_max_concurrency, Some(4));
+        assert!(args.log_as_json);
+        assert!(!args.enable_metrics);
+        assert_eq!(args.metrics_port, 9091);
+        assert!(!args.managed_components);
+        let args = Args::try_parse_from(["plugd"]).expect("defaults");
+        assert!(args.managed_components && args.enable_metrics && !args.log_as_json);
+    }
+
+    #[test]
+    fn values_after_double_dash_are_kept() {
+        let (out, _) = normalize(&["plugd", "--", "-mode"]);
+        assert_eq!(out, ["plugd", "--", "-mode"]);
+    }
 }

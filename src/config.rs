@@ -30,6 +30,13 @@ pub struct Config {
     pub sockets_folder: PathBuf,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// More addresses the APIs listen on (the rest of `--dapr-listen-addresses`), on the same
+    /// ports as `grpc_addr` / `http_addr`.
+    pub more_listen_ips: Vec<IpAddr>,
+    /// Where Prometheus metrics are served, if they are.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Components plugd launches itself.
+    pub managed: crate::managed::Settings,
     pub discovery_timeout: Duration,
     pub call_timeout: Duration,
     pub graceful_shutdown: Duration,
@@ -92,11 +99,22 @@ pub struct ConfigError {
 impl Config {
     /// Builds the runtime settings from parsed flags and the environment.
     pub fn from_args(args: Args) -> Result<Self, ConfigError> {
-        let ip: IpAddr = args.listen_address.parse().map_err(|e| ConfigError {
+        let ips = parse_listen_addresses(&args.listen_address).map_err(|reason| ConfigError {
             flag: "--dapr-listen-addresses",
             value: args.listen_address.clone(),
-            reason: format!("{e}"),
+            reason,
         })?;
+        let ip = ips[0];
+        let mut commands = std::collections::BTreeMap::new();
+        for spec in &args.managed_component {
+            let (name, words) =
+                crate::managed::parse_command(spec).map_err(|reason| ConfigError {
+                    flag: "--managed-component",
+                    value: spec.clone(),
+                    reason,
+                })?;
+            commands.insert(name, words);
+        }
         let app = match args.app_port {
             None => None,
             Some(port) => {
@@ -141,6 +159,15 @@ impl Config {
         let sockets_folder = args
             .sockets_folder
             .unwrap_or_else(|| sockets_folder_from_env(|k| std::env::var(k).ok()));
+        let managed = crate::managed::Settings {
+            enabled: args.managed_components,
+            sockets_folder: sockets_folder.clone(),
+            search_path: args.managed_components_path.clone(),
+            commands,
+            grace: Duration::from_secs(args.graceful_shutdown_seconds),
+            log_as_json: args.log_as_json,
+            log_level: args.log_level.clone(),
+        };
         Ok(Self {
             app_id: args.app_id,
             namespace: std::env::var("NAMESPACE").ok().filter(|s| !s.is_empty()),
@@ -148,6 +175,11 @@ impl Config {
             sockets_folder,
             grpc_addr: SocketAddr::new(ip, args.dapr_grpc_port),
             http_addr: SocketAddr::new(ip, args.dapr_http_port),
+            more_listen_ips: ips[1..].to_vec(),
+            metrics_addr: args
+                .enable_metrics
+                .then(|| SocketAddr::new(ip, args.metrics_port)),
+            managed,
             discovery_timeout: args.discovery_timeout,
             call_timeout: args.component_call_timeout,
             graceful_shutdown: Duration::from_secs(args.graceful_shutdown_seconds),
@@ -170,9 +202,12 @@ impl Config {
             app_id: "testapp".into(),
             namespace: None,
             resources_paths: resources,
+            managed: crate::managed::Settings::disabled(sockets_folder.clone()),
             sockets_folder,
             grpc_addr: SocketAddr::new(lo, 0),
             http_addr: SocketAddr::new(lo, 0),
+            more_listen_ips: Vec::new(),
+            metrics_addr: None,
             discovery_timeout: Duration::from_secs(2),
             call_timeout: Duration::from_secs(5),
             graceful_shutdown: Duration::from_secs(2),
@@ -187,6 +222,31 @@ impl Config {
     }
 }
 
+/// Parses daprd's `--dapr-listen-addresses`: comma-separated IPs (IPv6 with or without brackets),
+/// `localhost` meaning 127.0.0.1. Never empty.
+pub fn parse_listen_addresses(text: &str) -> Result<Vec<IpAddr>, String> {
+    let mut ips = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bare = part
+            .strip_prefix('[')
+            .and_then(|p| p.strip_suffix(']'))
+            .unwrap_or(part);
+        let ip = if bare.eq_ignore_ascii_case("localhost") {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            bare.parse()
+                .map_err(|e| format!("{part:?} is not an IP address: {e}"))?
+        };
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    if ips.is_empty() {
+        return Err("no address given".into());
+    }
+    Ok(ips)
+}
+
 /// The socket folder named by the first set environment variable, else the default.
 pub fn sockets_folder_from_env(get: impl Fn(&str) -> Option<String>) -> PathBuf {
     SOCKETS_FOLDER_ENV
@@ -199,6 +259,24 @@ pub fn sockets_folder_from_env(get: impl Fn(&str) -> Option<String>) -> PathBuf 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        let ips = parse_listen_addresses("127.0.0.1, [::1],localhost").expect("valid");
+        assert_eq!(
+            ips,
+            [
+                IpAddr::from([127, 0, 0, 1]),
+                "::1".parse::<IpAddr>().expect("ip")
+            ]
+        );
+        assert!(parse_listen_addresses("").is_err());
+        assert!(
+            parse_listen_addresses("127.0.0.1,example.com")
+                .expect_err("not an ip")
+                .contains("example.com")
+        );
+    }
 
     #[test]
     fn socket_folder_env_order() {

@@ -15,6 +15,8 @@ pub mod component;
 pub mod config;
 pub mod discovery;
 pub mod lifecycle;
+pub mod managed;
+pub mod metrics;
 pub mod proto;
 pub mod pubsub;
 pub mod registry;

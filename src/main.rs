@@ -6,7 +6,9 @@ use clap::Parser;
 use plugd::{App, cli::Args, config::Config, telemetry};
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    // daprd's command line works too: Go's `-flag` spelling, and its flags plugd does not use.
+    let (argv, ignored) = plugd::cli::normalize_daprd_args(std::env::args_os());
+    let args = match Args::try_parse_from(argv) {
         Ok(args) => args,
         Err(err) => {
             let _ = err.print();
@@ -20,6 +22,9 @@ fn main() -> ExitCode {
     if let Err(err) = telemetry::init(&args.log_level, args.log_as_json) {
         eprintln!("plugd: {err}");
         return ExitCode::from(64);
+    }
+    for warning in ignored {
+        tracing::warn!("{warning}");
     }
     let config = match Config::from_args(args) {
         Ok(config) => config,

@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use notify::Watcher;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::manifest, lifecycle::Manager};
+use crate::{config::manifest, lifecycle::Manager, managed::Managed};
 
 /// Watches `paths` and applies every valid change through `manager`.
 pub fn watch_resources(
@@ -14,6 +14,7 @@ pub fn watch_resources(
     app_id: String,
     namespace: Option<String>,
     mut manager: Manager,
+    managed: std::sync::Arc<Managed>,
     stop: CancellationToken,
 ) {
     let (tx, mut events) = tokio::sync::mpsc::channel::<()>(16);
@@ -53,6 +54,15 @@ pub fn watch_resources(
                         components = loaded.components.len(),
                         "resources changed; applying"
                     );
+                    // Processes for new socket names first, so the new Components find them.
+                    let launched = managed.reconcile(&loaded.components);
+                    let longest_init = loaded
+                        .components
+                        .iter()
+                        .map(|c| c.init_timeout)
+                        .max()
+                        .unwrap_or_default();
+                    managed.ready(&launched, longest_init).await;
                     manager.apply(loaded.components).await;
                 }
                 Ok(_) => report(problems),

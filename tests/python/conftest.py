@@ -246,9 +246,11 @@ def _start_component(env: _Env, binary: str, socket_name: str, sockets: Path,
 
 
 def _start_plugd(env: _Env, sockets: Path, resources: Path, *, extra_args: Sequence[str] = (),
-                 extra_env: Optional[Dict[str, str]] = None) -> None:
+                 extra_env: Optional[Dict[str, str]] = None, managed: bool = False) -> None:
     """Starts plugd for `env` on free ports (recorded in env.grpc_port/http_port) and waits until
-    it is healthy; `extra_args` go before --log-level, `extra_env` into its environment."""
+    it is healthy; `extra_args` go before --log-level, `extra_env` into its environment. Unless
+    `managed`, plugd launches no components itself (the tests start theirs) and serves no metrics."""
+    defaults = [] if managed else ["--managed-components=false", "--enable-metrics=false"]
 
     def launch() -> List[str]:
         env.grpc_port, env.http_port = _free_port(), _free_port()
@@ -261,6 +263,7 @@ def _start_plugd(env: _Env, sockets: Path, resources: Path, *, extra_args: Seque
             "--sockets-folder", str(sockets),
             "--dapr-grpc-port", str(env.grpc_port),
             "--dapr-http-port", str(env.http_port),
+            *defaults,
             *extra_args,
             "--log-level", os.environ.get("PLUGD_LOG_LEVEL", "info"),
         ]

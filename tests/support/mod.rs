@@ -277,10 +277,22 @@ impl PlugdProcess {
         extra: &[&str],
     ) -> Self {
         let (grpc_port, http_port) = (free_port(), free_port());
+        // Tests start their own components and read no metrics, unless they ask.
+        let mut defaults = Vec::new();
+        if !extra.iter().any(|a| a.starts_with("--managed-component")) {
+            defaults.push("--managed-components=false");
+        }
+        if !extra
+            .iter()
+            .any(|a| a.starts_with("--metrics-port") || a.starts_with("--enable-metrics"))
+        {
+            defaults.push("--enable-metrics=false");
+        }
         let guard = ChildGuard::spawn(
             "plugd",
             Command::new(bin)
                 .args(["--app-id", app_id, "--log-level", log_level])
+                .args(&defaults)
                 .arg("--resources-path")
                 .arg(&dirs.resources)
                 .arg("--sockets-folder")

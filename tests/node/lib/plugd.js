@@ -304,6 +304,8 @@ class Env {
           "--sockets-folder", this.sockets,
           "--dapr-grpc-port", String(this.grpcPort),
           "--dapr-http-port", String(this.httpPort),
+          // The tests start their components themselves and read no metrics.
+          "--managed-components=false", "--enable-metrics=false",
           ...appArgs,
           "--log-level", process.env.PLUGD_LOG_LEVEL || "info",
         ],
