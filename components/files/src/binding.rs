@@ -3,13 +3,13 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use plugd_component_sdk::bindings::{
     BindingError, InvokeRequest, InvokeResponse, Metadata, OutputBinding, Properties, operation,
 };
 
-use crate::folder::{FileName, Root};
-use plugd_component_sdk::metadata::ConfigError;
+use crate::folder::{FileName, Root, walk_order};
+use plugd_component_sdk::metadata::{ConfigError, warn_unknown};
 
 use crate::props::{bool_property, parse_bool, property};
 
@@ -26,6 +26,40 @@ pub mod keys {
     pub const ENCODE_BASE64: &str = "encodeBase64";
     /// Request (and response) metadata: the file name, relative to the root.
     pub const FILE_NAME: &str = "fileName";
+
+    /// Every Component metadata key the binding reads.
+    pub const ALL: [&str; 3] = [ROOT_PATH, DECODE_BASE64, ENCODE_BASE64];
+}
+
+/// Which contract the binding follows; chosen by the socket name it is served
+/// under (see [`Contract::for_socket_name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Contract {
+    /// `bindings.files`, plugd's own: data written exactly as received
+    /// (base64 decoded only when `decodeBase64` says so), `list` names
+    /// relative to the root, sorted.
+    #[default]
+    Files,
+    /// `bindings.localstorage`, Dapr's: `create` unquotes data that is a JSON
+    /// string and, unless `decodeBase64` says otherwise, decodes data that is
+    /// valid base64; `list` answers absolute paths in walk order.
+    LocalStorage,
+}
+
+impl Contract {
+    /// The socket name (type `bindings.<name>`) that selects Dapr's
+    /// localstorage contract.
+    pub const LOCALSTORAGE: &str = "localstorage";
+
+    /// [`Contract::LocalStorage`] for the socket name `localstorage` (any
+    /// case), else [`Contract::Files`].
+    pub fn for_socket_name(name: &str) -> Self {
+        if name.eq_ignore_ascii_case(Self::LOCALSTORAGE) {
+            Self::LocalStorage
+        } else {
+            Self::Files
+        }
+    }
 }
 
 /// The operations the binding performs.
@@ -43,13 +77,16 @@ pub struct BindingConfig {
     pub root: Root,
     /// Default of `decodeBase64` for `create`.
     pub decode_base64: bool,
+    /// `decodeBase64` as given, `None` when absent (the localstorage
+    /// contract then detects base64 itself).
+    pub decode_base64_given: Option<bool>,
     /// Default of `encodeBase64` for `get`.
     pub encode_base64: bool,
 }
 
 impl BindingConfig {
     /// Reads the Init properties and creates the root folder. Unknown keys
-    /// are ignored.
+    /// are ignored here (the binding logs them at Init).
     pub fn from_properties(properties: &Properties) -> Result<Self, String> {
         let mut problems = Vec::new();
         let root = property(properties, keys::ROOT_PATH);
@@ -64,10 +101,12 @@ impl BindingConfig {
         };
         let decode_base64 = read_flag(keys::DECODE_BASE64);
         let encode_base64 = read_flag(keys::ENCODE_BASE64);
+        let decode_base64_given = property(properties, keys::DECODE_BASE64).map(|_| decode_base64);
         match root {
             Some(root) if problems.is_empty() => Ok(Self {
                 root: Root::open(std::path::Path::new(root))?,
                 decode_base64,
+                decode_base64_given,
                 encode_base64,
             }),
             _ => Err(ConfigError(problems).to_string()),
@@ -79,6 +118,8 @@ impl BindingConfig {
 #[derive(Debug)]
 pub struct FilesBinding {
     instance: String,
+    contract: Contract,
+    component_type: String,
     state: Mutex<State>,
 }
 
@@ -89,12 +130,31 @@ struct State {
 }
 
 impl FilesBinding {
-    /// An uninitialised binding for component instance `instance`.
+    /// An uninitialised binding for component instance `instance`, following
+    /// plugd's own contract ([`Contract::Files`]).
     pub fn new(instance: &str) -> Self {
+        Self::with_contract(instance, Contract::Files)
+    }
+
+    /// An uninitialised binding following `contract`.
+    pub fn with_contract(instance: &str, contract: Contract) -> Self {
+        let component_type = match contract {
+            Contract::Files => "bindings.files",
+            Contract::LocalStorage => "bindings.localstorage",
+        };
         Self {
             instance: instance.to_owned(),
+            contract,
+            component_type: component_type.to_owned(),
             state: Mutex::new(State::default()),
         }
+    }
+
+    /// Sets the type name used in log lines (`bindings.<socket name>`).
+    #[must_use]
+    pub fn component_type(mut self, component_type: impl Into<String>) -> Self {
+        self.component_type = component_type.into();
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -143,6 +203,73 @@ fn flag(metadata: &Metadata, key: &str, default: bool) -> Result<bool, BindingEr
     }
 }
 
+/// A boolean request option, `None` when absent or empty.
+fn explicit_flag(metadata: &Metadata, key: &str) -> Result<Option<bool>, BindingError> {
+    match metadata.get(key).map(|value| value.trim()) {
+        None | Some("") => Ok(None),
+        Some(value) => parse_bool(key, value)
+            .map(Some)
+            .map_err(BindingError::InvalidArgument),
+    }
+}
+
+/// Standard base64 read the way Go's `base64.StdEncoding` reads it: padding
+/// required, stray bits in the last character allowed, line breaks skipped.
+const GO_STD_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+);
+
+fn go_base64_decode(data: &[u8]) -> Option<Vec<u8>> {
+    let text: Vec<u8> = data
+        .iter()
+        .copied()
+        .filter(|byte| !matches!(byte, b'\r' | b'\n'))
+        .collect();
+    GO_STD_BASE64.decode(text).ok()
+}
+
+/// What Dapr's localstorage `create` writes for `data`: a JSON string
+/// (`"..."`, as daprd's and plugd's HTTP API hand a JSON string `data` over)
+/// is unquoted first; then `decode` decides: `Some(true)` decodes base64 or
+/// fails, `Some(false)` writes as is, `None` decodes when the data is valid
+/// base64 and writes it as is otherwise (Dapr's automatic detection).
+fn localstorage_data(data: Vec<u8>, decode: Option<bool>) -> Result<Vec<u8>, BindingError> {
+    let data = if data.len() >= 2 && data.starts_with(b"\"") && data.ends_with(b"\"") {
+        match serde_json::from_slice::<String>(&data) {
+            Ok(text) => text.into_bytes(),
+            Err(_) => data,
+        }
+    } else {
+        data
+    };
+    match decode {
+        Some(true) => strict_base64(&data),
+        Some(false) => Ok(data),
+        None => Ok(go_base64_decode(&data).unwrap_or(data)),
+    }
+}
+
+fn strict_base64(data: &[u8]) -> Result<Vec<u8>, BindingError> {
+    STANDARD.decode(data.trim_ascii()).map_err(|err| {
+        BindingError::InvalidArgument(format!("the data is not valid base64: {err}"))
+    })
+}
+
+/// A `list` request's `fileName`: a folder under the root; empty, `.` or
+/// `/`-terminated forms allowed.
+fn list_folder(metadata: &Metadata) -> Result<Option<FileName>, BindingError> {
+    let name = match metadata.get(keys::FILE_NAME) {
+        None => return Ok(None),
+        Some(name) if name.starts_with('/') => return FileName::parse(name).map(Some),
+        Some(name) => name.trim_end_matches('/'),
+    };
+    if name.split('/').all(|part| part.is_empty() || part == ".") {
+        return Ok(None);
+    }
+    FileName::parse(name).map(Some)
+}
+
 fn name_metadata(name: &str) -> Metadata {
     Metadata::from([(keys::FILE_NAME.to_owned(), name.to_owned())])
 }
@@ -155,10 +282,18 @@ impl OutputBinding for FilesBinding {
             state.config = None;
             state.inits
         };
-        let config = blocking(move || {
-            BindingConfig::from_properties(&properties).map_err(BindingError::InvalidArgument)
+        let (config, properties) = blocking(move || {
+            BindingConfig::from_properties(&properties)
+                .map(|config| (config, properties))
+                .map_err(BindingError::InvalidArgument)
         })
         .await?;
+        warn_unknown(
+            &self.component_type,
+            &self.instance,
+            &properties,
+            &keys::ALL,
+        );
         tracing::info!(
             instance = %self.instance,
             root = %config.root.path().display(),
@@ -186,20 +321,23 @@ impl OutputBinding for FilesBinding {
         } = request;
         match operation.as_str() {
             operation::CREATE => {
-                let decode = flag(&metadata, keys::DECODE_BASE64, config.decode_base64)?;
                 let name = match file_name(&metadata)? {
                     Some(name) => name,
                     None => FileName::parse(&uuid::Uuid::new_v4().to_string())?,
                 };
-                let data = if decode {
-                    let text = data.trim_ascii();
-                    STANDARD.decode(text).map_err(|err| {
-                        BindingError::InvalidArgument(format!(
-                            "the data is not valid base64: {err}"
-                        ))
-                    })?
-                } else {
-                    data
+                let data = match self.contract {
+                    Contract::Files => {
+                        if flag(&metadata, keys::DECODE_BASE64, config.decode_base64)? {
+                            strict_base64(&data)?
+                        } else {
+                            data
+                        }
+                    }
+                    Contract::LocalStorage => {
+                        let decode = explicit_flag(&metadata, keys::DECODE_BASE64)?
+                            .or(config.decode_base64_given);
+                        localstorage_data(data, decode)?
+                    }
                 };
                 let normal = name.as_string();
                 tracing::debug!(instance = %self.instance, file = %normal, bytes = data.len(), "create");
@@ -229,8 +367,22 @@ impl OutputBinding for FilesBinding {
                 })
             }
             operation::LIST => {
-                tracing::debug!(instance = %self.instance, "list");
-                let names = blocking(move || config.root.list()).await?;
+                let folder = list_folder(&metadata)?;
+                tracing::debug!(instance = %self.instance, folder = ?folder.as_ref().map(FileName::as_string), "list");
+                let contract = self.contract;
+                let names = blocking(move || {
+                    let mut names = config.root.list_under(folder.as_ref())?;
+                    if contract == Contract::LocalStorage {
+                        walk_order(&mut names);
+                        let root = config.root.path();
+                        names = names
+                            .iter()
+                            .map(|name| root.join(name).to_string_lossy().into_owned())
+                            .collect();
+                    }
+                    Ok(names)
+                })
+                .await?;
                 let body = serde_json::to_vec(&names).map_err(BindingError::internal)?;
                 Ok(InvokeResponse {
                     data: body,

@@ -93,12 +93,23 @@ pub struct Root {
 }
 
 impl Root {
-    /// Creates `path` (and its parents) if missing and resolves it.
+    /// Creates `path` (and its parents) if missing and resolves it. A path
+    /// in one of the [`DISALLOWED_ROOTS`] (or resolving into one) is refused
+    /// before anything is created, as Dapr's localstorage binding does.
     pub fn open(path: &Path) -> Result<Self, String> {
+        let disallowed = || format!("rootPath {path:?} points to a disallowed location");
+        let absolute = std::path::absolute(path)
+            .map_err(|err| format!("rootPath {path:?} cannot be resolved: {err}"))?;
+        if is_disallowed(&absolute) {
+            return Err(disallowed());
+        }
         fs::create_dir_all(path)
             .map_err(|err| format!("rootPath {path:?} cannot be created: {err}"))?;
         let canonical = fs::canonicalize(path)
             .map_err(|err| format!("rootPath {path:?} cannot be resolved: {err}"))?;
+        if is_disallowed(&canonical) {
+            return Err(disallowed());
+        }
         if !canonical.is_dir() {
             return Err(format!("rootPath {path:?} is not a folder"));
         }
@@ -166,8 +177,27 @@ impl Root {
     /// the root and never descended into. Temporary files and names that are
     /// not UTF-8 are left out.
     pub fn list(&self) -> Result<Vec<String>, BindingError> {
+        self.list_under(None)
+    }
+
+    /// Like [`Root::list`], but only the files under the folder `folder`
+    /// (itself relative to the root; `None` is the root), still named
+    /// relative to the root (`folder/...`). A missing folder is `NOT_FOUND`,
+    /// a file `INVALID_ARGUMENT`.
+    pub fn list_under(&self, folder: Option<&FileName>) -> Result<Vec<String>, BindingError> {
+        let start = match folder {
+            None => (self.path.clone(), String::new()),
+            Some(name) => {
+                let mut path = self.path.clone();
+                for part in &name.parts {
+                    let next = path.join(part);
+                    path = self.step(name, &next, false)?;
+                }
+                (path, format!("{}/", name.as_string()))
+            }
+        };
         let mut names = Vec::new();
-        let mut pending = vec![(self.path.clone(), String::new())];
+        let mut pending = vec![start];
         while let Some((folder, prefix)) = pending.pop() {
             let entries = fs::read_dir(&folder).map_err(|err| list_error(&prefix, &err))?;
             for entry in entries {
@@ -275,6 +305,25 @@ impl Root {
         }
         Ok(real)
     }
+}
+
+/// Root folders refused by [`Root::open`], with everything below them (the
+/// same list as Dapr's localstorage binding).
+pub const DISALLOWED_ROOTS: [&str; 4] = ["/proc", "/sys", "/boot", "/var/run/secrets"];
+
+fn is_disallowed(path: &Path) -> bool {
+    DISALLOWED_ROOTS.iter().any(|root| {
+        let root = Path::new(root);
+        path.starts_with(root) || fs::canonicalize(root).is_ok_and(|real| path.starts_with(real))
+    })
+}
+
+/// Orders names (relative, `/`-separated) the way a depth-first walk that
+/// reads each folder in name order meets them: component by component, so
+/// `a/b` comes before `a.txt` (Go's `filepath.Walk` order, which Dapr's
+/// localstorage `list` answers in).
+pub fn walk_order(names: &mut [String]) {
+    names.sort_by(|a, b| a.split('/').cmp(b.split('/')));
 }
 
 fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
@@ -442,6 +491,54 @@ mod tests {
             root.delete(&name("top")),
             Err(BindingError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn listing_under_a_folder_and_walk_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = Root::open(dir.path()).expect("root");
+        let name = |n: &str| FileName::parse(n).expect(n);
+        for file in ["a.txt", "a/b/c.txt", "a/z.txt", "b.txt"] {
+            root.create(&name(file), b"x").expect("create");
+        }
+        assert_eq!(
+            root.list().expect("list"),
+            ["a.txt", "a/b/c.txt", "a/z.txt", "b.txt"]
+        );
+        assert_eq!(
+            root.list_under(Some(&name("a"))).expect("list a"),
+            ["a/b/c.txt", "a/z.txt"]
+        );
+        assert_eq!(
+            root.list_under(Some(&name("./a//b"))).expect("list a/b"),
+            ["a/b/c.txt"]
+        );
+        assert!(matches!(
+            root.list_under(Some(&name("nope"))),
+            Err(BindingError::NotFound(_))
+        ));
+        assert!(matches!(
+            root.list_under(Some(&name("b.txt"))),
+            Err(BindingError::InvalidArgument(_))
+        ));
+        let mut names = root.list().expect("list");
+        walk_order(&mut names);
+        assert_eq!(names, ["a/b/c.txt", "a/z.txt", "a.txt", "b.txt"]);
+    }
+
+    #[test]
+    fn disallowed_roots_are_refused() {
+        for path in [
+            "/proc",
+            "/proc/plugd-test",
+            "/sys/x",
+            "/boot/x",
+            "/var/run/secrets/k",
+        ] {
+            let err = Root::open(Path::new(path)).expect_err(path);
+            assert!(err.contains("disallowed"), "{path}: {err}");
+        }
+        assert!(!Path::new("/boot/x").exists());
     }
 
     #[test]

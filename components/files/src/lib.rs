@@ -62,11 +62,13 @@
 //! [`folder`].
 
 pub mod binding;
+pub mod env;
 pub mod folder;
 pub mod props;
 pub mod secrets;
 
-pub use binding::FilesBinding;
+pub use binding::{Contract, FilesBinding};
+pub use env::EnvSecretStore;
 pub use secrets::FilesSecretStore;
 
 use plugd_component_sdk::ComponentServer;
@@ -76,9 +78,30 @@ use plugd_component_sdk::ComponentServer;
 pub const DEFAULT_SOCKET_NAME: &str = "files";
 
 /// A server for `socket_name` serving the secret store and the output
-/// binding, one instance of each per Component.
+/// binding, one instance of each per Component. The binding follows Dapr's
+/// localstorage contract when `socket_name` is `localstorage`
+/// ([`Contract::for_socket_name`]), plugd's own otherwise.
 pub fn server(socket_name: impl Into<String>) -> ComponentServer {
+    let socket_name = socket_name.into();
+    let contract = Contract::for_socket_name(&socket_name);
+    let secrets_type = format!("secretstores.{socket_name}");
+    let binding_type = format!("bindings.{socket_name}");
     ComponentServer::new(socket_name)
-        .secret_store(FilesSecretStore::new)
-        .output_binding(FilesBinding::new)
+        .secret_store(move |instance| {
+            FilesSecretStore::new(instance).component_type(secrets_type.as_str())
+        })
+        .output_binding(move |instance| {
+            FilesBinding::with_contract(instance, contract).component_type(binding_type.as_str())
+        })
+}
+
+/// A server for `socket_name` (default [`env::DEFAULT_SOCKET_NAME`], type
+/// `secretstores.local.env`) serving the environment-variable secret store,
+/// one instance per Component.
+pub fn env_server(socket_name: impl Into<String>) -> ComponentServer {
+    let socket_name = socket_name.into();
+    let component_type = format!("secretstores.{socket_name}");
+    ComponentServer::new(socket_name).secret_store(move |instance| {
+        EnvSecretStore::new(instance).component_type(component_type.as_str())
+    })
 }

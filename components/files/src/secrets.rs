@@ -16,7 +16,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use plugd_component_sdk::metadata::ConfigError;
+use plugd_component_sdk::metadata::{ConfigError, warn_unknown};
 use plugd_component_sdk::secretstore::{
     Metadata, Properties, Secret, SecretStore, SecretStoreError, feature,
 };
@@ -33,6 +33,9 @@ pub mod keys {
     pub const NESTED_SEPARATOR: &str = "nestedSeparator";
     /// Whether each top-level key is one secret holding several pairs.
     pub const MULTI_VALUED: &str = "multiValued";
+
+    /// Every key the store reads.
+    pub const ALL: [&str; 3] = [SECRETS_FILE, NESTED_SEPARATOR, MULTI_VALUED];
 }
 
 /// Separator of flattened keys when `nestedSeparator` is not given.
@@ -50,8 +53,8 @@ pub struct SecretsConfig {
 }
 
 impl SecretsConfig {
-    /// Reads the Init properties; unknown keys are ignored (daprd passes its
-    /// own keys through). Every problem is reported together.
+    /// Reads the Init properties; unknown keys are ignored here (the store
+    /// logs them at Init). Every problem is reported together.
     pub fn from_properties(properties: &Properties) -> Result<Self, String> {
         let mut problems = Vec::new();
         let path = match property(properties, keys::SECRETS_FILE) {
@@ -262,6 +265,7 @@ struct Loaded {
 #[derive(Debug)]
 pub struct FilesSecretStore {
     instance: String,
+    component_type: String,
     state: Mutex<State>,
 }
 
@@ -276,8 +280,16 @@ impl FilesSecretStore {
     pub fn new(instance: &str) -> Self {
         Self {
             instance: instance.to_owned(),
+            component_type: "secretstores.files".to_owned(),
             state: Mutex::new(State::default()),
         }
+    }
+
+    /// Sets the type name used in log lines (`secretstores.<socket name>`).
+    #[must_use]
+    pub fn component_type(mut self, component_type: impl Into<String>) -> Self {
+        self.component_type = component_type.into();
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -346,6 +358,12 @@ impl SecretStore for FilesSecretStore {
         let config = Arc::new(
             SecretsConfig::from_properties(&properties)
                 .map_err(SecretStoreError::InvalidArgument)?,
+        );
+        warn_unknown(
+            &self.component_type,
+            &self.instance,
+            &properties,
+            &keys::ALL,
         );
         let to_load = Arc::clone(&config);
         let (stamp, secrets) = tokio::task::spawn_blocking(move || load(&to_load))
