@@ -1,18 +1,20 @@
-//! The demo: builds the workspace, starts `plugd-sqlite`, `plugd-memory`, `plugd-files`,
-//! `plugd-cron` and `plugd` as real processes in a temp folder, and does real work through
-//! plugd's gRPC and HTTP APIs (state in a store whose database path comes from a secret, publish
-//! and subscribe with a small HTTP app, secrets, an output binding writing files, cron events
-//! reaching the app), printing each step.
+//! The demo: builds the workspace and runs `plugd --resources-path examples/resources` as a real
+//! process, with nothing else started by hand: plugd launches the reference components the
+//! folder names under Dapr's type names (`state.sqlite`, `pubsub.in-memory`,
+//! `secretstores.local.file`, `bindings.localstorage`, `bindings.cron`) and supervises them. The
+//! demo then does real work through plugd's gRPC and HTTP APIs (state with etags and a
+//! transaction, publish and subscribe with a small HTTP app, a secret, files written through the
+//! binding, cron events reaching the app), kills a managed component with SIGKILL and shows
+//! plugd restarting it, printing each step.
 //!
 //! Run with `cargo run --example demo`.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::time::Duration;
+use std::{path::Path, process::Command, time::Duration};
 
 use plugd::proto::{common, runtime as rt};
-use support::TestDirs;
 
 fn item(key: &str, value: &str, etag: Option<&str>) -> common::StateItem {
     common::StateItem {
@@ -23,71 +25,34 @@ fn item(key: &str, value: &str, etag: Option<&str>) -> common::StateItem {
     }
 }
 
+/// The pid of `parent`'s child process named `name`, from /proc.
+fn child_pid(parent: u32, name: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+        // pid (comm) state ppid ...
+        let (comm, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+        let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+        (ppid == parent && comm == name).then_some(pid)
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let dirs = TestDirs::new();
-    // Secrets first: plugd-files serves a secret store (a JSON file) and an output binding
-    // (a folder). The state store's database path is a secret, resolved by plugd before Init.
-    let secrets_file = dirs.root.path().join("secrets.json");
-    let db = dirs.root.path().join("statestore.db");
-    std::fs::write(
-        &secrets_file,
-        serde_json::json!({"sqlite": {"path": db}, "api": {"token": "demo-token"}}).to_string(),
-    )?;
-    let files_root = dirs.root.path().join("files");
-    let _files = support::spawn_component("plugd-files", &dirs.sockets, "files", &[]);
-    dirs.write_resource(
-        "files.yaml",
-        &format!(
-            "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: secrets\nspec:\n  type: secretstores.files\n  version: v1\n  metadata:\n  - name: secretsFile\n    value: {}\n  - name: multiValued\n    value: \"true\"\n---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: files\nspec:\n  type: bindings.files\n  version: v1\n  metadata:\n  - name: rootPath\n    value: {}\n",
-            secrets_file.display(),
-            files_root.display()
-        ),
-    );
-    println!(
-        "== plugd-files listens on {} (secretstores.files `secrets` over {}, bindings.files `files` on {})",
-        dirs.sockets.join("files.sock").display(),
-        secrets_file.display(),
-        files_root.display()
-    );
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let resources = repo.join("examples/resources");
+    let sockets = tempfile::tempdir()?;
+    for entry in std::fs::read_dir(&resources)? {
+        let path = entry?.path();
+        println!(
+            "== {}:\n{}",
+            path.strip_prefix(repo).unwrap_or(&path).display(),
+            std::fs::read_to_string(&path)?
+        );
+    }
 
-    let mut sqlite = support::spawn_sqlite(&dirs.sockets, "sqlite");
-    println!(
-        "== plugd-sqlite listens on {}",
-        dirs.sockets.join("sqlite.sock").display()
-    );
-    let yaml = dirs.write_resource(
-        "statestore.yaml",
-        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: statestore\nspec:\n  type: state.sqlite\n  version: v1\n  metadata:\n  - name: connectionString\n    secretKeyRef:\n      name: sqlite\n      key: path\nauth:\n  secretStore: secrets\n",
-    );
-    println!(
-        "== component resource {}:\n{}",
-        yaml.display(),
-        std::fs::read_to_string(&yaml)?
-    );
-
-    // An input binding: plugd-cron fires every 500 ms; plugd delivers to the app's /tick.
-    let _cron = support::spawn_component("plugd-cron", &dirs.sockets, "cron", &[]);
-    dirs.write_resource(
-        "cron.yaml",
-        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: tick\nspec:\n  type: bindings.cron\n  version: v1\n  metadata:\n  - name: schedule\n    value: \"@every 500ms\"\n  - name: route\n    value: /tick\n",
-    );
-    println!(
-        "== plugd-cron listens on {}",
-        dirs.sockets.join("cron.sock").display()
-    );
-
-    let _memory = support::spawn_component("plugd-memory", &dirs.sockets, "memory", &[]);
-    let pubsub_yaml = dirs.write_resource(
-        "pubsub.yaml",
-        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: pubsub\nspec:\n  type: pubsub.memory\n  version: v1\n  metadata: []\n",
-    );
-    println!(
-        "== plugd-memory listens on {}; component resource {}",
-        dirs.sockets.join("memory.sock").display(),
-        pubsub_yaml.display()
-    );
-    // The app plugd delivers to: an HTTP server that subscribes to `orders` at /orders.
+    // The app plugd delivers to: an HTTP server that subscribes to `orders` at /orders and gets
+    // the cron binding's events at /tick.
     let app = support::apps::http_app(
         serde_json::json!([{"pubsubname": "pubsub", "topic": "orders", "route": "/orders"}]),
         support::apps::always(support::apps::Answer::Success),
@@ -98,17 +63,59 @@ async fn main() -> anyhow::Result<()> {
         "== the demo app listens on :{app_port} (GET /dapr/subscribe -> orders at /orders; cron ticks at /tick)"
     );
 
-    let mut plugd = support::PlugdProcess::spawn_with(
-        &support::binary("plugd"),
-        &dirs,
-        "demo",
-        "info",
-        &["--app-port", &app_port, "--app-protocol", "http"],
+    let plugd_bin = support::binary("plugd");
+    let (grpc_port, http_port) = (support::free_port(), support::free_port());
+    let metrics_port = support::free_port();
+    let (grpc, http_p, metrics_p) = (
+        grpc_port.to_string(),
+        http_port.to_string(),
+        metrics_port.to_string(),
     );
-    let (grpc_port, http_port, base) = (plugd.grpc_port, plugd.http_port, plugd.base());
+    let args = [
+        "--resources-path",
+        "examples/resources",
+        "--app-id",
+        "demo",
+        "--app-port",
+        &app_port,
+        "--dapr-grpc-port",
+        &grpc,
+        "--dapr-http-port",
+        &http_p,
+        "--metrics-port",
+        &metrics_p,
+    ];
+    println!(
+        "== running (in {}): plugd {} --sockets-folder {}",
+        repo.display(),
+        args.join(" "),
+        sockets.path().display()
+    );
+    let mut plugd = support::PlugdProcess {
+        guard: support::ChildGuard::spawn(
+            "plugd",
+            Command::new(&plugd_bin)
+                .current_dir(repo)
+                .args(args)
+                .arg("--sockets-folder")
+                .arg(sockets.path()),
+        ),
+        grpc_port,
+        http_port,
+    };
+    let base = plugd.base();
     plugd.wait_healthy(Duration::from_secs(30)).await;
     let http = reqwest::Client::new();
-    println!("== plugd is healthy (gRPC :{grpc_port}, HTTP :{http_port})\n");
+    println!("== plugd is healthy (gRPC :{grpc_port}, HTTP :{http_port})");
+    let mut launched: Vec<String> = std::fs::read_dir(sockets.path())?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    launched.sort();
+    println!(
+        "== sockets of the components plugd launched: {}\n",
+        launched.join(", ")
+    );
 
     let mut client =
         rt::dapr_client::DaprClient::connect(format!("http://127.0.0.1:{grpc_port}")).await?;
@@ -284,14 +291,14 @@ async fn main() -> anyhow::Result<()> {
     // Secrets, an output binding, an input binding.
     let secret = client
         .get_secret(rt::GetSecretRequest {
-            store_name: "secrets".into(),
-            key: "api".into(),
+            store_name: "localsecrets".into(),
+            key: "api:token".into(),
             metadata: Default::default(),
         })
         .await?
         .into_inner();
     println!(
-        "\ngRPC GetSecret secrets/api -> keys {:?} (and statestore's connectionString came from secrets/sqlite)",
+        "\ngRPC GetSecret localsecrets/api:token -> keys {:?} (nested JSON, joined with \":\")",
         secret.data.keys().collect::<Vec<_>>()
     );
     client
@@ -304,7 +311,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     println!(
         "gRPC InvokeBinding files create orders/1.txt -> wrote {}",
-        files_root.join("orders/1.txt").display()
+        repo.join("examples/data/files/orders/1.txt").display()
     );
     let listed = http
         .post(format!("{base}/bindings/files"))
@@ -338,24 +345,21 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
-    // plugd keeps up with the component: kill it, see calls fail fast, restart it, see them work.
-    let _ = sqlite.child.kill();
-    let _ = sqlite.child.wait();
-    println!("\n== plugd-sqlite killed with SIGKILL");
-    let t = std::time::Instant::now();
+    // plugd supervises what it launched: kill plugd-sqlite, see calls fail fast, see plugd start it
+    // again and the calls work.
+    let plugd_pid = plugd.guard.child.id();
+    let sqlite = child_pid(plugd_pid, "plugd-sqlite")
+        .ok_or_else(|| anyhow::anyhow!("plugd-sqlite is not a child of plugd"))?;
+    let killed = std::time::Instant::now();
+    let _ = Command::new("kill").args(["-9", &sqlite.to_string()]).status();
+    println!("\n== plugd-sqlite (pid {sqlite}, launched by plugd) killed with SIGKILL");
     let resp = http
         .get(format!("{base}/state/statestore/order-2"))
         .send()
         .await?;
-    let (status, elapsed) = (resp.status(), t.elapsed());
-    let body: serde_json::Value = resp.json().await?;
-    println!(
-        "HTTP GET  order-2 -> {status} in {elapsed:?}: {} {}",
-        body["errorCode"], body["message"]
-    );
-    sqlite = support::spawn_sqlite(&dirs.sockets, "sqlite");
-    let restarted = std::time::Instant::now();
-    println!("== plugd-sqlite restarted on the same socket and database");
+    let status = resp.status();
+    let body = resp.text().await?;
+    println!("HTTP GET  order-2 right after -> {status} {body}");
     let value = support::eventually(
         Duration::from_secs(10),
         "the restarted component to serve",
@@ -368,15 +372,30 @@ async fn main() -> anyhow::Result<()> {
         },
     )
     .await;
+    let again = child_pid(plugd_pid, "plugd-sqlite").unwrap_or_default();
     println!(
-        "HTTP GET  order-2 -> 200 {value} again, {:?} after the restart (plugd ran Init on the new process first)",
-        restarted.elapsed()
+        "HTTP GET  order-2 -> 200 {value} again, {:?} after the kill (plugd restarted plugd-sqlite as pid {again} and ran Init on it)",
+        killed.elapsed()
     );
+    let metrics = http
+        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    for line in metrics.lines().filter(|l| l.starts_with("plugd_managed_component_restarts_total")) {
+        println!("GET :{metrics_port}/metrics -> {line}");
+    }
 
     let resp = http.post(format!("{base}/shutdown")).send().await?;
     println!("\n== HTTP POST /v1.0/shutdown -> {}", resp.status());
     let status = plugd.guard.terminate();
     println!("== plugd exited: {status:?}");
-    sqlite.terminate();
+    let left: Vec<_> = std::fs::read_dir(sockets.path())?.flatten().collect();
+    println!(
+        "== plugd stopped its components: {} socket files left, plugd-sqlite running: {}",
+        left.len(),
+        child_pid(plugd_pid, "plugd-sqlite").is_some()
+    );
     Ok(())
 }
