@@ -1,0 +1,106 @@
+//! A managed component's output in plugd's JSON logs: every line stays one JSON object, and the
+//! component's lines are told apart from plugd's own by `target` and `component`.
+
+mod support;
+
+use std::{
+    io::Read,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use support::TestDirs;
+
+#[tokio::test]
+async fn managed_output_is_relayed_as_json_lines_marked_with_the_component() {
+    let dirs = TestDirs::new();
+    dirs.write_resource(
+        "state.yaml",
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: cache\nspec:\n  type: state.in-memory\n  version: v1\n  metadata: []\n",
+    );
+    let (grpc_port, http_port) = (support::free_port(), support::free_port());
+    let guard = support::ChildGuard::spawn(
+        "plugd",
+        Command::new(support::binary("plugd"))
+            .args([
+                "--app-id",
+                "logs",
+                "--log-as-json",
+                "--enable-metrics=false",
+            ])
+            .arg("--resources-path")
+            .arg(&dirs.resources)
+            .arg("--sockets-folder")
+            .arg(&dirs.sockets)
+            .args(["--dapr-grpc-port", &grpc_port.to_string()])
+            .args(["--dapr-http-port", &http_port.to_string()])
+            .stderr(Stdio::piped()),
+    );
+    let mut plugd = support::PlugdProcess {
+        guard,
+        grpc_port,
+        http_port,
+    };
+    plugd.wait_healthy(Duration::from_secs(30)).await;
+    let status = plugd.guard.terminate().expect("plugd stops after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let mut stderr = String::new();
+    plugd
+        .guard
+        .child
+        .stderr
+        .take()
+        .expect("piped stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    let from_component: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "component")
+        .collect();
+    assert!(
+        from_component
+            .iter()
+            .all(|l| l["component"] == "in-memory" && l["stream"] == "stderr"),
+        "{from_component:#?}"
+    );
+    // The component's own start-up line, level kept, text not prefixed in JSON mode.
+    assert!(
+        from_component.iter().any(|l| l["level"] == "INFO"
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("serving pluggable component"))),
+        "{from_component:#?}"
+    );
+    // plugd's own lines are there too, without the component marker.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["target"] == "plugd::managed"
+                && l["message"] == "launching managed component")
+    );
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l["target"] != "component")
+            .all(|l| l.get("stream").is_none())
+    );
+    // It was stopped, and its socket is gone.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "managed component stopped"),
+        "{stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&dirs.sockets)
+        .expect("sockets dir")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
