@@ -46,6 +46,12 @@ impl InputBinding for CronBinding {
     async fn init(&self, properties: Properties) -> Result<(), BindingError> {
         let config = CronConfig::from_properties(&properties)
             .map_err(|err| BindingError::InvalidArgument(err.to_string()))?;
+        plugd_component_sdk::metadata::warn_unknown(
+            "bindings.cron",
+            &self.instance,
+            &properties,
+            &keys::ALL,
+        );
         tracing::info!(
             instance = %self.instance,
             schedule = %config.schedule_text,

@@ -27,6 +27,10 @@ pub mod keys {
     pub const SCHEDULE: &str = "schedule";
     /// The IANA time zone cron expressions are evaluated in. Default `UTC`.
     pub const TIME_ZONE: &str = "timeZone";
+
+    /// Every key the binding reads (`direction` and `route`, which the host
+    /// reads, are runtime-level keys and never warned about).
+    pub const ALL: [&str; 2] = [SCHEDULE, TIME_ZONE];
 }
 
 /// A parsed schedule.

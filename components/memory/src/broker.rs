@@ -264,6 +264,12 @@ impl PubSub for MemoryPubSub {
         let mut slot = self.config.write().unwrap_or_else(PoisonError::into_inner);
         match config {
             Ok(config) => {
+                plugd_component_sdk::metadata::warn_unknown(
+                    "in-memory pub/sub",
+                    &self.instance,
+                    &properties,
+                    &crate::config::keys::ALL,
+                );
                 tracing::info!(
                     instance = %self.instance,
                     consumer_id = %config.consumer_id,

@@ -23,6 +23,9 @@ pub mod keys {
     pub const MAX_IN_FLIGHT: &str = "maxInFlight";
     /// How long a rejected message waits before it is delivered again.
     pub const REDELIVERY_DELAY: &str = "redeliveryDelay";
+
+    /// Every key the broker reads.
+    pub const ALL: [&str; 3] = [CONSUMER_ID, MAX_IN_FLIGHT, REDELIVERY_DELAY];
 }
 
 /// Validated settings of one broker instance.
@@ -47,8 +50,8 @@ impl Default for PubSubConfig {
 }
 
 impl PubSubConfig {
-    /// Reads the Init properties. Unknown keys are ignored (daprd passes its
-    /// own keys through).
+    /// Reads the Init properties. Unknown keys are ignored here; the broker
+    /// logs them at Init (one warning, names only).
     pub fn from_properties(properties: &HashMap<String, String>) -> Result<Self, ConfigError> {
         let mut problems = Vec::new();
         let mut config = Self::default();

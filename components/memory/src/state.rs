@@ -54,7 +54,14 @@ impl MemoryStore {
 impl StateStore for MemoryStore {
     const TRANSACTIONAL: bool = true;
 
-    async fn init(&self, _properties: Properties) -> Result<(), StateError> {
+    async fn init(&self, properties: Properties) -> Result<(), StateError> {
+        // No metadata of its own (as Dapr's state.in-memory).
+        plugd_component_sdk::metadata::warn_unknown(
+            "in-memory state store",
+            &self.instance,
+            &properties,
+            &[],
+        );
         self.initialised.store(true, Ordering::Release);
         tracing::info!(instance = %self.instance, "in-memory state store initialised");
         Ok(())

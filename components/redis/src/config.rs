@@ -4,8 +4,9 @@
 //! with the state store (which reads nothing else).
 //!
 //! Keys are matched without regard to case, as Dapr does. Keys this component
-//! does not know are ignored (daprd passes some of its own through) and listed
-//! by [`unrecognised_keys`] so that they can be logged. A few keys of other
+//! does not know are ignored, and logged at Init in one warning (names only);
+//! the keys Dapr defines at runtime level (`keyPrefix`, `actorStateStore`,
+//! `consumerID`, `ttlInSeconds`, the `outbox*` keys, ...) are never reported. A few keys of other
 //! Redis pub/sub implementations select features this component does not have
 //! (cluster mode, Sentinel failover); setting them is an error rather than
 //! being silently ignored.
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 #[doc(no_inline)]
 pub use plugd_component_sdk::metadata::ConfigError;
-use plugd_component_sdk::metadata::{property, raw_property};
+use plugd_component_sdk::metadata::{property, raw_property, unknown_keys};
 
 /// Redis address used when `redisHost` is not given.
 pub const DEFAULT_HOST: &str = "localhost";
@@ -372,29 +373,26 @@ impl Settings {
     }
 }
 
-/// The keys of `properties` that the pub/sub does not read (sorted).
+/// The keys of `properties` that the pub/sub does not read (sorted), leaving
+/// out the keys Dapr defines at runtime level
+/// ([`RUNTIME_KEYS`](plugd_component_sdk::metadata::RUNTIME_KEYS)).
 pub fn unrecognised_keys(properties: &HashMap<String, String>) -> Vec<&str> {
-    unrecognised(properties, &keys::ALL)
+    unknown_keys(properties, &known(&keys::ALL))
 }
 
-/// The keys of `properties` that the state store does not read (sorted).
+/// The keys of `properties` that the state store does not read (sorted),
+/// leaving out the runtime-level keys (`ttlInSeconds` among them, which the
+/// state store reads too).
 pub fn unrecognised_state_keys(properties: &HashMap<String, String>) -> Vec<&str> {
-    unrecognised(properties, &keys::CONNECTION)
+    unknown_keys(properties, &known(&keys::CONNECTION))
 }
 
-fn unrecognised<'a>(properties: &'a HashMap<String, String>, known: &[&str]) -> Vec<&'a str> {
-    let mut unknown: Vec<&str> = properties
-        .keys()
-        .map(String::as_str)
-        .filter(|key| {
-            !known
-                .iter()
-                .chain(keys::UNSUPPORTED.iter().map(|(key, _)| key))
-                .any(|known| known.eq_ignore_ascii_case(key))
-        })
-        .collect();
-    unknown.sort_unstable();
-    unknown
+/// `read` and the names of [`keys::UNSUPPORTED`].
+pub fn known(read: &[&'static str]) -> Vec<&'static str> {
+    read.iter()
+        .copied()
+        .chain(keys::UNSUPPORTED.iter().map(|(key, _)| *key))
+        .collect()
 }
 
 /// `host`, `host:port`, `[v6]:port` or `[v6]`.
@@ -686,8 +684,12 @@ mod tests {
         assert_eq!(connection.pool_size, 4);
         assert!(!format!("{connection:?}").contains("pw"));
         assert_eq!(
-            unrecognised_state_keys(&props(&[("consumerID", "g"), ("redisDB", "1")])),
-            ["consumerID"]
+            unrecognised_state_keys(&props(&[
+                ("consumerID", "g"),
+                ("redisDB", "1"),
+                ("queryIndexes", "[]")
+            ])),
+            ["queryIndexes"]
         );
         let err = Connection::from_properties(&props(&[
             ("redisDB", "x"),
@@ -706,6 +708,8 @@ mod tests {
             ("failover", "false"),
             ("queueDepth", "100"),
             ("dialTimeout", "5s"),
+            ("keyPrefix", "none"),
+            ("ttlInSeconds", "60"),
         ]);
         assert_eq!(
             unrecognised_keys(&properties),

@@ -10,9 +10,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::{Settings, unrecognised_keys};
+use crate::config::{self, Settings, known};
 use crate::connection::describe;
 use crate::streams::{Delivery, Entry, Handler, Outcome, Streams, StreamsError};
+use plugd_component_sdk::metadata::warn_unknown;
 
 /// One pub/sub component instance (one per Component resource).
 #[derive(Debug)]
@@ -66,10 +67,12 @@ impl PubSub for RedisPubSub {
     async fn init(&self, properties: Properties) -> Result<(), PubSubError> {
         let settings = Settings::from_properties(&properties)
             .map_err(|err| PubSubError::InvalidArgument(err.to_string()))?;
-        let ignored = unrecognised_keys(&properties);
-        if !ignored.is_empty() {
-            tracing::info!(instance = %self.instance, ?ignored, "ignoring metadata this component does not use");
-        }
+        warn_unknown(
+            "pubsub.redis",
+            &self.instance,
+            &properties,
+            &known(&config::keys::ALL),
+        );
         tracing::debug!(instance = %self.instance, ?settings, "connecting");
         let streams = Streams::connect(settings).await.map_err(to_pubsub_error)?;
         tracing::info!(

@@ -51,8 +51,9 @@ use redis::aio::ConnectionManager;
 use redis::{RedisError, Value};
 use tonic::Status;
 
-use crate::config::{Connection, unrecognised_state_keys};
+use crate::config::{self, Connection, known};
 use crate::connection::{ConnectError, Pool, describe, is_connection_error};
+use plugd_component_sdk::metadata::warn_unknown;
 
 /// Hash field holding the value.
 pub const DATA_FIELD: &str = "data";
@@ -247,11 +248,12 @@ impl RedisStateStore {
                 None => Ttl::Keep,
                 Some(value) => Ttl::parse(value)?,
             };
-        let mut ignored = unrecognised_state_keys(properties);
-        ignored.retain(|key| !key.eq_ignore_ascii_case(TTL_METADATA_KEY));
-        if !ignored.is_empty() {
-            tracing::info!(instance = %self.instance, ?ignored, "ignoring metadata this state store does not use");
-        }
+        warn_unknown(
+            "state.redis",
+            &self.instance,
+            properties,
+            &known(&config::keys::CONNECTION),
+        );
         tracing::debug!(instance = %self.instance, ?connection, "connecting");
         let pool = Pool::connect(&connection).await.map_err(connect_error)?;
         let mut conn = pool.conn();

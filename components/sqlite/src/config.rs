@@ -30,12 +30,36 @@ pub mod keys {
     pub const TIMEOUT: &str = "timeout";
     /// Period of the expired-row cleanup; `0` or negative disables it.
     pub const CLEANUP_INTERVAL: &str = "cleanupInterval";
+    /// Dapr's older name of [`TIMEOUT`] (a number of seconds).
+    pub const TIMEOUT_IN_SECONDS: &str = "timeoutInSeconds";
+    /// How long a statement waits for a lock held by another connection;
+    /// when absent, [`TIMEOUT`] is that wait.
+    pub const BUSY_TIMEOUT: &str = "busyTimeout";
+    /// `true`: no write-ahead log (SQLite's default rollback journal).
+    pub const DISABLE_WAL: &str = "disableWAL";
+    /// Dapr's table of component metadata (migration levels); accepted and
+    /// unused, this store keeps none.
+    pub const METADATA_TABLE_NAME: &str = "metadataTableName";
+
+    /// Every key the store reads or accepts.
+    pub const ALL: [&str; 9] = [
+        CONNECTION_STRING,
+        DATABASE_PATH,
+        TABLE_NAME,
+        TIMEOUT,
+        TIMEOUT_IN_SECONDS,
+        BUSY_TIMEOUT,
+        DISABLE_WAL,
+        METADATA_TABLE_NAME,
+        CLEANUP_INTERVAL,
+    ];
 }
 
 /// Validated settings of one store instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// What SQLite opens: a path, a `file:` URI or `:memory:`.
+    /// What SQLite opens: a path, a `file:` URI or `:memory:` (the
+    /// `connectionString` with the Go driver's `_`-parameters removed).
     pub connection_string: String,
     /// The state table (a plain identifier).
     pub table_name: String,
@@ -43,6 +67,86 @@ pub struct Config {
     pub timeout: Duration,
     /// Period of the expired-row cleanup; `None` disables it.
     pub cleanup_interval: Option<Duration>,
+    /// No write-ahead log (`disableWAL`, or a `journal_mode` pragma).
+    pub disable_wal: bool,
+    /// `_pragma=name(value)` parameters of a `file:` connection string, in
+    /// order, checked to be plain words; applied after opening.
+    pub pragmas: Vec<(String, String)>,
+}
+
+/// The parts of a `connectionString` SQLite itself does not read.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct GoDriverOptions {
+    /// What SQLite opens.
+    uri: String,
+    pragmas: Vec<(String, String)>,
+}
+
+/// Splits the Go SQLite drivers' parameters off a `file:` URI: every query
+/// parameter whose name starts with `_` is removed (`_txlock`,
+/// `_time_format`, ...); `_pragma=name(value)` ones are kept as pragmas to
+/// apply. Anything else (plain paths, `:memory:`, SQLite's own URI
+/// parameters such as `mode=memory` or `cache=shared`) is left to SQLite.
+fn go_driver_options(connection_string: &str) -> Result<GoDriverOptions, String> {
+    let Some((base, query)) = connection_string
+        .strip_prefix("file:")
+        .and_then(|_| connection_string.split_once('?'))
+    else {
+        return Ok(GoDriverOptions {
+            uri: connection_string.to_owned(),
+            pragmas: Vec::new(),
+        });
+    };
+    let mut kept = Vec::new();
+    let mut pragmas = Vec::new();
+    for parameter in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = parameter.split_once('=').unwrap_or((parameter, ""));
+        if name == "_pragma" {
+            let value = percent_decode(value)?;
+            let pragma = value
+                .strip_suffix(')')
+                .and_then(|inner| inner.split_once('('))
+                .filter(|(name, value)| is_word(name) && is_word(value))
+                .ok_or_else(|| format!("_pragma {value:?} must be name(value) with plain words"))?;
+            pragmas.push((pragma.0.to_ascii_lowercase(), pragma.1.to_owned()));
+        } else if !name.starts_with('_') {
+            kept.push(parameter);
+        }
+    }
+    let uri = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok(GoDriverOptions { uri, pragmas })
+}
+
+fn is_word(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&byte) = bytes.get(i) {
+        if byte == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|hex| std::str::from_utf8(hex).ok())
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                .ok_or_else(|| format!("{text:?} has a bad %-escape"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(byte);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{text:?} is not UTF-8"))
 }
 
 impl Config {
@@ -53,11 +157,13 @@ impl Config {
             table_name: DEFAULT_TABLE_NAME.to_owned(),
             timeout: DEFAULT_TIMEOUT,
             cleanup_interval: Some(DEFAULT_CLEANUP_INTERVAL),
+            disable_wal: false,
+            pragmas: Vec::new(),
         }
     }
 
-    /// Reads the Init properties. Unknown keys are ignored (daprd passes its
-    /// own keys such as `keyPrefix` through).
+    /// Reads the Init properties. Unknown keys are ignored here; the store
+    /// logs them at Init (one warning, names only).
     pub fn from_properties(properties: &HashMap<String, String>) -> Result<Self, ConfigError> {
         let get = |key: &str| property(properties, key);
         let mut problems = Vec::new();
@@ -85,22 +191,56 @@ impl Config {
             problems.push(problem);
         }
 
-        let timeout = match get(keys::TIMEOUT).map(parse_duration) {
-            None => DEFAULT_TIMEOUT,
-            Some(Ok(Some(timeout))) if !timeout.is_zero() && timeout <= MAX_TIMEOUT => timeout,
+        let mut read_timeout = |key: &str| match get(key).map(parse_duration) {
+            None => None,
+            Some(Ok(Some(timeout))) if !timeout.is_zero() && timeout <= MAX_TIMEOUT => {
+                Some(timeout)
+            }
             Some(Ok(_)) => {
                 problems.push(format!(
-                    "{} must be positive and at most {}",
-                    keys::TIMEOUT,
+                    "{key} must be positive and at most {}",
                     humantime::format_duration(MAX_TIMEOUT)
                 ));
-                DEFAULT_TIMEOUT
+                None
             }
             Some(Err(problem)) => {
-                problems.push(format!("{}: {problem}", keys::TIMEOUT));
-                DEFAULT_TIMEOUT
+                problems.push(format!("{key}: {problem}"));
+                None
             }
         };
+        let timeout =
+            read_timeout(keys::TIMEOUT).or_else(|| read_timeout(keys::TIMEOUT_IN_SECONDS));
+        // The lock wait: busyTimeout when given, else the operation timeout.
+        let timeout = read_timeout(keys::BUSY_TIMEOUT)
+            .or(timeout)
+            .unwrap_or(DEFAULT_TIMEOUT);
+
+        let disable_wal = match get(keys::DISABLE_WAL).map(|v| v.to_ascii_lowercase()) {
+            None => false,
+            Some(v) if matches!(v.as_str(), "true" | "1" | "yes" | "on") => true,
+            Some(v) if matches!(v.as_str(), "false" | "0" | "no" | "off") => false,
+            Some(v) => {
+                problems.push(format!(
+                    "{} must be true or false, not {v:?}",
+                    keys::DISABLE_WAL
+                ));
+                false
+            }
+        };
+
+        if let Some(name) = get(keys::METADATA_TABLE_NAME)
+            && let Err(problem) = validate_table_name(name)
+        {
+            problems.push(problem.replace(keys::TABLE_NAME, keys::METADATA_TABLE_NAME));
+        }
+
+        let GoDriverOptions { uri, pragmas } = go_driver_options(&connection_string)
+            .unwrap_or_else(|problem| {
+                problems.push(format!("{}: {problem}", keys::CONNECTION_STRING));
+                GoDriverOptions::default()
+            });
+        // A journal_mode pragma decides the journal; WAL is then not forced.
+        let disable_wal = disable_wal || pragmas.iter().any(|(name, _)| name == "journal_mode");
 
         let cleanup_interval = match get(keys::CLEANUP_INTERVAL).map(parse_duration) {
             None => Some(DEFAULT_CLEANUP_INTERVAL),
@@ -121,10 +261,12 @@ impl Config {
 
         if problems.is_empty() {
             Ok(Self {
-                connection_string,
+                connection_string: uri,
                 table_name,
                 timeout,
                 cleanup_interval,
+                disable_wal,
+                pragmas,
             })
         } else {
             Err(ConfigError(problems))
@@ -237,6 +379,89 @@ mod tests {
         ]))
         .expect_err("zero timeout");
         assert_eq!(err.0.len(), 1, "{err}");
+    }
+
+    #[test]
+    fn dapr_keys() {
+        let config = Config::from_properties(&props(&[
+            ("connectionString", "data.db"),
+            ("timeout", "30"),
+            ("busyTimeout", "2s"),
+            ("disableWAL", "TRUE"),
+            ("metadataTableName", "dapr_metadata"),
+        ]))
+        .expect("valid");
+        assert_eq!(config.connection_string, "data.db");
+        assert_eq!(config.timeout, Duration::from_secs(2));
+        assert!(config.disable_wal);
+        let config = Config::from_properties(&props(&[
+            ("connectionString", "data.db"),
+            ("timeoutInSeconds", "7"),
+        ]))
+        .expect("valid");
+        assert_eq!(config.timeout, Duration::from_secs(7));
+        assert!(!config.disable_wal);
+        let err = Config::from_properties(&props(&[
+            ("connectionString", "data.db"),
+            ("busyTimeout", "soon"),
+            ("disableWAL", "maybe"),
+            ("metadataTableName", "no good"),
+        ]))
+        .expect_err("invalid");
+        assert_eq!(err.0.len(), 3, "{err}");
+        assert!(
+            err.to_string().contains("metadataTableName \"no good\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn go_driver_parameters_are_split_off() {
+        let config = Config::from_properties(&props(&[(
+            "connectionString",
+            "file:data.db?_pragma=busy_timeout(2000)&_txlock=immediate&cache=shared&_pragma=journal_mode%28DELETE%29",
+        )]))
+        .expect("valid");
+        assert_eq!(config.connection_string, "file:data.db?cache=shared");
+        assert_eq!(
+            config.pragmas,
+            [
+                ("busy_timeout".to_owned(), "2000".to_owned()),
+                ("journal_mode".to_owned(), "DELETE".to_owned())
+            ]
+        );
+        assert!(
+            config.disable_wal,
+            "a journal_mode pragma decides the journal"
+        );
+        for plain in [
+            ":memory:",
+            "data.db",
+            "file::memory:?cache=shared",
+            "file:x.db",
+        ] {
+            let config =
+                Config::from_properties(&props(&[("connectionString", plain)])).expect(plain);
+            assert_eq!(config.connection_string, plain);
+            assert!(config.pragmas.is_empty());
+        }
+        let config = Config::from_properties(&props(&[(
+            "connectionString",
+            "file:data.db?_txlock=immediate",
+        )]))
+        .expect("valid");
+        assert_eq!(config.connection_string, "file:data.db");
+        for bad in [
+            "file:x.db?_pragma=busy_timeout",
+            "file:x.db?_pragma=a(1);drop",
+            "file:x.db?_pragma=a(1%2",
+        ] {
+            let err = Config::from_properties(&props(&[("connectionString", bad)])).expect_err(bad);
+            assert!(
+                err.to_string().contains("_pragma") || err.to_string().contains("escape"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -101,9 +101,22 @@ impl Db {
         conn.busy_timeout(config.timeout).map_err(db_error)?;
         // WAL lets readers in other processes run beside a writer. In-memory
         // databases answer "memory"; that is fine.
-        let _mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
-            .map_err(db_error)?;
+        if !config.disable_wal {
+            let _mode: String = conn
+                .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+                .map_err(db_error)?;
+        }
+        // `_pragma=name(value)` of the connection string: both are checked
+        // to be plain words (see `Config`), so they can be spliced in. A
+        // pragma SQLite does not know is a no-op; one that answers a row
+        // (journal_mode, busy_timeout) has it read and dropped.
+        for (name, value) in &config.pragmas {
+            let mut statement = conn
+                .prepare(&format!("PRAGMA {name} = {value}"))
+                .map_err(db_error)?;
+            let mut rows = statement.query([]).map_err(db_error)?;
+            while rows.next().map_err(db_error)?.is_some() {}
+        }
         let t = &config.table_name;
         conn.execute_batch(&format!(
             "CREATE TABLE IF NOT EXISTS \"{t}\" (
@@ -378,6 +391,66 @@ mod tests {
     use plugd_component_sdk::state::{Concurrency, StateOptions, TTL_METADATA_KEY};
 
     const T0: i64 = 1_700_000_000_000;
+
+    fn pragma(db: &Db, name: &str) -> String {
+        db.conn
+            .query_row(&format!("PRAGMA {name}"), [], |row| {
+                row.get::<_, rusqlite::types::Value>(0)
+            })
+            .map(|value| match value {
+                rusqlite::types::Value::Integer(n) => n.to_string(),
+                rusqlite::types::Value::Text(text) => text,
+                other => format!("{other:?}"),
+            })
+            .expect("pragma")
+    }
+
+    #[test]
+    fn dapr_connection_strings() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let props = |pairs: &[(&str, &str)]| -> std::collections::HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        // A file: URI with the Go driver's parameters: the file is opened,
+        // busy_timeout applied, _txlock dropped; WAL as usual.
+        let file = dir.path().join("data.db");
+        let uri = format!(
+            "file:{}?_pragma=busy_timeout(2000)&_txlock=immediate",
+            file.display()
+        );
+        let config = Config::from_properties(&props(&[("connectionString", &uri)])).expect("valid");
+        let mut db = Db::open(&config).expect("open");
+        db.set(&set_req("k", "v"), T0).expect("set");
+        assert!(file.exists(), "the path inside the URI is the database");
+        assert_eq!(pragma(&db, "busy_timeout"), "2000");
+        assert_eq!(pragma(&db, "journal_mode"), "wal");
+        drop(db);
+
+        // disableWAL: the rollback journal.
+        let config = Config::from_properties(&props(&[
+            ("connectionString", &file.display().to_string()),
+            ("disableWAL", "true"),
+            ("busyTimeout", "1500ms"),
+        ]))
+        .expect("valid");
+        let db = Db::open(&config).expect("open");
+        assert_eq!(pragma(&db, "busy_timeout"), "1500");
+        assert_eq!(db.get("k", T0).expect("get").data, b"v");
+        drop(db);
+
+        // mode=memory: nothing on disk.
+        let memory_file = dir.path().join("mem.db");
+        let uri = format!("file:{}?mode=memory&cache=shared", memory_file.display());
+        let config = Config::from_properties(&props(&[("connectionString", &uri)])).expect("valid");
+        let mut db = Db::open(&config).expect("open");
+        db.set(&set_req("k", "v"), T0).expect("set");
+        assert_eq!(db.get("k", T0).expect("get").data, b"v");
+        assert!(!memory_file.exists());
+        assert_eq!(pragma(&db, "journal_mode"), "memory");
+    }
 
     fn memory() -> Db {
         Db::open(&Config::new(":memory:")).expect("open in-memory db")

@@ -110,6 +110,12 @@ impl StateStore for SqliteStore {
         let config = Config::from_properties(&properties);
         let opened = match config {
             Ok(config) => {
+                plugd_component_sdk::metadata::warn_unknown(
+                    "state.sqlite",
+                    &self.instance,
+                    &properties,
+                    &crate::config::keys::ALL,
+                );
                 let for_open = config.clone();
                 run_blocking(move || Db::open(&for_open))
                     .await
