@@ -1,18 +1,26 @@
 //! A secret store reading a JSON file and an output binding on a local
-//! folder, served together as one Dapr pluggable component.
+//! folder, served together as one Dapr pluggable component, and a secret
+//! store over environment variables ([`env`](mod@env), the `plugd-env` binary).
 //!
-//! Run the `plugd-files` binary; it listens on `<sockets folder>/files.sock`
-//! and serves both kinds there, so Components use `type: secretstores.files`
-//! and `type: bindings.files` (see `component.yaml` and `README.md` beside
-//! this crate). Each Component (each `x-component-instance`) gets its own
-//! instance; a re-Init (hot reload) replaces its settings, and a failed Init
-//! leaves it uninitialised (`FAILED_PRECONDITION` until the next good Init).
+//! They serve Dapr's built-in types under Dapr's names and metadata:
+//! `plugd-files --socket-name local.file` serves `secretstores.local.file`,
+//! `plugd-files --socket-name localstorage` serves `bindings.localstorage`
+//! (with Dapr's localstorage contract, [`Contract::LocalStorage`]) and
+//! `plugd-env` (socket `local.env`) serves `secretstores.local.env`. Without
+//! `--socket-name`, `plugd-files` listens on `<sockets folder>/files.sock`
+//! for plugd's own `secretstores.files` and `bindings.files` (see
+//! `component.yaml` and `README.md` beside this crate). Each Component (each
+//! `x-component-instance`) gets its own instance; a re-Init (hot reload)
+//! replaces its settings, and a failed Init leaves it uninitialised
+//! (`FAILED_PRECONDITION` until the next good Init). Unknown metadata keys
+//! are ignored and logged in one warning at Init (names only); Dapr's
+//! runtime-level keys (`direction`, `route`, ...) are accepted silently.
 //!
 //! # Secret store ([`FilesSecretStore`])
 //!
 //! | key | meaning | default |
 //! |---|---|---|
-//! | `secretsFile` | path of a JSON file holding an object; relative to the working directory | required |
+//! | `secretsFile` | path of a JSON file holding an object; relative to the working directory (as in Dapr) | required |
 //! | `nestedSeparator` | joins the keys of nested objects and array indices | `:` |
 //! | `multiValued` | each top-level key is one secret holding several pairs | `false` |
 //!
@@ -41,8 +49,8 @@
 //!
 //! | key | meaning | default |
 //! |---|---|---|
-//! | `rootPath` | the folder holding the files; created if missing | required |
-//! | `decodeBase64` | `create` decodes the data from base64 | `false` |
+//! | `rootPath` | the folder holding the files; created if missing; `/proc`, `/sys`, `/boot`, `/var/run/secrets` refused | required |
+//! | `decodeBase64` | `create`: `true` decodes base64, `false` never; unset: see [`Contract`] | unset |
 //! | `encodeBase64` | `get` returns base64 text | `false` |
 //!
 //! Operations (`fileName` request metadata names the file, relative to the
@@ -52,10 +60,13 @@
 //!   place; missing folders are created; an existing file is replaced).
 //!   Without `fileName` a UUID is used. Returns `{"fileName": "<name>"}` and
 //!   response metadata `fileName`. Request metadata `decodeBase64` overrides
-//!   the component's.
+//!   the component's. Under [`Contract::LocalStorage`] a JSON string is
+//!   unquoted first and valid base64 decoded unless `decodeBase64` is set.
 //! - `get`: the contents (or base64 text with `encodeBase64`, which request
 //!   metadata may set too). Missing file: `NOT_FOUND`.
-//! - `list`: a JSON array of every file's name, recursive, sorted.
+//! - `list`: a JSON array of every file, recursive; `fileName` narrows it to
+//!   a folder. [`Contract::Files`]: names relative to the root, sorted;
+//!   [`Contract::LocalStorage`]: absolute paths in walk order.
 //! - `delete`: removes the file; missing file: `NOT_FOUND`.
 //!
 //! Names that leave the root are refused with `INVALID_ARGUMENT`: see

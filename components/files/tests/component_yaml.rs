@@ -31,17 +31,12 @@ fn sample_components_are_valid() {
         .iter()
         .map(|doc| doc["spec"]["type"].as_str().expect("spec.type"))
         .collect();
-    assert_eq!(types, ["secretstores.files", "bindings.files"]);
+    assert_eq!(types, ["secretstores.local.file", "bindings.localstorage"]);
 
     let secrets = metadata(&docs[0]);
     for key in secrets.keys() {
         assert!(
-            [
-                secret_keys::SECRETS_FILE,
-                secret_keys::NESTED_SEPARATOR,
-                secret_keys::MULTI_VALUED
-            ]
-            .contains(&key.as_str()),
+            secret_keys::ALL.contains(&key.as_str()),
             "unknown secret store metadata {key}"
         );
     }
@@ -50,12 +45,7 @@ fn sample_components_are_valid() {
     let binding = metadata(&docs[1]);
     for key in binding.keys() {
         assert!(
-            [
-                binding_keys::ROOT_PATH,
-                binding_keys::DECODE_BASE64,
-                binding_keys::ENCODE_BASE64
-            ]
-            .contains(&key.as_str()),
+            binding_keys::ALL.contains(&key.as_str()),
             "unknown binding metadata {key}"
         );
     }
