@@ -1,0 +1,1287 @@
+//! Managed components, as real processes: `plugd` launches the reference component binaries (or a
+//! `--managed-component` command) for Components whose sockets nobody serves, restarts them when
+//! they die, stops them at shutdown, and leaves alone a socket another process already serves.
+//! Also daprd's own command line (Go's `-flag` spelling, unused daprd flags warned once),
+//! `/metrics` and several `--dapr-listen-addresses`.
+//!
+//! plugd runs with `--log-as-json`; its stderr is kept so tests can read which pids it launched.
+//! Processes are found through `/proc` (children of plugd's pid). Nothing sleeps a fixed time:
+//! every wait is a bounded poll.
+
+mod support;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::BufRead,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use support::{ChildGuard, TestDirs, binary, eventually, free_port, spawn_component};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------------------------
+// plugd as a child process with its (JSON) log kept
+
+/// plugd's stderr lines, kept as they arrive.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<String>>>);
+
+impl Logs {
+    fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn json(&self) -> Vec<Value> {
+        self.lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Lines whose message is exactly `message`.
+    fn with_message(&self, message: &str) -> Vec<Value> {
+        self.json()
+            .into_iter()
+            .filter(|l| l["message"] == message)
+            .collect()
+    }
+
+    /// Pids plugd logged as `managed component started` for the socket name `component`, in
+    /// order.
+    fn started_pids(&self, component: &str) -> Vec<u32> {
+        self.with_message("managed component started")
+            .iter()
+            .filter(|l| l["span"]["component"] == component)
+            .filter_map(|l| l["pid"].as_u64().map(|p| p as u32))
+            .collect()
+    }
+
+    /// Every pid plugd logged as started, by socket name.
+    fn all_started(&self) -> BTreeMap<String, Vec<u32>> {
+        let mut out: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for l in self.with_message("managed component started") {
+            if let (Some(c), Some(pid)) = (l["span"]["component"].as_str(), l["pid"].as_u64()) {
+                out.entry(c.to_string()).or_default().push(pid as u32);
+            }
+        }
+        out
+    }
+
+    /// The last lines, for failure messages.
+    fn tail(&self) -> String {
+        let lines = self.lines();
+        let from = lines.len().saturating_sub(60);
+        lines[from..].join("\n")
+    }
+}
+
+struct Plugd {
+    guard: ChildGuard,
+    http_port: u16,
+    grpc_port: u16,
+    logs: Logs,
+    http: reqwest::Client,
+}
+
+/// How to start plugd.
+struct Start<'a> {
+    /// Leading arguments, before plugd's own (so daprd spellings can be tested as given).
+    args: Vec<String>,
+    cwd: Option<&'a Path>,
+    env: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> Start<'a> {
+    fn new(args: &[&str]) -> Self {
+        Self {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            cwd: None,
+            env: Vec::new(),
+        }
+    }
+
+    fn cwd(mut self, dir: &'a Path) -> Self {
+        self.cwd = Some(dir);
+        self
+    }
+
+    fn env(mut self, key: &'a str, value: &'a str) -> Self {
+        self.env.push((key, value));
+        self
+    }
+}
+
+impl Plugd {
+    /// Starts the plugd binary on `dirs` with free API ports, JSON logs at info, then `start`'s
+    /// arguments. Unlike `support::PlugdProcess`, nothing about managed components or metrics
+    /// is defaulted: each test says what it wants.
+    fn spawn(dirs: &TestDirs, start: Start<'_>) -> Self {
+        let (grpc_port, http_port) = (free_port(), free_port());
+        let mut cmd = Command::new(binary("plugd"));
+        cmd.args(["--log-as-json", "--log-level", "info"])
+            .arg("--resources-path")
+            .arg(&dirs.resources)
+            .arg("--sockets-folder")
+            .arg(&dirs.sockets)
+            .args(["--dapr-grpc-port", &grpc_port.to_string()])
+            .args(["--dapr-http-port", &http_port.to_string()])
+            .args(&start.args)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in &start.env {
+            cmd.env(k, v);
+        }
+        if let Some(dir) = start.cwd {
+            cmd.current_dir(dir);
+        }
+        let mut guard = ChildGuard::spawn("plugd", &mut cmd);
+        let logs = Logs::default();
+        let stderr = guard.child.stderr.take().expect("plugd stderr");
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.0.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        Self {
+            guard,
+            http_port,
+            grpc_port,
+            logs,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.guard.child.id()
+    }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}/v1.0", self.http_port)
+    }
+
+    /// Waits until the HTTP API answers (`/v1.0/healthz/outbound` is 204 once the APIs listen).
+    async fn wait_listening(&self) {
+        let url = format!("{}/healthz/outbound", self.base());
+        let http = self.http.clone();
+        let logs = self.logs.clone();
+        eventually(WAIT, "plugd's HTTP API to listen", || {
+            let req = http.get(&url);
+            let logs = logs.clone();
+            async move {
+                let ok = req.send().await.ok().filter(|r| r.status() == 204);
+                if ok.is_none() && logs.lines().iter().any(|l| l.contains("could not start")) {
+                    panic!("plugd could not start:\n{}", logs.tail());
+                }
+                ok.map(|_| ())
+            }
+        })
+        .await;
+    }
+
+    async fn metadata(&self) -> Value {
+        self.http
+            .get(format!("{}/metadata", self.base()))
+            .send()
+            .await
+            .expect("GET /v1.0/metadata")
+            .json()
+            .await
+            .expect("metadata JSON")
+    }
+
+    /// Each component's status, by name.
+    async fn statuses(&self) -> BTreeMap<String, String> {
+        let meta = self.metadata().await;
+        meta["components"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| {
+                Some((
+                    c["name"].as_str()?.to_string(),
+                    c["status"].as_str()?.to_string(),
+                ))
+            })
+            .collect()
+    }
+
+    /// Waits until every one of `names` is READY.
+    async fn wait_ready(&self, names: &[&str]) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let statuses = self.statuses().await;
+            if names
+                .iter()
+                .all(|n| statuses.get(*n).is_some_and(|s| s == "READY"))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{names:?} not READY within {WAIT:?}: {statuses:?}\nplugd log:\n{}",
+                self.logs.tail()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn save(&self, store: &str, key: &str, value: Value) -> reqwest::StatusCode {
+        self.http
+            .post(format!("{}/state/{store}", self.base()))
+            .json(&json!([{"key": key, "value": value}]))
+            .send()
+            .await
+            .expect("save state")
+            .status()
+    }
+
+    /// GET of a state key: status and body.
+    async fn get(&self, store: &str, key: &str) -> (reqwest::StatusCode, String) {
+        let resp = self
+            .http
+            .get(format!("{}/state/{store}/{key}", self.base()))
+            .send()
+            .await
+            .expect("get state");
+        let status = resp.status();
+        (status, resp.text().await.unwrap_or_default())
+    }
+
+    /// A save then a get of the same key, asserted.
+    async fn round_trip(&self, store: &str, key: &str) {
+        let value = json!({"store": store, "key": key});
+        assert_eq!(
+            self.save(store, key, value.clone()).await,
+            204,
+            "save to {store}\nplugd log:\n{}",
+            self.logs.tail()
+        );
+        let (status, body) = self.get(store, key).await;
+        assert_eq!(status, 200, "get from {store}: {body}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).expect("JSON"),
+            value,
+            "{store}"
+        );
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit code.
+    async fn terminate(mut self) -> (Option<std::process::ExitStatus>, Logs) {
+        let logs = self.logs.clone();
+        let status = tokio::task::spawn_blocking(move || self.guard.terminate())
+            .await
+            .expect("join");
+        (status, logs)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// processes, sockets, metrics
+
+/// `(ppid, state)` of a live or zombie process, from `/proc/<pid>/stat`.
+fn proc_stat(pid: u32) -> Option<(u32, char)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((ppid, state))
+}
+
+/// Whether `pid` is a running process (not gone, not a zombie waiting to be reaped).
+fn alive(pid: u32) -> bool {
+    proc_stat(pid).is_some_and(|(_, state)| state != 'Z' && state != 'X')
+}
+
+/// Live processes whose parent is `parent`.
+fn children_of(parent: u32) -> BTreeSet<u32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| proc_stat(*pid).is_some_and(|(ppid, s)| ppid == parent && s != 'Z'))
+        .collect()
+}
+
+/// `/proc/<pid>/cmdline` as words.
+fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|w| !w.is_empty())
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .collect()
+}
+
+/// Names of the `.sock` files in `dir`.
+fn sockets_in(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.file_name().to_str().map(str::to_string))
+                .filter(|n| n.ends_with(".sock"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn kill(signal: &str, pid: u32) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// Polls (bounded) until `check` holds.
+async fn until(what: &str, check: impl Fn() -> bool) {
+    eventually(WAIT, what, || {
+        let ok = check();
+        async move { ok.then_some(()) }
+    })
+    .await;
+}
+
+async fn scrape(http: &reqwest::Client, port: u16) -> Option<String> {
+    let resp = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .ok()?;
+    if resp.status() != 200 {
+        return None;
+    }
+    resp.text().await.ok()
+}
+
+/// The value of the sample `series` (name with its labels, exactly as exposed).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Builds the workspace's binaries (once) and answers the folder holding them.
+fn bins() -> PathBuf {
+    binary("plugd");
+    support::target_dir()
+}
+
+fn component(name: &str, ty: &str, metadata: &str) -> String {
+    format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\nspec:\n  type: {ty}\n  version: v1\n  metadata:{metadata}\n"
+    )
+}
+
+const IN_MEMORY_STATE: &str = "apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: memstore
+spec:
+  type: state.in-memory
+  version: v1
+  metadata: []
+";
+
+// ---------------------------------------------------------------------------------------------
+// tests
+
+/// Components written as Dapr's docs write them, and no component started by the test: plugd
+/// launches each reference program, every Component becomes READY, and each one works.
+#[tokio::test]
+async fn dapr_doc_components_are_launched_and_serve() {
+    bins();
+    let dirs = TestDirs::new();
+    let root = dirs.root.path();
+    let files = root.join("files");
+    std::fs::write(
+        root.join("secrets.json"),
+        r#"{"a": {"b": "nested value"}, "plain": "p"}"#,
+    )
+    .expect("secrets file");
+    // As in Dapr's docs: a relative database file (relative to the working directory, which
+    // the launched component inherits from plugd).
+    dirs.write_resource(
+        "sqlite.yaml",
+        "apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: statestore
+spec:
+  type: state.sqlite
+  version: v1
+  metadata:
+  # Connection string
+  - name: connectionString
+    value: \"data.db\"
+",
+    );
+    dirs.write_resource("memstore.yaml", IN_MEMORY_STATE);
+    dirs.write_resource(
+        "pubsub.yaml",
+        "apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: pubsub
+spec:
+  type: pubsub.in-memory
+  version: v1
+  metadata: []
+",
+    );
+    dirs.write_resource(
+        "localstorage.yaml",
+        &format!(
+            "apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: files
+spec:
+  type: bindings.localstorage
+  version: v1
+  metadata:
+  - name: rootPath
+    value: \"{}\"
+",
+            files.display()
+        ),
+    );
+    dirs.write_resource(
+        "secrets.yaml",
+        "apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: local-secret-store
+spec:
+  type: secretstores.local.file
+  version: v1
+  metadata:
+  - name: secretsFile
+    value: secrets.json
+  - name: nestedSeparator
+    value: \":\"
+  - name: multiValued
+    value: \"false\"
+",
+    );
+    let plugd = Plugd::spawn(
+        &dirs,
+        Start::new(&[
+            "--app-id",
+            "docs",
+            "--managed-components=true",
+            "--enable-metrics=false",
+        ])
+        .cwd(root),
+    );
+    plugd.wait_listening().await;
+    plugd
+        .wait_ready(&[
+            "statestore",
+            "memstore",
+            "pubsub",
+            "files",
+            "local-secret-store",
+        ])
+        .await;
+    // Every socket plugd launched a program for, each a child of plugd.
+    let started = plugd.logs.all_started();
+    assert_eq!(
+        started.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["in-memory", "local.file", "localstorage", "sqlite"],
+        "{}",
+        plugd.logs.tail()
+    );
+    let children = children_of(plugd.pid());
+    for (name, pids) in &started {
+        assert_eq!(pids.len(), 1, "{name} started once: {pids:?}");
+        assert!(
+            children.contains(&pids[0]),
+            "{name} pid {} is plugd's child",
+            pids[0]
+        );
+    }
+    assert_eq!(children.len(), 4, "{children:?}");
+    assert_eq!(
+        sockets_in(&dirs.sockets),
+        [
+            "in-memory.sock",
+            "local.file.sock",
+            "localstorage.sock",
+            "sqlite.sock"
+        ]
+        .map(String::from)
+        .into(),
+    );
+
+    // State, in both stores; the SQLite database is where Dapr's docs say it is.
+    plugd.round_trip("statestore", "order-1").await;
+    plugd.round_trip("memstore", "order-1").await;
+    assert!(
+        root.join("data.db").is_file(),
+        "data.db in the working directory"
+    );
+
+    // Pub/sub accepts a publish.
+    let resp = plugd
+        .http
+        .post(format!("{}/publish/pubsub/orders", plugd.base()))
+        .json(&json!({"n": 1}))
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(resp.status(), 204);
+
+    // localstorage: create then get a file through the bindings API. (A JSON object, so the
+    // file holds exactly its JSON text: how a JSON *string* is written is localstorage's own
+    // contract, tested with plugd-files.)
+    let resp = plugd
+        .http
+        .post(format!("{}/bindings/files", plugd.base()))
+        .json(&json!({"operation": "create", "data": {"n": 1}, "metadata": {"fileName": "notes/a.json"}}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+    let written = std::fs::read_to_string(files.join("notes/a.json")).expect("written file");
+    assert_eq!(
+        serde_json::from_str::<Value>(&written).expect("JSON file"),
+        json!({"n": 1})
+    );
+    let resp = plugd
+        .http
+        .post(format!("{}/bindings/files", plugd.base()))
+        .json(&json!({"operation": "get", "metadata": {"fileName": "notes/a.json"}}))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.expect("body"), written);
+
+    // local.file: a nested secret by its joined name, and a top-level one.
+    for (key, value) in [("a:b", "nested value"), ("plain", "p")] {
+        let resp = plugd
+            .http
+            .get(format!("{}/secrets/local-secret-store/{key}", plugd.base()))
+            .send()
+            .await
+            .expect("get secret");
+        assert_eq!(resp.status(), 200, "{key}");
+        let body: Value = resp.json().await.expect("secret JSON");
+        assert_eq!(body, json!({ key: value }));
+    }
+    let (status, _) = plugd.terminate().await;
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
+
+/// `secretstores.local.env` launches `plugd-env` (when it has been built), which sees plugd's
+/// environment.
+#[tokio::test]
+async fn local_env_secret_store_is_launched_with_plugds_environment() {
+    let dir = bins();
+    if !dir.join("plugd-env").is_file() {
+        eprintln!("skipped: plugd-env is not part of this workspace yet");
+        return;
+    }
+    let dirs = TestDirs::new();
+    dirs.write_resource(
+        "env.yaml",
+        &component("envsecrets", "secretstores.local.env", " []"),
+    );
+    let plugd = Plugd::spawn(
+        &dirs,
+        Start::new(&[
+            "--app-id",
+            "env",
+            "--managed-components=true",
+            "--enable-metrics=false",
+        ])
+        .env("PLUGD_TEST_MANAGED_SECRET", "from-plugd-env"),
+    );
+    plugd.wait_listening().await;
+    plugd.wait_ready(&["envsecrets"]).await;
+    assert_eq!(plugd.logs.started_pids("local.env").len(), 1);
+    let body: Value = plugd
+        .http
+        .get(format!(
+            "{}/secrets/envsecrets/PLUGD_TEST_MANAGED_SECRET",
+            plugd.base()
+        ))
+        .send()
+        .await
+        .expect("get secret")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(body, json!({"PLUGD_TEST_MANAGED_SECRET": "from-plugd-env"}));
+}
+
+/// A managed component killed with -9 is started again (a new pid), its Component serves again
+/// (the SQLite data written before the kill is still there), and the restart is counted.
+#[tokio::test]
+async fn a_killed_managed_component_is_restarted_and_counted() {
+    bins();
+    let dirs = TestDirs::new();
+    let db = dirs.root.path().join("state.db");
+    dirs.write_resource(
+        "statestore.yaml",
+        &component(
+            "statestore",
+            "state.sqlite",
+            &format!(
+                "\n  - name: connectionString\n    value: \"{}\"",
+                db.display()
+            ),
+        ),
+    );
+    dirs.write_resource("memstore.yaml", IN_MEMORY_STATE);
+    let metrics_port = free_port();
+    let plugd = Plugd::spawn(
+        &dirs,
+        Start::new(&[
+            "--app-id",
+            "restarts",
+            "--managed-components=true",
+            "--metrics-port",
+            &metrics_port.to_string(),
+        ]),
+    );
+    plugd.wait_listening().await;
+    plugd.wait_ready(&["statestore", "memstore"]).await;
+    let series = "plugd_managed_component_restarts_total{socket=\"sqlite\"}";
+    let text = scrape(&plugd.http, metrics_port).await.expect("/metrics");
+    assert_eq!(sample(&text, series), Some(0.0), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "plugd_managed_component_restarts_total{socket=\"in-memory\"}"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(plugd.save("statestore", "kept", json!("before")).await, 204);
+
+    let first = plugd.logs.started_pids("sqlite");
+    assert_eq!(first.len(), 1, "{}", plugd.logs.tail());
+    let old = first[0];
+    assert_eq!(proc_stat(old).map(|s| s.0), Some(plugd.pid()));
+    let other = plugd.logs.started_pids("in-memory");
+    kill("KILL", old);
+    let killed = Instant::now();
+
+    // A new process, a child of plugd; the old one is gone (reaped by plugd).
+    let logs = plugd.logs.clone();
+    until("plugd to start sqlite again", || {
+        logs.started_pids("sqlite").len() >= 2
+    })
+    .await;
+    let new = plugd.logs.started_pids("sqlite")[1];
+    assert_ne!(new, old);
+    assert!(alive(new), "new pid {new} runs");
+    assert_eq!(proc_stat(new).map(|s| s.0), Some(plugd.pid()));
+    until("the killed process to be reaped", || {
+        proc_stat(old).is_none()
+    })
+    .await;
+
+    // Traffic recovers, with the data written before the kill.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = plugd.get("statestore", "kept").await;
+        if status == 200 {
+            assert_eq!(body, "\"before\"");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "statestore did not recover: {status} {body}\n{}",
+            plugd.logs.tail()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let recovered = killed.elapsed();
+    plugd.round_trip("statestore", "after").await;
+
+    let http = plugd.http.clone();
+    let text = eventually(WAIT, "the restart to be counted", || {
+        let http = http.clone();
+        async move {
+            let text = scrape(&http, metrics_port).await?;
+            (sample(&text, series) == Some(1.0)).then_some(text)
+        }
+    })
+    .await;
+    // The other managed component was not touched.
+    assert_eq!(
+        sample(
+            &text,
+            "plugd_managed_component_restarts_total{socket=\"in-memory\"}"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(plugd.logs.started_pids("in-memory"), other);
+    plugd.round_trip("memstore", "untouched").await;
+    println!("sqlite killed with -9: pid {old} → {new}, serving again after {recovered:?}");
+}
+
+/// SIGTERM to plugd: it exits 0, every process it launched is gone, and no socket file is left.
+#[tokio::test]
+async fn shutdown_stops_every_managed_component_and_leaves_no_socket() {
+    bins();
+    let dirs = TestDirs::new();
+    let root = dirs.root.path();
+    std::fs::write(root.join("secrets.json"), r#"{"k": "v"}"#).expect("secrets");
+    dirs.write_resource("memstore.yaml", IN_MEMORY_STATE);
+    dirs.write_resource(
+        "sqlite.yaml",
+        &component(
+            "statestore",
+            "state.sqlite",
+            &format!(
+                "\n  - name: connectionString\n    value: \"{}\"",
+                root.join("s.db").display()
+            ),
+        ),
+    );
+    dirs.write_resource(
+        "files.yaml",
+        &component(
+            "files",
+            "bindings.localstorage",
+            &format!(
+                "\n  - name: rootPath\n    value: \"{}\"",
+                root.join("files").display()
+            ),
+        ),
+    );
+    dirs.write_resource(
+        "secrets.yaml",
+        &component(
+            "secrets",
+            "secretstores.local.file",
+            &format!(
+                "\n  - name: secretsFile\n    value: \"{}\"",
+                root.join("secrets.json").display()
+            ),
+        ),
+    );
+    dirs.write_resource(
+        "cron.yaml",
+        &component(
+            "tick",
+            "bindings.cron",
+            "\n  - name: schedule\n    value: \"@every 1h\"",
+        ),
+    );
+    let plugd = Plugd::spawn(
+        &dirs,
+        Start::new(&[
+            "--app-id",
+            "stop",
+            "--managed-components=true",
+            "--enable-metrics=false",
+        ]),
+    );
+    plugd.wait_listening().await;
+    plugd
+        .wait_ready(&["memstore", "statestore", "files", "secrets", "tick"])
+        .await;
+    let started = plugd.logs.all_started();
+    let pids: BTreeSet<u32> = started.values().flatten().copied().collect();
+    assert_eq!(
+        started.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["cron", "in-memory", "local.file", "localstorage", "sqlite"]
+    );
+    assert_eq!(children_of(plugd.pid()), pids);
+    assert_eq!(sockets_in(&dirs.sockets).len(), 5);
+
+    let (status, logs) = plugd.terminate().await;
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "exit status {status:?}\n{}",
+        logs.tail()
+    );
+    // plugd waited for them: nothing is left running once it has exited.
+    let running: Vec<u32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+    assert!(running.is_empty(), "still running: {running:?}");
+    assert_eq!(sockets_in(&dirs.sockets), BTreeSet::new());
+    assert_eq!(
+        logs.with_message("managed component stopped").len(),
+        pids.len(),
+        "{}",
+        logs.tail()
+    );
+}
+
+/// plugd killed with -9 cannot stop its components in order; the kernel tells them
+/// (SIGTERM on the parent's death), so none outlives it.
+#[tokio::test]
+async fn managed_components_do_not_outlive_a_killed_plugd() {
+    bins();
+    let dirs = TestDirs::new();
+    dirs.write_resource("memstore.yaml", IN_MEMORY_STATE);
+    dirs.write_resource(
+        "cron.yaml",
+        &component(
+            "tick",
+            "bindings.cron",
+            "\n  - name: schedule\n    value: \"@every 1h\"",
+        ),
+    );
+    let mut plugd = Plugd::spawn(
+        &dirs,
+        Start::new(&[
+            "--app-id",
+            "k9",
+            "--managed-components=true",
+            "--enable-metrics=false",
+        ]),
+    );
+    plugd.wait_listening().await;
+    plugd.wait_ready(&["memstore", "tick"]).await;
+    let pids: Vec<u32> = plugd.logs.all_started().into_values().flatten().collect();
+    assert_eq!(pids.len(), 2);
+    let _ = plugd.guard.child.kill();
+    let _ = plugd.guard.child.wait();
+    until(
+        "the managed components to stop after plugd was killed",
+        || pids.iter().all(|p| !alive(*p)),
+    )
+    .await;
+}
+
+/// `--managed-components=false`: plugd launches nothing; the Components wait for sockets that
+/// never come.
+#[tokio::test]
+async fn nothing_is_launched_when_managed_components_are_off() {
+    bins();
+    let dirs = TestDirs::new();
+    dirs.write_resource("memstore.yaml", IN_MEMORY_STATE);
+    dirs.write_resource(
+        "files.yaml",
+        &component(
+            "files",
+            "bindings.localstorage",
+            &format!(
+                "\n  - name: rootPath\n    value: \"{}\"",
+                dirs.root.path().join("files").display()
+            ),
+        ),
+    );
+    let plugd = Plugd::spawn(
+        &dirs,
+        Start::new(&[
+            "--app-id",
+            "off",
+            "--managed-components=false",
+            "--enable-metrics=false",
+            "--component-wait",
+            "5m",
+        ]),
+    );
+    // Managed components are launched (and awaited) before the APIs listen, so once they do,
+    // anything plugd launched would be there.
+    plugd.wait_listening().await;
+    let statuses = plugd.statuses().await;
+    assert_eq!(
+        statuses.get("memstore").map(String::as_str),
+        Some("WAITING")
+    );
+    assert_eq!(statuses.get("files").map(String::as_str), Some("WAITING"));
+    let health = plugd
+        .http
+        .get(format!("{}/healthz", plugd.base()))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 500);
+    assert_eq!(children_of(plugd.pid()), BTreeSet::new());
+    assert_eq!(sockets_in(&dirs.sockets), BTreeSet::new());
+    assert!(
+        plugd
+            .logs
+            .with_message("launching managed component")
+            .is_empty()
+    );
+    assert!(plugd.logs.all_started().is_empty());
+    // A state call fails fast rather than waiting.
+    let (status, body) = plugd.get("memstore", "k").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("ERR_COMPONENT_UNAVAILABLE"), "{body}");
+}
+
+/// `--managed-component NAME=COMMAND`: the user's own program for a socket name, started with
+/// DAPR_COMPONENT_SOCKETS_FOLDER and PLUGD_SOCKET_NAME.
+#[tokio::test]
+async fn a_users_command_is_launched_for_its_socket_name() {
+    let dir = bins();
+    let memory = dir.join("plugd-memory");
+    let dirs = TestDirs::new();
+    dirs.write_resource(
+        "mystore.yaml",
+        &component("mystore", "state.mystore", " []"),
+    );
+    // Another one that takes its socket name and folder from the environment only.
+    dirs.write_resource(
+        "envstore.yaml",
+        &component("envstore", "state.fromenv", " []"),
+    );
+    let metrics_port = free_port();
+    let direct = format!("mystore={} --socket-name mystore", memory.display());
+    let via_env = format!(
+        "fromenv=sh -c 'exec \"{}\" --socket-name \"$PLUGD_SOCKET_NAME\"'",
+        memory.display()
+    );
+    let plugd = Plugd::spawn(
+        &dirs,
+        Start::new(&[
+            "--app-id",
+            "mine",
+            "--managed-component",
+            &direct,
+            "--managed-component",
+            &via_env,
+            "--metrics-port",
+            &metrics_port.to_string(),
+        ]),
+    );
+    plugd.wait_listening().await;
+    plugd.wait_ready(&["mystore", "envstore"]).await;
+    plugd.round_trip("mystore", "k").await;
+    plugd.round_trip("envstore", "k").await;
+    let started = plugd.logs.all_started();
+    assert_eq!(
+        started.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["fromenv", "mystore"]
+    );
+    let pid = started["mystore"][0];
+    assert_eq!(
+        cmdline(pid),
+        [
+            memory.display().to_string(),
+            "--socket-name".into(),
+            "mystore".into()
+        ]
+    );
+    assert_eq!(proc_stat(pid).map(|s| s.0), Some(plugd.pid()));
+    assert_eq!(
+        sockets_in(&dirs.sockets),
+        ["fromenv.sock", "mystore.sock"].map(String::from).into()
+    );
+    let text = scrape(&plugd.http, metrics_port).await.expect("/metrics");
+    assert_eq!(
+        sample(
+            &text,
+            "plugd_managed_component_restarts_total{socket=\"mystore\"}"
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    let (status, logs) = plugd.terminate().await;
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    assert!(started.values().flatten().all(|p| !alive(*p)));
+    assert_eq!(
+        sockets_in(&dirs.sockets),
+        BTreeSet::new(),
+        "{}",
+        logs.tail()
+    );
+}
+
+/// A socket another process already serves is used, not replaced: plugd launches nothing for it
+/// and its calls reach that process.
+#[tokio::test]
+async fn a_socket_served_by_another_process_is_used_not_replaced() {
+    bins();
+    let dirs = TestDirs::new();
+    let mut ours = spawn_component("plugd-memory", &dirs.sockets, "in-memory", &[]);
+    dirs.write_resource("memstore.yaml", IN_MEMORY_STATE);
+    let plugd = Plugd::spawn(
+        &dirs,
+        Start::new(&[
+            "--app-id",
+            "shared",
+            "--managed-components=true",
+            "--enable-metrics=false",
+        ]),
+    );
+    plugd.wait_listening().await;
+    plugd.wait_ready(&["memstore"]).await;
+    let noted = plugd
+        .logs
+        .with_message("socket is served by a process plugd did not start; not launching one");
+    assert_eq!(noted.len(), 1, "{}", plugd.logs.tail());
+    assert_eq!(noted[0]["component"], "in-memory");
+    assert!(plugd.logs.all_started().is_empty(), "{}", plugd.logs.tail());
+    assert_eq!(children_of(plugd.pid()), BTreeSet::new());
+    plugd.round_trip("memstore", "k").await;
+
+    // The calls went to our process: without it, the store stops serving.
+    let _ = ours.child.kill();
+    let _ = ours.child.wait();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, _) = plugd.get("memstore", "k").await;
+        if status.is_server_error() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "memstore still answers {status} without its process"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, _) = plugd.terminate().await;
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
+
+/// A Component added while plugd runs gets its managed component; removing the last Component
+/// that uses it stops it and removes its socket.
+#[tokio::test]
+async fn hot_reload_launches_and_stops_managed_components() {
+    bins();
+    let dirs = TestDirs::new();
+    let plugd = Plugd::spawn(
+        &dirs,
+        Start::new(&[
+            "--app-id",
+            "reload",
+            "--managed-components=true",
+            "--enable-metrics=false",
+        ]),
+    );
+    plugd.wait_listening().await;
+    assert!(plugd.logs.all_started().is_empty());
+    let file = dirs.write_resource("memstore.yaml", IN_MEMORY_STATE);
+    plugd.wait_ready(&["memstore"]).await;
+    plugd.round_trip("memstore", "k").await;
+    let pids = plugd.logs.started_pids("in-memory");
+    assert_eq!(pids.len(), 1);
+    assert_eq!(children_of(plugd.pid()), BTreeSet::from([pids[0]]));
+
+    std::fs::remove_file(file).expect("remove the Component");
+    let (pid, folder) = (pids[0], dirs.sockets.clone());
+    until("the unused managed component to stop", || {
+        !alive(pid) && sockets_in(&folder).is_empty()
+    })
+    .await;
+    assert_eq!(plugd.statuses().await, BTreeMap::new());
+    assert_eq!(plugd.logs.started_pids("in-memory"), pids, "not restarted");
+    let (status, _) = plugd.terminate().await;
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
+
+/// daprd's own command line: Go's single-dash spelling works, and each daprd flag plugd does not
+/// use is accepted with exactly one warning.
+#[tokio::test]
+async fn a_daprd_command_line_is_accepted() {
+    bins();
+    let dirs = TestDirs::new();
+    let cfg = dirs.root.path().join("cfg.yaml");
+    std::fs::write(&cfg, "apiVersion: dapr.io/v1alpha1\nkind: Configuration\n").expect("cfg");
+    let cfg = cfg.display().to_string();
+    let plugd = Plugd::spawn(
+        &dirs,
+        Start::new(&[
+            "-app-id",
+            "x",
+            "-placement-host-address",
+            "localhost:50005",
+            "--dapr-internal-grpc-port",
+            "50002",
+            "-enable-mtls",
+            "--config",
+            &cfg,
+            "-mode",
+            "standalone",
+            "-managed-components=false",
+            "-enable-metrics=false",
+        ]),
+    );
+    plugd.wait_listening().await;
+    let meta = plugd.metadata().await;
+    assert_eq!(meta["id"], "x", "{meta}");
+    let lines = plugd.logs.json();
+    for flag in [
+        "placement-host-address",
+        "dapr-internal-grpc-port",
+        "enable-mtls",
+        "config",
+        "mode",
+    ] {
+        let text = format!("daprd flag --{flag} is accepted but not used by plugd");
+        let n = lines
+            .iter()
+            .filter(|l| l["message"] == text.as_str() && l["level"] == "WARN")
+            .count();
+        assert_eq!(n, 1, "{text}\n{}", plugd.logs.tail());
+    }
+    let warned = lines
+        .iter()
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("daprd flag --"))
+        })
+        .count();
+    assert_eq!(warned, 5, "{}", plugd.logs.tail());
+    // The flags' values were not taken for anything else (`standalone`, the ports, the file).
+    let (status, _) = plugd.terminate().await;
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
+
+/// `/metrics` on a free `--metrics-port` with each component's readiness and status, and
+/// `--enable-metrics=false` serving none.
+#[tokio::test]
+async fn metrics_report_components_and_can_be_turned_off() {
+    bins();
+    let dirs = TestDirs::new();
+    dirs.write_resource("memstore.yaml", IN_MEMORY_STATE);
+    dirs.write_resource("waiting.yaml", &component("nowhere", "state.nosuch", " []"));
+    let metrics_port = free_port();
+    let plugd = Plugd::spawn(
+        &dirs,
+        Start::new(&[
+            "--app-id",
+            "metrics",
+            "--managed-components=true",
+            "--metrics-port",
+            &metrics_port.to_string(),
+            "--component-wait",
+            "5m",
+        ]),
+    );
+    plugd.wait_listening().await;
+    plugd.wait_ready(&["memstore"]).await;
+    let resp = plugd
+        .http
+        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .send()
+        .await
+        .expect("/metrics");
+    assert_eq!(resp.status(), 200);
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(ctype.starts_with("text/plain"), "{ctype}");
+    let text = resp.text().await.expect("body");
+    for (series, value) in [
+        (
+            "plugd_component_ready{component=\"memstore\",type=\"state.in-memory\"}",
+            1.0,
+        ),
+        (
+            "plugd_component_status{component=\"memstore\",type=\"state.in-memory\",status=\"READY\"}",
+            1.0,
+        ),
+        (
+            "plugd_component_ready{component=\"nowhere\",type=\"state.nosuch\"}",
+            0.0,
+        ),
+        (
+            "plugd_component_status{component=\"nowhere\",type=\"state.nosuch\",status=\"WAITING\"}",
+            1.0,
+        ),
+        (
+            "plugd_managed_component_restarts_total{socket=\"in-memory\"}",
+            0.0,
+        ),
+        ("plugd_sockets_discovered", 1.0),
+    ] {
+        assert_eq!(sample(&text, series), Some(value), "{series}\n{text}");
+    }
+    // Every sample line is `name{labels} number`.
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let value = line.rsplit(' ').next().unwrap_or_default();
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+    }
+    let (status, _) = plugd.terminate().await;
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+
+    // Off: nothing listens on the port.
+    let dirs = TestDirs::new();
+    let metrics_port = free_port();
+    let plugd = Plugd::spawn(
+        &dirs,
+        Start::new(&[
+            "--app-id",
+            "nometrics",
+            "--managed-components=false",
+            "--metrics-port",
+            &metrics_port.to_string(),
+            "--enable-metrics=false",
+        ]),
+    );
+    plugd.wait_listening().await;
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", metrics_port)).is_err(),
+        "metrics port {metrics_port} is open with --enable-metrics=false"
+    );
+    assert!(
+        plugd
+            .logs
+            .with_message("metrics served at /metrics")
+            .is_empty()
+    );
+}
+
+/// `--dapr-listen-addresses 127.0.0.1,[::1]`: the APIs answer on both (the IPv6 half only where
+/// `::1` can be bound).
+#[tokio::test]
+async fn several_listen_addresses_are_all_served() {
+    bins();
+    let ipv6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+    let dirs = TestDirs::new();
+    let addresses = if ipv6 { "127.0.0.1,[::1]" } else { "127.0.0.1" };
+    if !ipv6 {
+        eprintln!("::1 cannot be bound here: only the IPv4 half is tested");
+    }
+    let plugd = Plugd::spawn(
+        &dirs,
+        Start::new(&[
+            "--app-id",
+            "dual",
+            "--managed-components=false",
+            "--enable-metrics=false",
+            "--dapr-listen-addresses",
+            addresses,
+        ]),
+    );
+    plugd.wait_listening().await;
+    let mut urls = vec![format!("http://127.0.0.1:{}/v1.0/healthz", plugd.http_port)];
+    if ipv6 {
+        urls.push(format!("http://[::1]:{}/v1.0/healthz", plugd.http_port));
+    }
+    for url in &urls {
+        let resp = plugd.http.get(url).send().await.expect(url);
+        assert_eq!(resp.status(), 204, "{url}");
+    }
+    // gRPC listens on the same addresses.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", plugd.grpc_port)).is_ok());
+    if ipv6 {
+        assert!(
+            std::net::TcpStream::connect(("::1", plugd.grpc_port)).is_ok(),
+            "gRPC on [::1]"
+        );
+    }
+    let (status, _) = plugd.terminate().await;
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
