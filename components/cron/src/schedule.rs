@@ -170,8 +170,8 @@ fn time_zone(name: &str) -> Result<TimeZone, String> {
 }
 
 impl CronConfig {
-    /// Reads the Init properties. Unknown keys are ignored (daprd passes its
-    /// own keys, such as `route` and `direction`, through).
+    /// Reads the Init properties. Unknown keys are ignored here; the binding
+    /// logs them at Init (one warning; never `route` or `direction`).
     pub fn from_properties(properties: &HashMap<String, String>) -> Result<Self, ConfigError> {
         let mut problems = Vec::new();
         let time_zone_name = property(properties, keys::TIME_ZONE).unwrap_or(DEFAULT_TIME_ZONE);

@@ -4,7 +4,11 @@
 //!
 //! Run the `plugd-memory` binary; it listens on `<sockets folder>/memory.sock`
 //! and serves both kinds there, so Components use `type: pubsub.memory` and
-//! `type: state.memory` (see `component.yaml` beside this crate). Each
+//! `type: state.memory`; with `--socket-name in-memory` (as plugd starts it)
+//! it serves Dapr's built-in `pubsub.in-memory` and `state.in-memory` (see
+//! `component.yaml` beside this crate). Unknown metadata keys are ignored and
+//! logged once per Init (names only); Dapr's runtime-level keys are accepted
+//! silently. Each
 //! Component (each `x-component-instance`) gets its own broker and its own map.
 //! A re-Init of an instance (a hot reload) keeps its messages and data.
 //!
