@@ -811,7 +811,13 @@ async fn invoke_binding(
     {
         headers.insert(header::CONTENT_TYPE, ct);
     }
-    Ok((StatusCode::OK, headers, out.data).into_response())
+    // As Dapr documents (e.g. localstorage `delete`): no data is 204 No Content.
+    let status = if out.data.is_empty() {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, headers, out.data).into_response())
 }
 
 /// `GET /v1.0/secrets/{store}/{key}` and `GET /v1.0/secrets/{store}/bulk`, with

@@ -582,15 +582,10 @@ def test_localstorage_docs_http_requests(dapr_env, token):
     assert status == 200 and (dapr_env.storage_root / name).resolve() in {
         in_root(dapr_env, n).resolve() for n in json.loads(body)}, body
     status, body = http_binding(dapr_env, LOCALSTORAGE, {"operation": "delete", "metadata": {"fileName": name}})
-    assert status in (200, 204) and body == b"", (status, body)  # 204 exactly: the xfail test below
+    assert (status, body) == (204, b""), (status, body)
     assert not (dapr_env.storage_root / name).exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "plugd answers an output binding whose component returned no data with HTTP 200 and an empty "
-    "body; the Local Storage binding page (and the bindings API reference: 204 Empty Response) "
-    "document 204 No Content for a successful delete, as daprd answers for its built-in "
-    "localstorage"))
 def test_localstorage_http_delete_answers_204_as_documented(dapr_env, token):
     name = f"to-delete-{token}.txt"
     assert http_binding(dapr_env, LOCALSTORAGE, {"operation": "create", "data": "x y", "metadata": {"fileName": name}})[0] == 200
