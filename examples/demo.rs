@@ -27,14 +27,17 @@ fn item(key: &str, value: &str, etag: Option<&str>) -> common::StateItem {
 
 /// The pid of `parent`'s child process named `name`, from /proc.
 fn child_pid(parent: u32, name: &str) -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-        // pid (comm) state ppid ...
-        let (comm, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
-        let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
-        (ppid == parent && comm == name).then_some(pid)
-    })
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // pid (comm) state ppid ...
+            let (comm, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+            let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == parent && comm == name).then_some(pid)
+        })
 }
 
 #[tokio::main]
@@ -351,7 +354,9 @@ async fn main() -> anyhow::Result<()> {
     let sqlite = child_pid(plugd_pid, "plugd-sqlite")
         .ok_or_else(|| anyhow::anyhow!("plugd-sqlite is not a child of plugd"))?;
     let killed = std::time::Instant::now();
-    let _ = Command::new("kill").args(["-9", &sqlite.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-9", &sqlite.to_string()])
+        .status();
     println!("\n== plugd-sqlite (pid {sqlite}, launched by plugd) killed with SIGKILL");
     let resp = http
         .get(format!("{base}/state/statestore/order-2"))
@@ -383,7 +388,10 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .text()
         .await?;
-    for line in metrics.lines().filter(|l| l.starts_with("plugd_managed_component_restarts_total")) {
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("plugd_managed_component_restarts_total"))
+    {
         println!("GET :{metrics_port}/metrics -> {line}");
     }
 
