@@ -24,7 +24,10 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     path::{Path, PathBuf},
     process::Stdio,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -103,6 +106,8 @@ struct Plan {
 struct Running {
     stop: CancellationToken,
     plan: Plan,
+    /// How often the process exited (or could not be started).
+    exits: Arc<AtomicU64>,
 }
 
 /// The processes plugd has started, by socket name.
@@ -165,7 +170,9 @@ impl Managed {
             tracing::info!(component = %name, program = %plan.program.display(), used_by = ?users,
                 "launching managed component");
             let stop = CancellationToken::new();
+            let exits = Arc::new(AtomicU64::new(0));
             let supervisor = Supervisor {
+                exits: exits.clone(),
                 name: name.clone(),
                 plan: plan.clone(),
                 socket,
@@ -174,18 +181,33 @@ impl Managed {
                 stop: stop.clone(),
             };
             self.tasks.spawn(supervisor.run());
-            running.insert(name.clone(), Running { stop, plan });
+            running.insert(name.clone(), Running { stop, plan, exits });
             started.push(name);
         }
         started
     }
 
-    /// Waits (bounded) until every started process's socket accepts connections.
+    /// Waits (bounded) until every started process's socket accepts connections; a process that
+    /// exits before it listens is not waited for (its Components wait for it, as for any socket).
     pub async fn ready(&self, names: &[String], within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
         for name in names {
             let socket = self.socket_path(name);
+            let exits = self
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(name)
+                .map(|r| r.exits.clone());
             while !is_live(&socket) {
+                if exits
+                    .as_ref()
+                    .is_some_and(|e| e.load(Ordering::Relaxed) > 0)
+                {
+                    tracing::warn!(component = %name,
+                        "managed component exited before it listened; not waiting for it");
+                    break;
+                }
                 if tokio::time::Instant::now() >= deadline {
                     tracing::warn!(component = %name, socket = %socket.display(),
                         "managed component is not listening yet; its Components wait for it");
@@ -338,6 +360,7 @@ struct Supervisor {
     settings: Settings,
     restarts: Arc<Mutex<BTreeMap<String, u64>>>,
     stop: CancellationToken,
+    exits: Arc<AtomicU64>,
 }
 
 impl Supervisor {
@@ -354,13 +377,20 @@ impl Supervisor {
             }
             match self.spawn() {
                 Ok(mut child) => {
-                    tracing::info!(pid = child.id(), "managed component started");
+                    let pid = child.id();
+                    tracing::info!(pid, "managed component started");
                     tokio::select! {
                         status = child.wait() => {
                             match status {
                                 Ok(s) => tracing::warn!(status = %s, "managed component exited"),
                                 Err(e) => tracing::warn!(error = %e, "cannot wait for the managed component"),
                             }
+                            // What a wrapper left behind would hold the socket the next start needs.
+                            if let Some(pid) = pid.filter(|p| group_alive(*p)) {
+                                tracing::warn!("processes of the exited component's group are still running; killing them");
+                                signal_group(pid, libc::SIGKILL);
+                            }
+                            self.exits.fetch_add(1, Ordering::Relaxed);
                         }
                         _ = self.stop.cancelled() => {
                             self.terminate(&mut child).await;
@@ -371,6 +401,7 @@ impl Supervisor {
                 Err(e) => {
                     tracing::error!(program = %self.plan.program.display(), error = %e,
                         "cannot start the managed component");
+                    self.exits.fetch_add(1, Ordering::Relaxed);
                 }
             }
             let now = Instant::now();
@@ -434,27 +465,58 @@ impl Supervisor {
         Ok(child)
     }
 
-    // `kill(2)` on our own child's pid.
-    #[allow(unsafe_code)]
+    /// SIGTERM to the child's whole process group (a wrapper's own children too), SIGKILL to
+    /// what is left of it after the grace period.
     async fn terminate(&self, child: &mut Child) {
+        let deadline = tokio::time::Instant::now() + self.settings.grace;
         if let Some(pid) = child.id() {
-            // SAFETY: signals our own child, which has not been reaped (we hold its handle).
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGTERM);
-            }
-            match tokio::time::timeout(self.settings.grace, child.wait()).await {
-                Ok(_) => {
+            signal_group(pid, libc::SIGTERM);
+            if tokio::time::timeout_at(deadline, child.wait())
+                .await
+                .is_ok()
+            {
+                // The child is gone; members of its group (a wrapper's children) may still be
+                // stopping.
+                while group_alive(pid) && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                if !group_alive(pid) {
                     tracing::info!("managed component stopped");
                     return;
                 }
-                Err(_) => tracing::warn!(grace = ?self.settings.grace,
-                    "managed component did not stop after SIGTERM; killing it"),
             }
+            tracing::warn!(grace = ?self.settings.grace,
+                "managed component did not stop after SIGTERM; killing it");
+            signal_group(pid, libc::SIGKILL);
         }
         if let Err(e) = child.kill().await {
-            tracing::warn!(error = %e, "cannot kill the managed component");
+            tracing::debug!(error = %e, "cannot kill the managed component");
         }
     }
+}
+
+/// Sends `signal` to the process group led by our child `pid` (children run with
+/// `process_group(0)`, so the group id is the child's pid). A group id stays reserved while any
+/// member lives, so this cannot reach an unrelated process.
+#[allow(unsafe_code)]
+fn signal_group(pid: u32, signal: libc::c_int) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill(2) with a negative pid signals that process group; no memory is touched.
+    unsafe {
+        libc::kill(-pid, signal);
+    }
+}
+
+/// Whether any process of the group led by `pid` is still there.
+#[allow(unsafe_code)]
+fn group_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the group exists.
+    unsafe { libc::kill(-pid, 0) == 0 }
 }
 
 fn restart_delay(exits_in_window: usize) -> Duration {

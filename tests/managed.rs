@@ -1512,7 +1512,6 @@ async fn managed_components_path_is_searched_first() {
 /// child, not the shell itself) is stopped with everything it started: plugd puts each managed
 /// process in its own process group, so the whole group should get the SIGTERM.
 #[tokio::test]
-#[ignore = "plugd bug: at shutdown only the direct child gets SIGTERM, not its process group; a wrapper's component outlives plugd and keeps its socket"]
 async fn a_wrapper_commands_component_stops_with_plugd() {
     let dir = bins();
     let memory = dir.join("plugd-memory");
