@@ -99,11 +99,13 @@ impl App {
                 (http.local_addr().map(|a| a.port()), &mut more_http),
             ] {
                 let addr = SocketAddr::new(*ip, port.unwrap_or(0));
-                into.push(
-                    TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| StartError::Bind { addr, source })?,
-                );
+                // As daprd: an extra address that cannot be bound is reported and skipped.
+                match TcpListener::bind(addr).await {
+                    Ok(listener) => into.push(listener),
+                    Err(e) => {
+                        tracing::warn!(%addr, error = %e, "cannot listen on this address; skipping it")
+                    }
+                }
             }
         }
         let longest_init = loaded
@@ -115,8 +117,8 @@ impl App {
         // Components nobody has started yet, which plugd knows how to run, are launched before
         // the first scan, so their sockets are usually there when it runs.
         let managed = Managed::new(config.managed.clone());
-        let launched = managed.reconcile(&loaded.components);
-        managed.ready(&launched, longest_init).await;
+        let launched = managed.reconcile(&loaded.components).await;
+        managed.ready(&launched, longest_init, &shutdown).await;
         let mut scanner =
             discovery::Scanner::new(config.sockets_folder.clone(), config.discovery_timeout);
         let first = scanner.scan().await;
@@ -124,6 +126,8 @@ impl App {
         registry.set_discovery(Arc::new(first.clone()));
         let sockets =
             discovery::watch_folder(scanner, first, config.rescan_interval, shutdown.clone());
+        // A socket that goes away (its foreign process stopped) gets a managed process.
+        managed.watch(sockets.clone(), shutdown.clone());
         let mirror = registry.clone();
         let mut changes = sockets.clone();
         tokio::spawn(async move {
@@ -255,6 +259,16 @@ impl App {
     /// Serves both APIs until the shutdown token is cancelled, then drains for at most the
     /// configured grace period.
     pub async fn run(self) -> anyhow::Result<()> {
+        let managed = self.managed.clone();
+        let shutdown = self.shutdown.clone();
+        let result = self.serve().await;
+        // Components plugd launched stop last (in-flight requests needed them), whatever happened.
+        shutdown.cancel();
+        managed.shutdown().await;
+        result
+    }
+
+    async fn serve(self) -> anyhow::Result<()> {
         let Self {
             config,
             registry,
@@ -262,7 +276,6 @@ impl App {
             http,
             more_grpc,
             more_http,
-            managed,
             shutdown,
             background,
             ..
@@ -367,8 +380,6 @@ impl App {
             grpc_abort.abort();
             http_abort.abort();
         }
-        // Components plugd launched stop last: in-flight requests needed them.
-        managed.shutdown().await;
         match early {
             None => Ok(()),
             Some((server, Ok(()))) => Err(anyhow::anyhow!(

@@ -53,7 +53,8 @@ pub struct Args {
 
     /// Serve Prometheus metrics on --metrics-port.
     #[arg(long = "enable-metrics", env = "PLUGD_ENABLE_METRICS", default_value_t = true,
-          num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+          num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub enable_metrics: bool,
 
     /// Port of the Prometheus metrics endpoint (`/metrics`), on the first listen address.
@@ -67,7 +68,8 @@ pub struct Args {
     /// Launch, supervise and stop the reference components (and --managed-component commands)
     /// that Components need and no process serves yet.
     #[arg(long = "managed-components", env = "PLUGD_MANAGED_COMPONENTS", default_value_t = true,
-          num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+          num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub managed_components: bool,
 
     /// Your own component to launch when a Component needs its socket: NAME=COMMAND, NAME being
@@ -91,7 +93,8 @@ pub struct Args {
 
     /// Write logs as JSON lines.
     #[arg(long = "log-as-json", env = "DAPR_LOG_AS_JSON", default_value_t = false,
-          num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+          num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub log_as_json: bool,
 
     /// Bound on dialling a component socket and on its reflection call at discovery.
@@ -339,6 +342,11 @@ mod tests {
         assert!(!args.enable_metrics);
         assert_eq!(args.metrics_port, 9091);
         assert!(!args.managed_components);
+        for (text, want) in [("1", true), ("T", true), ("False", false), ("0", false)] {
+            let args = Args::try_parse_from(["plugd", &format!("--log-as-json={text}")])
+                .expect("Go's boolean spellings");
+            assert_eq!(args.log_as_json, want, "{text}");
+        }
         let args = Args::try_parse_from(["plugd"]).expect("defaults");
         assert!(args.managed_components && args.enable_metrics && !args.log_as_json);
     }

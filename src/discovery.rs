@@ -51,12 +51,17 @@ pub struct Discovery {
 impl Discovery {
     /// The socket serving type `name` (already lower-cased), if one answered.
     pub fn socket(&self, name: &str) -> Option<&DiscoveredSocket> {
-        self.sockets.iter().find(|s| s.name == name)
+        self.sockets
+            .iter()
+            .find(|s| s.name.eq_ignore_ascii_case(name))
     }
 
     /// Why the socket for `name` is unusable, if one was found but failed.
     pub fn failure(&self, name: &str) -> Option<&SocketFailure> {
-        self.failures.iter().rev().find(|s| s.name == name)
+        self.failures
+            .iter()
+            .rev()
+            .find(|s| s.name.eq_ignore_ascii_case(name))
     }
 }
 

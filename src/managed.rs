@@ -47,6 +47,8 @@ const MAX_LINE: usize = 16 * 1024;
 const FIRST_RESTART: Duration = Duration::from_millis(100);
 const MAX_RESTART: Duration = Duration::from_secs(30);
 const RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// How often sockets that Components need and plugd does not serve are probed.
+const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The reference component program serving a socket name, and the categories it serves there.
 pub fn builtin(socket_name: &str) -> Option<(&'static str, &'static [Category])> {
@@ -106,69 +108,129 @@ struct Plan {
 struct Running {
     stop: CancellationToken,
     plan: Plan,
-    /// How often the process exited (or could not be started).
+    /// How often the process exited (or could not be started); also identifies this supervisor.
     exits: Arc<AtomicU64>,
+}
+
+/// What a Component needs from the managed processes.
+#[derive(Debug, Clone)]
+struct Want {
+    socket_name: String,
+    category: Category,
+    component: String,
+}
+
+/// State shared by [`Managed`] and its supervisors.
+#[derive(Default)]
+struct Shared {
+    running: Mutex<HashMap<String, Running>>,
+    /// Socket names whose supervisor was told to stop and has not finished yet.
+    stopping: Mutex<HashMap<String, usize>>,
+    /// Socket names already reported as served by someone else (reported once).
+    foreign: Mutex<BTreeSet<String>>,
+    /// Socket names whose program was not found (reported once).
+    missing: Mutex<BTreeSet<String>>,
+    /// The Components last reconciled against.
+    wanted: Mutex<Vec<Want>>,
+    restarts: Mutex<BTreeMap<String, u64>>,
+    /// Set when a supervisor finishes or lets go of its socket: worth reconciling again.
+    recheck: tokio::sync::Notify,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The processes plugd has started, by socket name.
 pub struct Managed {
     settings: Settings,
-    running: Mutex<HashMap<String, Running>>,
+    shared: Arc<Shared>,
     tasks: TaskTracker,
-    restarts: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
 impl Managed {
     pub fn new(settings: Settings) -> Arc<Self> {
+        if !settings.enabled && !settings.commands.is_empty() {
+            tracing::warn!(names = ?settings.commands.keys().collect::<Vec<_>>(),
+                "--managed-component is ignored: --managed-components=false");
+        }
         Arc::new(Self {
             settings,
-            running: Mutex::new(HashMap::new()),
+            shared: Arc::default(),
             tasks: TaskTracker::new(),
-            restarts: Arc::default(),
         })
     }
 
     /// Starts a process for every socket name the components need that nothing serves yet and
     /// plugd knows a program for; stops the processes no component needs any more. Returns the
-    /// socket names started now.
-    pub fn reconcile(&self, components: &[ComponentManifest]) -> Vec<String> {
-        if !self.settings.enabled {
+    /// socket names started now. The components are remembered for [`Managed::recheck`].
+    pub async fn reconcile(&self, components: &[ComponentManifest]) -> Vec<String> {
+        *lock(&self.shared.wanted) = components
+            .iter()
+            .map(|c| Want {
+                socket_name: c.socket_name.to_ascii_lowercase(),
+                category: c.category,
+                component: c.name.clone(),
+            })
+            .collect();
+        self.recheck().await
+    }
+
+    /// Reconciles again against the last components: a socket that went away (its foreign
+    /// process stopped, or an old process of ours finished stopping) gets a process of ours.
+    pub async fn recheck(&self) -> Vec<String> {
+        if !self.settings.enabled || self.shared.closed.load(Ordering::SeqCst) {
             return Vec::new();
         }
-        let mut needed: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
-        for c in components {
-            let socket_name = c.socket_name.to_ascii_lowercase();
-            let user = self.settings.commands.contains_key(&socket_name);
-            let known = builtin(&socket_name).is_some_and(|(_, cats)| cats.contains(&c.category));
+        let wanted = lock(&self.shared.wanted).clone();
+        let mut needed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for w in wanted {
+            let user = self.settings.commands.contains_key(&w.socket_name);
+            let known = builtin(&w.socket_name).is_some_and(|(_, cats)| cats.contains(&w.category));
             if user || known {
-                needed.entry(socket_name).or_default().insert(&c.name);
+                needed.entry(w.socket_name).or_default().insert(w.component);
             }
         }
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        running.retain(|name, r| {
-            let keep = needed.contains_key(name);
-            if !keep {
-                tracing::info!(component = %name, "no Component uses this managed component any more; stopping it");
-                r.stop.cancel();
-            }
-            keep
-        });
+        let candidates: Vec<String> = {
+            let mut running = lock(&self.shared.running);
+            let mut stopping = lock(&self.shared.stopping);
+            running.retain(|name, r| {
+                let keep = needed.contains_key(name);
+                if !keep {
+                    tracing::info!(component = %name, "no Component uses this managed component any more; stopping it");
+                    r.stop.cancel();
+                    *stopping.entry(name.clone()).or_default() += 1;
+                }
+                keep
+            });
+            needed
+                .keys()
+                .filter(|n| !running.contains_key(*n) && !stopping.contains_key(*n))
+                .cloned()
+                .collect()
+        };
         let mut started = Vec::new();
-        for (name, users) in needed {
-            if running.contains_key(&name) {
-                continue;
-            }
+        for name in candidates {
             let socket = self.socket_path(&name);
-            if is_live(&socket) {
-                tracing::info!(component = %name, socket = %socket.display(),
-                    "socket is served by a process plugd did not start; not launching one");
+            // Probed without holding a lock: a stuck listener must not stall plugd.
+            if is_live(&socket).await {
+                if lock(&self.shared.foreign).insert(name.clone()) {
+                    tracing::info!(component = %name, socket = %socket.display(),
+                        "socket is served by a process plugd did not start; not launching one");
+                }
                 continue;
             }
             let Some(plan) = self.plan(&name) else {
                 continue;
             };
-            tracing::info!(component = %name, program = %plan.program.display(), used_by = ?users,
-                "launching managed component");
+            let mut running = lock(&self.shared.running);
+            if running.contains_key(&name) || self.shared.closed.load(Ordering::SeqCst) {
+                continue;
+            }
+            lock(&self.shared.foreign).remove(&name);
+            tracing::info!(component = %name, program = %plan.program.display(),
+                used_by = ?needed.get(&name), "launching managed component");
             let stop = CancellationToken::new();
             let exits = Arc::new(AtomicU64::new(0));
             let supervisor = Supervisor {
@@ -177,7 +239,7 @@ impl Managed {
                 plan: plan.clone(),
                 socket,
                 settings: self.settings.clone(),
-                restarts: self.restarts.clone(),
+                shared: self.shared.clone(),
                 stop: stop.clone(),
             };
             self.tasks.spawn(supervisor.run());
@@ -187,19 +249,45 @@ impl Managed {
         started
     }
 
-    /// Waits (bounded) until every started process's socket accepts connections; a process that
-    /// exits before it listens is not waited for (its Components wait for it, as for any socket).
-    pub async fn ready(&self, names: &[String], within: Duration) {
+    /// Reconciles again whenever the socket folder changes, a supervisor lets go, or every second,
+    /// until `stop`.
+    pub fn watch(
+        self: &Arc<Self>,
+        mut sockets: tokio::sync::watch::Receiver<Arc<crate::discovery::Discovery>>,
+        stop: CancellationToken,
+    ) {
+        if !self.settings.enabled {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            // A process killed with SIGKILL leaves its socket file: no folder event tells, so
+            // the sockets plugd does not serve itself are also probed every second.
+            let mut tick = tokio::time::interval(RECHECK_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    changed = sockets.changed() => if changed.is_err() { break },
+                    _ = this.shared.recheck.notified() => {}
+                    _ = tick.tick() => {}
+                }
+                this.recheck().await;
+            }
+        });
+    }
+
+    /// Waits (bounded, and not past `stop`) until every started process's socket accepts
+    /// connections; a process that exits before it listens is not waited for (its Components
+    /// wait for it, as for any socket).
+    pub async fn ready(&self, names: &[String], within: Duration, stop: &CancellationToken) {
         let deadline = tokio::time::Instant::now() + within;
         for name in names {
             let socket = self.socket_path(name);
-            let exits = self
-                .running
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+            let exits = lock(&self.shared.running)
                 .get(name)
                 .map(|r| r.exits.clone());
-            while !is_live(&socket) {
+            while !is_live(&socket).await {
                 if exits
                     .as_ref()
                     .is_some_and(|e| e.load(Ordering::Relaxed) > 0)
@@ -208,7 +296,7 @@ impl Managed {
                         "managed component exited before it listened; not waiting for it");
                     break;
                 }
-                if tokio::time::Instant::now() >= deadline {
+                if tokio::time::Instant::now() >= deadline || stop.is_cancelled() {
                     tracing::warn!(component = %name, socket = %socket.display(),
                         "managed component is not listening yet; its Components wait for it");
                     return;
@@ -220,8 +308,7 @@ impl Managed {
 
     /// Socket names with a process plugd manages, and the program for each.
     pub fn list(&self) -> Vec<(String, PathBuf)> {
-        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<_> = running
+        let mut out: Vec<_> = lock(&self.shared.running)
             .iter()
             .map(|(n, r)| (n.clone(), r.plan.program.clone()))
             .collect();
@@ -231,19 +318,15 @@ impl Managed {
 
     /// How many times each managed component was restarted after exiting by itself.
     pub fn restarts(&self) -> BTreeMap<String, u64> {
-        self.restarts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.shared.restarts).clone()
     }
 
-    /// Stops every process (SIGTERM, SIGKILL after the grace period) and removes its socket.
+    /// Stops every process (SIGTERM to its group, SIGKILL after the grace period) and removes its
+    /// socket; launches nothing afterwards. Calling it again does nothing more.
     pub async fn shutdown(&self) {
-        {
-            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-            for (_, r) in running.drain() {
-                r.stop.cancel();
-            }
+        self.shared.closed.store(true, Ordering::SeqCst);
+        for (_, r) in lock(&self.shared.running).drain() {
+            r.stop.cancel();
         }
         self.tasks.close();
         // Each supervisor bounds its own stop by the grace period; this is a backstop.
@@ -272,9 +355,11 @@ impl Managed {
         let (binary, _) = builtin(name)?;
         let dirs = search_dirs(&self.settings.search_path);
         let Some(program) = find_program(binary, &dirs) else {
-            tracing::warn!(component = %name, binary, searched = ?dirs,
-                "no managed component: the program was not found; start the component yourself \
-                 or put the binary next to plugd");
+            if lock(&self.shared.missing).insert(name.to_string()) {
+                tracing::warn!(component = %name, binary, searched = ?dirs,
+                    "no managed component: the program was not found; start the component \
+                     yourself or put the binary next to plugd");
+            }
             return None;
         };
         let mut args = vec![
@@ -329,9 +414,19 @@ fn simple_level(level: &str) -> Option<&'static str> {
     })
 }
 
-/// Whether something accepts connections on the socket.
-fn is_live(socket: &Path) -> bool {
-    std::os::unix::net::UnixStream::connect(socket).is_ok()
+/// Whether something listens on the socket. Never blocks: a listener whose queue is full, or
+/// that does not answer within 200 ms, counts as there.
+async fn is_live(socket: &Path) -> bool {
+    match tokio::time::timeout(
+        Duration::from_millis(200),
+        tokio::net::UnixStream::connect(socket),
+    )
+    .await
+    {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => e.kind() == std::io::ErrorKind::WouldBlock,
+        Err(_) => true,
+    }
 }
 
 /// Parses `NAME=COMMAND` (the command split as a shell would, without running a shell).
@@ -358,10 +453,13 @@ struct Supervisor {
     plan: Plan,
     socket: PathBuf,
     settings: Settings,
-    restarts: Arc<Mutex<BTreeMap<String, u64>>>,
+    shared: Arc<Shared>,
     stop: CancellationToken,
     exits: Arc<AtomicU64>,
 }
+
+/// Output lines kept per process, shown with its exit when component output is not logged.
+const TAIL_LINES: usize = 20;
 
 impl Supervisor {
     async fn run(self) {
@@ -371,18 +469,38 @@ impl Supervisor {
 
     async fn supervise(&self) {
         let mut exits: Vec<Instant> = Vec::new();
+        let mut first = true;
         loop {
             if self.stop.is_cancelled() {
                 break;
             }
-            match self.spawn() {
-                Ok(mut child) => {
+            // Someone else took the socket while we were down: let go instead of crash-looping
+            // on a socket in use.
+            if !first && is_live(&self.socket).await {
+                tracing::warn!(socket = %self.socket.display(),
+                    "the socket is served by another process now; plugd stops managing it");
+                self.release();
+                return;
+            }
+            first = false;
+            let tail = Arc::new(Mutex::new(std::collections::VecDeque::new()));
+            match self.spawn(&tail) {
+                Ok((mut child, relays)) => {
                     let pid = child.id();
                     tracing::info!(pid, "managed component started");
                     tokio::select! {
                         status = child.wait() => {
+                            // Its last lines, before reporting the exit.
+                            let _ = tokio::time::timeout(Duration::from_secs(1), relays).await;
+                            let shown = tracing::enabled!(target: "component", tracing::Level::INFO);
+                            let last = if shown {
+                                String::new()
+                            } else {
+                                lock(&tail).iter().cloned().collect::<Vec<_>>().join("\n")
+                            };
                             match status {
-                                Ok(s) => tracing::warn!(status = %s, "managed component exited"),
+                                Ok(s) if last.is_empty() => tracing::warn!(status = %s, "managed component exited"),
+                                Ok(s) => tracing::warn!(status = %s, "managed component exited; its last output:\n{last}"),
                                 Err(e) => tracing::warn!(error = %e, "cannot wait for the managed component"),
                             }
                             // What a wrapper left behind would hold the socket the next start needs.
@@ -394,6 +512,7 @@ impl Supervisor {
                         }
                         _ = self.stop.cancelled() => {
                             self.terminate(&mut child).await;
+                            let _ = tokio::time::timeout(Duration::from_secs(1), relays).await;
                             break;
                         }
                     }
@@ -417,35 +536,65 @@ impl Supervisor {
                 _ = tokio::time::sleep(delay) => {}
                 _ = self.stop.cancelled() => break,
             }
-            *self
-                .restarts
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+            *lock(&self.shared.restarts)
                 .entry(self.name.clone())
                 .or_default() += 1;
         }
-        remove_socket(&self.socket);
+        remove_socket(&self.socket).await;
+        // A stopped supervisor: its socket name may be wanted again.
+        {
+            let mut stopping = lock(&self.shared.stopping);
+            if let Some(n) = stopping.get_mut(&self.name) {
+                *n -= 1;
+                if *n == 0 {
+                    stopping.remove(&self.name);
+                }
+            }
+        }
+        self.shared.recheck.notify_one();
+    }
+
+    /// Forgets this supervisor's socket name (only if it is still ours).
+    fn release(&self) {
+        let mut running = lock(&self.shared.running);
+        if running
+            .get(&self.name)
+            .is_some_and(|r| Arc::ptr_eq(&r.exits, &self.exits))
+        {
+            running.remove(&self.name);
+        }
+        lock(&self.shared.foreign).insert(self.name.clone());
     }
 
     // The one unsafe call: `pre_exec`, to ask the kernel for SIGTERM when plugd dies.
     #[allow(unsafe_code)]
-    fn spawn(&self) -> std::io::Result<Child> {
+    fn spawn(
+        &self,
+        tail: &Arc<Mutex<std::collections::VecDeque<String>>>,
+    ) -> std::io::Result<(Child, impl std::future::Future<Output = ()> + use<>)> {
         let folder = self.settings.sockets_folder.display().to_string();
         let mut cmd = Command::new(&self.plan.program);
         cmd.args(&self.plan.args)
             .env("DAPR_COMPONENTS_SOCKETS_FOLDER", &folder)
             .env("DAPR_COMPONENT_SOCKETS_FOLDER", &folder)
             .env("PLUGD_SOCKET_NAME", &self.name)
+            // The API tokens open plugd's API and the app: not for component code.
+            .env_remove("DAPR_API_TOKEN")
+            .env_remove("APP_API_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .process_group(0);
-        // SAFETY: prctl is async-signal-safe and touches only the child's own state.
+        // SAFETY: prctl and getppid are async-signal-safe and touch only the child's own state.
         unsafe {
             cmd.pre_exec(|| {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
                     return Err(std::io::Error::last_os_error());
+                }
+                // plugd died between fork and prctl: the signal will never come.
+                if libc::getppid() == 1 {
+                    return Err(std::io::Error::other("plugd exited"));
                 }
                 Ok(())
             });
@@ -455,14 +604,22 @@ impl Supervisor {
             name: Arc::from(self.name.as_str()),
             json_children: self.plan.reference,
             json_plugd: self.settings.log_as_json,
+            tail: tail.clone(),
         };
-        if let Some(out) = child.stdout.take() {
-            tokio::spawn(relay.clone().forward(out, "stdout"));
-        }
-        if let Some(err) = child.stderr.take() {
-            tokio::spawn(relay.forward(err, "stderr"));
-        }
-        Ok(child)
+        let out = child
+            .stdout
+            .take()
+            .map(|o| tokio::spawn(relay.clone().forward(o, "stdout")));
+        let err = child
+            .stderr
+            .take()
+            .map(|e| tokio::spawn(relay.forward(e, "stderr")));
+        let relays = async move {
+            for handle in [out, err].into_iter().flatten() {
+                let _ = handle.await;
+            }
+        };
+        Ok((child, relays))
     }
 
     /// SIGTERM to the child's whole process group (a wrapper's own children too), SIGKILL to
@@ -529,10 +686,10 @@ fn restart_delay(exits_in_window: usize) -> Duration {
     base.mul_f64(factor)
 }
 
-fn remove_socket(socket: &Path) {
+async fn remove_socket(socket: &Path) {
     use std::os::unix::fs::FileTypeExt;
     if std::fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket())
-        && !is_live(socket)
+        && !is_live(socket).await
     {
         match std::fs::remove_file(socket) {
             Ok(()) => tracing::debug!(socket = %socket.display(), "removed the socket file"),
@@ -549,32 +706,52 @@ struct Relay {
     name: Arc<str>,
     json_children: bool,
     json_plugd: bool,
+    /// The last lines, for the exit report.
+    tail: Arc<Mutex<std::collections::VecDeque<String>>>,
 }
 
 impl Relay {
     async fn forward<R: tokio::io::AsyncRead + Unpin>(self, out: R, stream: &'static str) {
         let mut lines = FramedRead::new(out, LinesCodec::new_with_max_length(MAX_LINE));
-        while let Some(line) = lines.next().await {
-            match line {
-                Ok(line) => self.emit(&line, stream),
-                Err(tokio_util::codec::LinesCodecError::MaxLineLengthExceeded) => self.emit(
-                    &format!("(a line longer than {MAX_LINE} bytes was cut)"),
-                    stream,
-                ),
-                Err(tokio_util::codec::LinesCodecError::Io(_)) => break,
+        let mut after_error = false;
+        loop {
+            match lines.next().await {
+                Some(Ok(line)) => self.emit(&line, stream),
+                Some(Err(tokio_util::codec::LinesCodecError::MaxLineLengthExceeded)) => {
+                    self.emit(
+                        &format!("(a line longer than {MAX_LINE} bytes was cut)"),
+                        stream,
+                    );
+                    // The codec skips the rest of that line; the stream goes on.
+                    after_error = true;
+                    continue;
+                }
+                Some(Err(tokio_util::codec::LinesCodecError::Io(_))) => break,
+                // Right after an error the reader pauses once with `None`; only a second `None`
+                // is the end of the output.
+                None if after_error => {}
+                None => break,
             }
+            after_error = false;
         }
     }
 
     fn emit(&self, line: &str, stream: &'static str) {
-        let line = line.trim_end();
+        let line = strip_ansi(line.trim_end());
         if line.is_empty() {
             return;
         }
-        let (level, message) = match self.json_children.then(|| parse_json_line(line)).flatten() {
+        let (level, message) = match self.json_children.then(|| parse_json_line(&line)).flatten() {
             Some(parsed) => parsed,
-            None => (tracing::Level::INFO, line.to_string()),
+            None => (tracing::Level::INFO, line),
         };
+        {
+            let mut tail = lock(&self.tail);
+            if tail.len() == TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(message.clone());
+        }
         let component = &*self.name;
         macro_rules! at {
             ($lvl:ident) => {
@@ -593,6 +770,28 @@ impl Relay {
             _ => at!(info),
         }
     }
+}
+
+/// Removes terminal escape sequences (`ESC [ ... final`), which programs print for colours.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                // Parameters and intermediates, up to the final byte (@ to ~).
+                for f in chars.by_ref() {
+                    if ('@'..='~').contains(&f) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Level and text of a `tracing-subscriber` JSON line: the message, then the other fields.
@@ -655,6 +854,16 @@ mod tests {
         let fourth = restart_delay(4);
         assert!(fourth >= Duration::from_millis(640) && fourth <= Duration::from_millis(960));
         assert!(restart_delay(1000) <= MAX_RESTART.mul_f64(1.2));
+    }
+
+    #[test]
+    fn colours_are_stripped() {
+        assert_eq!(
+            strip_ansi("\u{1b}[2m2026\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m ready"),
+            "2026  INFO ready"
+        );
+        assert_eq!(strip_ansi("plain"), "plain");
+        assert_eq!(strip_ansi("cut \u{1b}[31"), "cut ");
     }
 
     #[test]

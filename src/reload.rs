@@ -47,6 +47,9 @@ pub fn watch_resources(
             // Debounce: editors write files in several steps.
             tokio::time::sleep(Duration::from_millis(100)).await;
             while events.try_recv().is_ok() {}
+            if stop.is_cancelled() {
+                break;
+            }
             let (docs, mut problems) = manifest::read_documents(&paths);
             match manifest::validate(&docs, &app_id, namespace.as_deref()) {
                 Ok(loaded) if problems.is_empty() => {
@@ -55,14 +58,14 @@ pub fn watch_resources(
                         "resources changed; applying"
                     );
                     // Processes for new socket names first, so the new Components find them.
-                    let launched = managed.reconcile(&loaded.components);
+                    let launched = managed.reconcile(&loaded.components).await;
                     let longest_init = loaded
                         .components
                         .iter()
                         .map(|c| c.init_timeout)
                         .max()
                         .unwrap_or_default();
-                    managed.ready(&launched, longest_init).await;
+                    managed.ready(&launched, longest_init, &stop).await;
                     manager.apply(loaded.components).await;
                 }
                 Ok(_) => report(problems),

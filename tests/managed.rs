@@ -1042,21 +1042,167 @@ async fn a_socket_served_by_another_process_is_used_not_replaced() {
     assert_eq!(children_of(plugd.pid()), BTreeSet::new());
     plugd.round_trip("memstore", "k").await;
 
-    // The calls went to our process: without it, the store stops serving.
+    // The calls went to our process; when it goes away, plugd launches its own in its place
+    // and the store serves again (the in-memory data went with the process).
     let _ = ours.child.kill();
     let _ = ours.child.wait();
+    until("plugd to launch its own in-memory process", || {
+        plugd.logs.started_pids("in-memory").len() == 1
+    })
+    .await;
+    let launched = plugd.logs.started_pids("in-memory")[0];
+    assert_eq!(proc_stat(launched).map(|s| s.0), Some(plugd.pid()));
+    plugd.wait_ready(&["memstore"]).await;
     let deadline = Instant::now() + WAIT;
     loop {
-        let (status, _) = plugd.get("memstore", "k").await;
-        if status.is_server_error() {
+        if plugd
+            .save("memstore", "k", serde_json::json!("again"))
+            .await
+            .is_success()
+        {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "memstore still answers {status} without its process"
-        );
+        assert!(Instant::now() < deadline, "memstore does not serve again");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    plugd.round_trip("memstore", "k2").await;
+    let (status, _) = plugd.terminate().await;
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    assert!(!alive(launched));
+}
+
+/// A managed process that prints a line longer than plugd keeps (16 KiB) goes on running and
+/// logging: the relay cuts that line and keeps reading (the process is not killed by SIGPIPE).
+#[tokio::test]
+async fn an_overlong_output_line_is_cut_and_the_output_goes_on() {
+    let dir = bins();
+    let memory = dir.join("plugd-memory");
+    let dirs = TestDirs::new();
+    dirs.write_resource(
+        "mystore.yaml",
+        &component("mystore", "state.mystore", " []"),
+    );
+    let metrics_port = free_port();
+    let command = format!(
+        "mystore=sh -c 'head -c 20000 /dev/zero | tr \"\\000\" x; echo; echo after-the-long-line; exec \"{}\" --socket-name mystore'",
+        memory.display()
+    );
+    let plugd = Plugd::spawn(
+        &dirs,
+        Start::new(&[
+            "--app-id",
+            "longline",
+            "--managed-component",
+            &command,
+            "--metrics-port",
+            &metrics_port.to_string(),
+        ])
+        .env("DAPR_API_TOKEN", "")
+        .env("APP_API_TOKEN", "app-secret-token"),
+    );
+    plugd.wait_listening().await;
+    plugd.wait_ready(&["mystore"]).await;
+    plugd.round_trip("mystore", "k").await;
+    until("the lines after the long one to be relayed", || {
+        let lines = plugd.logs.lines();
+        let cut = lines
+            .iter()
+            .position(|l| l.contains("was cut") && l.contains("mystore"));
+        let after = lines.iter().position(|l| l.contains("after-the-long-line"));
+        let serving = lines
+            .iter()
+            .position(|l| l.contains("serving pluggable component") && l.contains("mystore"));
+        matches!((cut, after, serving), (Some(c), Some(a), Some(s)) if c < a && a < s)
+    })
+    .await;
+    let text = scrape(&plugd.http, metrics_port).await.expect("/metrics");
+    assert_eq!(
+        sample(
+            &text,
+            "plugd_managed_component_restarts_total{socket=\"mystore\"}"
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    // The API tokens are not handed to component processes.
+    let pid = plugd.logs.started_pids("mystore")[0];
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(!environ.contains("APP_API_TOKEN"), "{environ}");
+    assert!(!environ.contains("DAPR_API_TOKEN"), "{environ}");
+    assert!(environ.contains("PLUGD_SOCKET_NAME=mystore"));
+    let (status, _) = plugd.terminate().await;
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
+
+/// A Component removed and added back while its process is still stopping gets a process again
+/// once the old one is gone.
+#[tokio::test]
+async fn a_component_removed_and_re_added_at_once_gets_its_process_back() {
+    bins();
+    let dirs = TestDirs::new();
+    let yaml = dirs.write_resource("memstore.yaml", IN_MEMORY_STATE);
+    let plugd = Plugd::spawn(
+        &dirs,
+        Start::new(&[
+            "--app-id",
+            "flip",
+            "--managed-components=true",
+            "--enable-metrics=false",
+        ]),
+    );
+    plugd.wait_listening().await;
+    plugd.wait_ready(&["memstore"]).await;
+    let first = plugd.logs.started_pids("in-memory")[0];
+    let parked = dirs.root.path().join("memstore.yaml.parked");
+    std::fs::rename(&yaml, &parked).expect("park");
+    until("plugd to stop the process", || {
+        !plugd
+            .logs
+            .with_message("no Component uses this managed component any more; stopping it")
+            .is_empty()
+    })
+    .await;
+    std::fs::rename(&parked, &yaml).expect("restore");
+    until("a new process for in-memory", || {
+        plugd.logs.started_pids("in-memory").len() == 2
+    })
+    .await;
+    plugd.wait_ready(&["memstore"]).await;
+    plugd.round_trip("memstore", "k").await;
+    assert!(!alive(first));
+    let (status, _) = plugd.terminate().await;
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
+
+/// An extra listen address that cannot be bound is skipped, as daprd does: plugd serves on the
+/// others.
+#[tokio::test]
+async fn an_unbindable_extra_listen_address_is_skipped() {
+    bins();
+    let dirs = TestDirs::new();
+    let plugd = Plugd::spawn(
+        &dirs,
+        Start::new(&[
+            "--app-id",
+            "addrs",
+            // TEST-NET-1: not an address of this machine.
+            "--dapr-listen-addresses",
+            "127.0.0.1,192.0.2.1",
+            "--enable-metrics=false",
+        ]),
+    );
+    plugd.wait_listening().await;
+    assert!(
+        plugd
+            .logs
+            .lines()
+            .iter()
+            .any(|l| l.contains("192.0.2.1")
+                && l.contains("cannot listen on this address; skipping it")),
+        "{}",
+        plugd.logs.tail()
+    );
     let (status, _) = plugd.terminate().await;
     assert_eq!(status.and_then(|s| s.code()), Some(0));
 }

@@ -811,8 +811,9 @@ async fn invoke_binding(
     {
         headers.insert(header::CONTENT_TYPE, ct);
     }
-    // As Dapr documents (e.g. localstorage `delete`): no data is 204 No Content.
-    let status = if out.data.is_empty() {
+    // As Dapr documents for its bindings (localstorage `delete`): a reply with neither data nor
+    // metadata is 204 No Content.
+    let status = if out.data.is_empty() && out.metadata.is_empty() {
         StatusCode::NO_CONTENT
     } else {
         StatusCode::OK
