@@ -856,6 +856,23 @@ mod tests {
         assert!(restart_delay(1000) <= MAX_RESTART.mul_f64(1.2));
     }
 
+    #[tokio::test]
+    async fn a_listener_that_never_accepts_is_live_and_never_blocks_the_probe() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("stuck.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        // Far more probes than the accept queue holds: once it is full, connecting would block.
+        let probes = async {
+            for _ in 0..400 {
+                assert!(is_live(&path).await);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), probes)
+            .await
+            .expect("the probes never block");
+        assert!(!is_live(&dir.path().join("absent.sock")).await);
+    }
+
     #[test]
     fn colours_are_stripped() {
         assert_eq!(
