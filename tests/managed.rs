@@ -105,6 +105,16 @@ impl<'a> Start<'a> {
         }
     }
 
+    /// `--app-id <id>` with managed components on and no metrics: what most tests here want.
+    fn managed(app_id: &str) -> Self {
+        Self::new(&[
+            "--app-id",
+            app_id,
+            "--managed-components=true",
+            "--enable-metrics=false",
+        ])
+    }
+
     fn cwd(mut self, dir: &'a Path) -> Self {
         self.cwd = Some(dir);
         self
@@ -274,6 +284,18 @@ impl Plugd {
     }
 
     /// SIGTERM, then waits (bounded) for the exit code.
+    /// SIGTERM, and plugd exits 0; its logs.
+    async fn stop_cleanly(self) -> Logs {
+        let (status, logs) = self.terminate().await;
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "plugd's exit; {}",
+            logs.tail()
+        );
+        logs
+    }
+
     async fn terminate(mut self) -> (Option<std::process::ExitStatus>, Logs) {
         let logs = self.logs.clone();
         let status = tokio::task::spawn_blocking(move || self.guard.terminate())
@@ -476,16 +498,7 @@ spec:
     value: \"false\"
 ",
     );
-    let plugd = Plugd::spawn(
-        &dirs,
-        Start::new(&[
-            "--app-id",
-            "docs",
-            "--managed-components=true",
-            "--enable-metrics=false",
-        ])
-        .cwd(root),
-    );
+    let plugd = Plugd::spawn(&dirs, Start::managed("docs").cwd(root));
     plugd.wait_listening().await;
     plugd
         .wait_ready(&[
@@ -596,8 +609,7 @@ spec:
             .map(String::from)
             .into()
     );
-    let (status, _) = plugd.terminate().await;
-    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    plugd.stop_cleanly().await;
 }
 
 /// `secretstores.local.env` launches `plugd-env` (when it has been built), which sees plugd's
@@ -616,13 +628,7 @@ async fn local_env_secret_store_is_launched_with_plugds_environment() {
     );
     let plugd = Plugd::spawn(
         &dirs,
-        Start::new(&[
-            "--app-id",
-            "env",
-            "--managed-components=true",
-            "--enable-metrics=false",
-        ])
-        .env("PLUGD_TEST_MANAGED_SECRET", "from-plugd-env"),
+        Start::managed("env").env("PLUGD_TEST_MANAGED_SECRET", "from-plugd-env"),
     );
     plugd.wait_listening().await;
     plugd.wait_ready(&["envsecrets"]).await;
@@ -798,15 +804,7 @@ async fn shutdown_stops_every_managed_component_and_leaves_no_socket() {
             "\n  - name: schedule\n    value: \"@every 1h\"",
         ),
     );
-    let plugd = Plugd::spawn(
-        &dirs,
-        Start::new(&[
-            "--app-id",
-            "stop",
-            "--managed-components=true",
-            "--enable-metrics=false",
-        ]),
-    );
+    let plugd = Plugd::spawn(&dirs, Start::managed("stop"));
     plugd.wait_listening().await;
     plugd
         .wait_ready(&["memstore", "statestore", "files", "secrets", "tick"])
@@ -854,15 +852,7 @@ async fn managed_components_do_not_outlive_a_killed_plugd() {
             "\n  - name: schedule\n    value: \"@every 1h\"",
         ),
     );
-    let mut plugd = Plugd::spawn(
-        &dirs,
-        Start::new(&[
-            "--app-id",
-            "k9",
-            "--managed-components=true",
-            "--enable-metrics=false",
-        ]),
-    );
+    let mut plugd = Plugd::spawn(&dirs, Start::managed("k9"));
     plugd.wait_listening().await;
     plugd.wait_ready(&["memstore", "tick"]).await;
     let pids: Vec<u32> = plugd.logs.all_started().into_values().flatten().collect();
@@ -1003,8 +993,7 @@ async fn a_users_command_is_launched_for_its_socket_name() {
         Some(0.0),
         "{text}"
     );
-    let (status, logs) = plugd.terminate().await;
-    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    let logs = plugd.stop_cleanly().await;
     assert!(started.values().flatten().all(|p| !alive(*p)));
     assert_eq!(
         sockets_in(&dirs.sockets),
@@ -1022,15 +1011,7 @@ async fn a_socket_served_by_another_process_is_used_not_replaced() {
     let dirs = TestDirs::new();
     let mut ours = spawn_component("plugd-memory", &dirs.sockets, "in-memory", &[]);
     dirs.write_resource("memstore.yaml", IN_MEMORY_STATE);
-    let plugd = Plugd::spawn(
-        &dirs,
-        Start::new(&[
-            "--app-id",
-            "shared",
-            "--managed-components=true",
-            "--enable-metrics=false",
-        ]),
-    );
+    let plugd = Plugd::spawn(&dirs, Start::managed("shared"));
     plugd.wait_listening().await;
     plugd.wait_ready(&["memstore"]).await;
     let noted = plugd
@@ -1066,8 +1047,7 @@ async fn a_socket_served_by_another_process_is_used_not_replaced() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     plugd.round_trip("memstore", "k2").await;
-    let (status, _) = plugd.terminate().await;
-    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    plugd.stop_cleanly().await;
     assert!(!alive(launched));
 }
 
@@ -1131,8 +1111,7 @@ async fn an_overlong_output_line_is_cut_and_the_output_goes_on() {
     assert!(!environ.contains("APP_API_TOKEN"), "{environ}");
     assert!(!environ.contains("DAPR_API_TOKEN"), "{environ}");
     assert!(environ.contains("PLUGD_SOCKET_NAME=mystore"));
-    let (status, _) = plugd.terminate().await;
-    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    plugd.stop_cleanly().await;
 }
 
 /// A Component removed and added back while its process is still stopping gets a process again
@@ -1142,15 +1121,7 @@ async fn a_component_removed_and_re_added_at_once_gets_its_process_back() {
     bins();
     let dirs = TestDirs::new();
     let yaml = dirs.write_resource("memstore.yaml", IN_MEMORY_STATE);
-    let plugd = Plugd::spawn(
-        &dirs,
-        Start::new(&[
-            "--app-id",
-            "flip",
-            "--managed-components=true",
-            "--enable-metrics=false",
-        ]),
-    );
+    let plugd = Plugd::spawn(&dirs, Start::managed("flip"));
     plugd.wait_listening().await;
     plugd.wait_ready(&["memstore"]).await;
     let first = plugd.logs.started_pids("in-memory")[0];
@@ -1171,8 +1142,7 @@ async fn a_component_removed_and_re_added_at_once_gets_its_process_back() {
     plugd.wait_ready(&["memstore"]).await;
     plugd.round_trip("memstore", "k").await;
     assert!(!alive(first));
-    let (status, _) = plugd.terminate().await;
-    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    plugd.stop_cleanly().await;
 }
 
 /// An extra listen address that cannot be bound is skipped, as daprd does: plugd serves on the
@@ -1203,8 +1173,7 @@ async fn an_unbindable_extra_listen_address_is_skipped() {
         "{}",
         plugd.logs.tail()
     );
-    let (status, _) = plugd.terminate().await;
-    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    plugd.stop_cleanly().await;
 }
 
 /// A Component added while plugd runs gets its managed component; a second Component on the same
@@ -1214,15 +1183,7 @@ async fn an_unbindable_extra_listen_address_is_skipped() {
 async fn hot_reload_launches_and_stops_managed_components() {
     bins();
     let dirs = TestDirs::new();
-    let plugd = Plugd::spawn(
-        &dirs,
-        Start::new(&[
-            "--app-id",
-            "reload",
-            "--managed-components=true",
-            "--enable-metrics=false",
-        ]),
-    );
+    let plugd = Plugd::spawn(&dirs, Start::managed("reload"));
     plugd.wait_listening().await;
     assert!(plugd.logs.all_started().is_empty());
     let file = dirs.write_resource("memstore.yaml", IN_MEMORY_STATE);
@@ -1267,8 +1228,7 @@ async fn hot_reload_launches_and_stops_managed_components() {
     .await;
     assert_eq!(plugd.statuses().await, BTreeMap::new());
     assert_eq!(plugd.logs.started_pids("in-memory"), pids, "not restarted");
-    let (status, _) = plugd.terminate().await;
-    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    plugd.stop_cleanly().await;
 }
 
 /// daprd's own command line: Go's single-dash spelling works, and each daprd flag plugd does not
@@ -1327,8 +1287,7 @@ async fn a_daprd_command_line_is_accepted() {
     assert_eq!(warned, 5, "{}", plugd.logs.tail());
     // (Their values were consumed with them: a stray `standalone` or `50002` would have been a
     // usage error, exit 64, and plugd would not be listening.)
-    let (status, _) = plugd.terminate().await;
-    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    plugd.stop_cleanly().await;
 }
 
 /// `/metrics` on a free `--metrics-port` with each component's readiness and status, and
@@ -1402,8 +1361,7 @@ async fn metrics_report_components_and_can_be_turned_off() {
         let value = line.rsplit(' ').next().unwrap_or_default();
         assert!(value.parse::<f64>().is_ok(), "{line}");
     }
-    let (status, _) = plugd.terminate().await;
-    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    plugd.stop_cleanly().await;
 
     // Off: nothing listens on the port.
     let dirs = TestDirs::new();
@@ -1471,8 +1429,7 @@ async fn several_listen_addresses_are_all_served() {
             "gRPC on [::1]"
         );
     }
-    let (status, _) = plugd.terminate().await;
-    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    plugd.stop_cleanly().await;
 }
 
 /// A program that keeps exiting is restarted at a bounded, growing pace (≈100 ms, then doubling,
@@ -1548,8 +1505,7 @@ async fn a_crashing_command_is_restarted_with_growing_delays() {
     .await;
     let statuses = plugd.statuses().await;
     assert_eq!(statuses.get("crashy").map(String::as_str), Some("WAITING"));
-    let (status, _) = plugd.terminate().await;
-    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    plugd.stop_cleanly().await;
 }
 
 /// Seconds since the epoch of an RFC 3339 UTC timestamp as tracing writes it
@@ -1590,21 +1546,12 @@ async fn a_stale_socket_file_is_replaced_by_the_managed_component() {
     drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind"));
     assert!(stale.exists() && std::os::unix::net::UnixStream::connect(&stale).is_err());
     dirs.write_resource("memstore.yaml", IN_MEMORY_STATE);
-    let plugd = Plugd::spawn(
-        &dirs,
-        Start::new(&[
-            "--app-id",
-            "stale",
-            "--managed-components=true",
-            "--enable-metrics=false",
-        ]),
-    );
+    let plugd = Plugd::spawn(&dirs, Start::managed("stale"));
     plugd.wait_listening().await;
     plugd.wait_ready(&["memstore"]).await;
     assert_eq!(plugd.logs.started_pids("in-memory").len(), 1);
     plugd.round_trip("memstore", "k").await;
-    let (status, _) = plugd.terminate().await;
-    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    plugd.stop_cleanly().await;
     assert_eq!(sockets_in(&dirs.sockets), BTreeSet::new());
 }
 
@@ -1650,8 +1597,7 @@ async fn managed_components_path_is_searched_first() {
         "the script in --managed-components-path ran"
     );
     plugd.round_trip("memstore", "k").await;
-    let (status, _) = plugd.terminate().await;
-    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    plugd.stop_cleanly().await;
 }
 
 /// A `--managed-component` command that is a shell wrapper (the component is the shell's
@@ -1699,8 +1645,7 @@ async fn a_wrapper_commands_component_stops_with_plugd() {
         }
     }
     let _reap = Reap(inner[0]);
-    let (status, _) = plugd.terminate().await;
-    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    plugd.stop_cleanly().await;
     assert!(!alive(shell), "the shell stopped");
     let component = inner[0];
     eventually(

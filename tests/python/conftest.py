@@ -857,3 +857,20 @@ def token_env():
                 env.binding, f"bindings.{FILES_SOCKET}", {"rootPath": str(env.out_dir)}))
             _start_plugd(env, sockets, resources, extra_env={"DAPR_API_TOKEN": env.token})
         yield env
+
+
+def wait_for_events(env, what: str, check, within: float):
+    """Polls `env.events()` (what the test app recorded) until `check(events)` is truthy, and
+    returns it; fails after `within` seconds showing the last events."""
+    deadline = time.monotonic() + within
+    label = getattr(env, "label", None)
+    prefix = f"[{label}] " if label else ""
+    while True:
+        events = env.events()
+        result = check(events)
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            tail = "\n".join(json.dumps(e, sort_keys=True) for e in events[-8:])
+            pytest.fail(f"{prefix}{what}: not seen within {within}s; the app saw {len(events)} events, the last ones:\n{tail}")
+        time.sleep(0.02)

@@ -29,6 +29,7 @@ import pytest
 from dapr.clients import DaprClient
 
 from conftest import (
+    wait_for_events,
     CRON_PERIOD,
     FILES_BINDING,
     FILES_REF_BINDING,
@@ -113,16 +114,7 @@ def listed(client: DaprClient, binding=FILES_BINDING) -> List[str]:
 
 def wait_for(env: BindingsEnv, what: str, check, within: float = DELIVERY_WAIT_S):
     """Polls the app's events until `check(events)` is truthy (returned), or fails after `within`."""
-    deadline = time.monotonic() + within
-    while True:
-        events = env.events()
-        result = check(events)
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            tail = "\n".join(json.dumps(e, sort_keys=True) for e in events[-8:])
-            pytest.fail(f"[{env.label}] {what}: not seen within {within}s; the app saw {len(events)} events, the last ones:\n{tail}")
-        time.sleep(0.02)
+    return wait_for_events(env, what, check, within)
 
 
 def at_least(n, select):

@@ -43,6 +43,7 @@ from dapr.clients.exceptions import DaprGrpcError
 from dapr.clients.grpc._request import TransactionalStateOperation, TransactionOperationType
 
 from conftest import (
+    wait_for_events,
     REDIS_SERVER,
     SDK_ENV_CLEARED,
     SDK_ENV_DEFAULTS,
@@ -356,16 +357,7 @@ def expect_error(fn, code, error_code: Optional[str] = None, *in_message: str):
 
 def wait_for(env: DaprResourcesEnv, what: str, check, within: float = DELIVERY_WAIT_S):
     """Polls the app's events until `check(events)` is truthy (returned), or fails after `within`."""
-    deadline = time.monotonic() + within
-    while True:
-        events = env.events()
-        result = check(events)
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            tail = "\n".join(json.dumps(e, sort_keys=True) for e in events[-8:])
-            pytest.fail(f"{what}: not seen within {within}s; the app saw {len(events)} events, the last ones:\n{tail}")
-        time.sleep(0.02)
+    return wait_for_events(env, what, check, within)
 
 
 def stored_key(key: str) -> str:

@@ -31,7 +31,7 @@ from dapr.clients import BulkPublishEntry, DaprClient
 from dapr.clients.exceptions import DaprGrpcError
 from dapr.proto import api_v1, connect_dapr
 
-from conftest import PUBSUB, PubSubEnv, event_text
+from conftest import PUBSUB, PubSubEnv, event_text, wait_for_events
 
 DELIVERY_WAIT_S = 20.0
 COUNT_N = 200
@@ -71,16 +71,7 @@ def http_client(http_env, monkeypatch):
 
 def wait_for(env: PubSubEnv, what: str, check, within: float = DELIVERY_WAIT_S):
     """Polls the app's events until `check(events)` is truthy (returned), or fails after `within`."""
-    deadline = time.monotonic() + within
-    while True:
-        events = env.events()
-        result = check(events)
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            tail = "\n".join(json.dumps(e, sort_keys=True) for e in events[-8:])
-            pytest.fail(f"[{env.label}] {what}: not seen within {within}s; the app saw {len(events)} events, the last ones:\n{tail}")
-        time.sleep(0.02)
+    return wait_for_events(env, what, check, within)
 
 
 def grpc_mine(events, token, handler=None):
