@@ -2,12 +2,18 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// plugd: a Dapr-compatible sidecar that serves the runtime API with pluggable components.
+///
+/// Without a subcommand, plugd runs the sidecar.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "plugd", version, about)]
+#[command(name = "plugd", version, about, args_conflicts_with_subcommands = true)]
 pub struct Args {
+    /// Tools for component authors; without one, plugd runs the sidecar.
+    #[command(subcommand)]
+    pub command: Option<Tool>,
+
     /// The application's id: used in state key prefixes and the metadata API.
     #[arg(long = "app-id", env = "APP_ID", default_value = "")]
     pub app_id: String,
@@ -173,6 +179,91 @@ pub struct Args {
     pub app_call_timeout: std::time::Duration,
 }
 
+/// plugd's tools for component authors.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Tool {
+    /// Check a component socket against the pluggable-component contract (black box): prints a
+    /// table of checks and exits 1 if any failed.
+    Conformance(ConformanceArgs),
+    /// Show what component sockets serve: reachable or not (and why), services, kinds, features,
+    /// Ping round-trip time.
+    Inspect(InspectArgs),
+}
+
+/// The kinds a socket can be checked as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KindArg {
+    State,
+    Pubsub,
+    InputBinding,
+    OutputBinding,
+    Secretstore,
+}
+
+impl From<KindArg> for crate::component::ComponentKind {
+    fn from(k: KindArg) -> Self {
+        use crate::component::ComponentKind as K;
+        match k {
+            KindArg::State => K::State,
+            KindArg::Pubsub => K::PubSub,
+            KindArg::InputBinding => K::InputBinding,
+            KindArg::OutputBinding => K::OutputBinding,
+            KindArg::Secretstore => K::SecretStore,
+        }
+    }
+}
+
+/// `plugd conformance`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConformanceArgs {
+    /// The component's Unix socket.
+    #[arg(long)]
+    pub socket: PathBuf,
+
+    /// Check only these kinds (repeatable); default: every kind the socket serves.
+    #[arg(long, value_enum)]
+    pub kind: Vec<KindArg>,
+
+    /// Init metadata for the component under test, `key=value` (repeatable).
+    #[arg(long = "metadata", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub metadata: Vec<(String, String)>,
+
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Deadline on each call to the component.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+/// `plugd inspect`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InspectArgs {
+    /// One socket to inspect.
+    #[arg(conflicts_with = "sockets_folder")]
+    pub socket: Option<PathBuf>,
+
+    /// Inspect every socket in this folder (default: the sockets folder plugd would use).
+    #[arg(long = "sockets-folder")]
+    pub sockets_folder: Option<PathBuf>,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Deadline on dialling and on each call.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, not {text:?}")),
+    }
+}
+
 /// daprd flags plugd accepts and does not use: (name, takes a value).
 pub const IGNORED_DAPRD_FLAGS: &[(&str, bool)] = &[
     ("allowed-origins", true),
@@ -218,9 +309,18 @@ pub fn normalize_daprd_args(
 ) -> (Vec<std::ffi::OsString>, Vec<String>) {
     let mut out = Vec::new();
     let mut warnings: Vec<String> = Vec::new();
-    let mut iter = args.into_iter();
+    let mut iter = args.into_iter().peekable();
     if let Some(program) = iter.next() {
         out.push(program);
+    }
+    // The tools take their own flags: left as they are.
+    if iter
+        .peek()
+        .and_then(|a| a.to_str())
+        .is_some_and(|a| matches!(a, "conformance" | "inspect" | "help"))
+    {
+        out.extend(iter);
+        return (out, warnings);
     }
     let mut rest_verbatim = false;
     while let Some(arg) = iter.next() {
@@ -349,6 +449,36 @@ mod tests {
         }
         let args = Args::try_parse_from(["plugd"]).expect("defaults");
         assert!(args.managed_components && args.enable_metrics && !args.log_as_json);
+    }
+
+    #[test]
+    fn tools_parse_and_keep_their_flags() {
+        let (out, warnings) = normalize(&[
+            "plugd",
+            "conformance",
+            "--socket",
+            "/tmp/x.sock",
+            "--kind",
+            "state",
+            "--metadata",
+            "a=b=c",
+            "--json",
+        ]);
+        assert!(warnings.is_empty());
+        let args = Args::try_parse_from(out).expect("parses");
+        match args.command {
+            Some(Tool::Conformance(c)) => {
+                assert_eq!(c.socket, PathBuf::from("/tmp/x.sock"));
+                assert_eq!(c.kind, [KindArg::State]);
+                assert_eq!(c.metadata, [("a".to_string(), "b=c".to_string())]);
+                assert!(c.json);
+            }
+            other => panic!("{other:?}"),
+        }
+        let args = Args::try_parse_from(["plugd", "inspect", "/tmp/x.sock"]).expect("parses");
+        assert!(matches!(args.command, Some(Tool::Inspect(i)) if i.socket.is_some()));
+        assert!(Args::try_parse_from(["plugd", "conformance", "--metadata", "novalue"]).is_err());
+        assert!(Args::try_parse_from(["plugd", "--app-id", "x", "inspect"]).is_err());
     }
 
     #[test]

@@ -3,7 +3,12 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use plugd::{App, cli::Args, config::Config, telemetry};
+use plugd::{
+    App,
+    cli::{Args, Tool},
+    config::Config,
+    telemetry,
+};
 
 fn main() -> ExitCode {
     // daprd's command line works too: Go's `-flag` spelling, and its flags plugd does not use.
@@ -19,6 +24,9 @@ fn main() -> ExitCode {
             };
         }
     };
+    if let Some(tool) = args.command {
+        return run_tool(tool);
+    }
     if let Err(err) = telemetry::init(&args.log_level, args.log_as_json) {
         eprintln!("plugd: {err}");
         return ExitCode::from(64);
@@ -53,6 +61,87 @@ fn main() -> ExitCode {
             Err(err) => {
                 tracing::error!("plugd could not start: {err:#}");
                 ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// `plugd conformance` and `plugd inspect`: output on stdout, exit 0 when all is well, 1 when a
+/// check failed or a socket is unusable, 2 when they could not run at all.
+fn run_tool(tool: Tool) -> ExitCode {
+    // Quiet by default: the tools print their own results.
+    let _ = telemetry::init("warn", false);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("plugd: cannot start the async runtime: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(async move {
+        match tool {
+            Tool::Conformance(args) => {
+                let options = plugd::conformance::Options {
+                    socket: args.socket,
+                    kinds: args.kind.into_iter().map(Into::into).collect(),
+                    metadata: args.metadata.into_iter().collect(),
+                    timeout: args.timeout,
+                };
+                let report = plugd::conformance::run(&options).await;
+                if args.json {
+                    match serde_json::to_string_pretty(&report) {
+                        Ok(text) => println!("{text}"),
+                        Err(err) => {
+                            eprintln!("plugd: {err}");
+                            return ExitCode::from(2);
+                        }
+                    }
+                } else {
+                    print!("{}", report.table());
+                }
+                if report.passed() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Tool::Inspect(args) => {
+                let reports = match (&args.socket, &args.sockets_folder) {
+                    (Some(socket), _) => vec![plugd::inspect::socket(socket, args.timeout).await],
+                    (None, folder) => {
+                        let folder = folder.clone().unwrap_or_else(|| {
+                            plugd::config::sockets_folder_from_env(|k| std::env::var(k).ok())
+                        });
+                        match plugd::inspect::folder(&folder, args.timeout).await {
+                            Ok(reports) => reports,
+                            Err(err) => {
+                                eprintln!("plugd: cannot read {}: {err}", folder.display());
+                                return ExitCode::from(2);
+                            }
+                        }
+                    }
+                };
+                if args.json {
+                    match serde_json::to_string_pretty(&reports) {
+                        Ok(text) => println!("{text}"),
+                        Err(err) => {
+                            eprintln!("plugd: {err}");
+                            return ExitCode::from(2);
+                        }
+                    }
+                } else if reports.is_empty() {
+                    println!("no sockets");
+                } else {
+                    print!("{}", plugd::inspect::table(&reports));
+                }
+                if reports.iter().all(|r| r.reachable && r.error.is_none()) {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
             }
         }
     })
