@@ -288,8 +288,24 @@ class Env {
     fs.writeFileSync(path.join(this.resources, fileName), text);
   }
 
-  /** Starts plugd (optionally with an app channel) and waits for `/v1.0/healthz` = 204. */
-  async startPlugd({ appPort = null, appProtocol = null } = {}) {
+  /**
+   * Starts a process that is not a reference component (an example component in another
+   * language, say) with `argv` and extra environment variables, logging to `<root>/<name>.log`;
+   * it is stopped with the environment. Returns the Proc.
+   */
+  spawn(name, argv, extraEnv = {}) {
+    const proc = new Proc(name, argv, this.root, extraEnv);
+    this.procs.push(proc);
+    return proc;
+  }
+
+  /**
+   * Starts plugd (optionally with an app channel) and waits for `/v1.0/healthz` = 204.
+   * `managedComponents: true` lets plugd launch components itself (off by default: the tests
+   * start their components); `plugdArgs` are added to plugd's command line (for example
+   * `--managed-component NAME=COMMAND`).
+   */
+  async startPlugd({ appPort = null, appProtocol = null, managedComponents = false, plugdArgs = [] } = {}) {
     this.appPort = appPort;
     // A port picked by binding to 0 can be taken again before plugd binds it: retry a few times.
     for (let attempt = 0; attempt < 3; attempt++) {
@@ -304,9 +320,12 @@ class Env {
           "--sockets-folder", this.sockets,
           "--dapr-grpc-port", String(this.grpcPort),
           "--dapr-http-port", String(this.httpPort),
-          // The tests start their components themselves and read no metrics.
-          "--managed-components=false", "--enable-metrics=false",
+          // The tests start their components themselves (unless told otherwise) and read no
+          // metrics.
+          ...(managedComponents ? [] : ["--managed-components=false"]),
+          "--enable-metrics=false",
           ...appArgs,
+          ...plugdArgs,
           "--log-level", process.env.PLUGD_LOG_LEVEL || "info",
         ],
         this.root,
@@ -365,17 +384,18 @@ class Env {
 
 /**
  * Builds an environment: the given components, the resources (file name → YAML text, or a
- * function of the Env giving it), then plugd. On failure everything started is stopped and the
+ * function of the Env giving it), then plugd (`managedComponents` and `plugdArgs` as for
+ * `Env.startPlugd`). On failure everything started is stopped and the
  * error carries the processes' output.
  */
-async function startEnv(label, { components = [], resources = {}, appPort = null, appProtocol = null } = {}) {
+async function startEnv(label, { components = [], resources = {}, appPort = null, appProtocol = null, managedComponents = false, plugdArgs = [] } = {}) {
   const env = new Env(label);
   try {
     for (const c of components) await env.startComponent(c);
     for (const [name, text] of Object.entries(resources)) {
       env.writeResource(name, typeof text === "function" ? text(env) : text);
     }
-    await env.startPlugd({ appPort, appProtocol });
+    await env.startPlugd({ appPort, appProtocol, managedComponents, plugdArgs });
   } catch (e) {
     const logs = env.logs();
     await env.stop();
@@ -403,6 +423,7 @@ function withLogs(getEnv, fn) {
 
 module.exports = {
   BIN_DIR,
+  Env,
   REPO,
   componentYaml,
   freePort,
@@ -410,6 +431,7 @@ module.exports = {
   httpRequest,
   sleep,
   startEnv,
+  unixSocketAccepts,
   waitFor,
   withLogs,
 };
