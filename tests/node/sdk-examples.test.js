@@ -169,11 +169,15 @@ describe("the Node.js example components launched by plugd, used through DaprCli
     assert.equal(byName[SECRETS].type, `secretstores.${SECRETS_SOCKET}`);
     assert.equal(byName[SECRETS].status, "READY", JSON.stringify(byName[SECRETS]));
     assert.deepEqual(byName[SECRETS].capabilities, ["MULTIPLE_KEY_VALUES_PER_SECRET"]);
-    // What the examples printed reaches plugd's log, marked with their socket names.
-    const log = env.plugd().log();
-    assert.match(log, /\[mybinding\].*bindings instance files-a: files in/);
-    assert.match(log, /\[mybinding\].*bindings instance files-b: files in/);
-    assert.match(log, /\[mysecrets\].*secretstores instance nodesecrets: 3 secrets in/);
+    // What the examples printed reaches plugd's log (relayed as it comes), marked with their
+    // socket names.
+    for (const line of [
+      /\[mybinding\].*bindings instance files-a: files in/,
+      /\[mybinding\].*bindings instance files-b: files in/,
+      /\[mysecrets\].*secretstores instance nodesecrets: 3 secrets in/,
+    ]) {
+      await waitFor(`${line} in plugd's log`, 5000, () => line.test(env.plugd().log()));
+    }
   });
 
   test("plugd inspect sees what plugd sees in the sockets folder", async () => {
