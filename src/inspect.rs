@@ -42,9 +42,12 @@ pub struct SocketReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct KindReport {
     pub kind: &'static str,
-    /// The features reported (for an output binding: its operations).
+    /// The features reported (bindings have none).
     pub features: Vec<String>,
-    /// Why the features could not be read.
+    /// An output binding's operations (`ListOperations`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operations: Option<Vec<String>>,
+    /// Why the features (or operations) could not be read.
     pub features_error: Option<String>,
     /// Ping's round trip in milliseconds, when the component answered (even with an error
     /// status, such as "not initialised").
@@ -90,12 +93,16 @@ pub async fn socket(path: &Path, timeout: Duration) -> SocketReport {
         }
     };
     for kind in kinds {
-        let (features, features_error) =
-            match bounded(timeout, features(channel.clone(), kind)).await {
-                Ok(Ok(f)) => (f, None),
-                Ok(Err(status)) => (Vec::new(), Some(describe(&status))),
-                Err(e) => (Vec::new(), Some(e)),
-            };
+        let (listed, features_error) = match bounded(timeout, features(channel.clone(), kind)).await
+        {
+            Ok(Ok(f)) => (f, None),
+            Ok(Err(status)) => (Vec::new(), Some(describe(&status))),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        let (features, operations) = match kind {
+            ComponentKind::OutputBinding => (Vec::new(), Some(listed)),
+            _ => (listed, None),
+        };
         let started = Instant::now();
         let (ping_ms, ping_error) = match bounded(timeout, ping(channel.clone(), kind)).await {
             Ok(answered) => (
@@ -107,6 +114,7 @@ pub async fn socket(path: &Path, timeout: Duration) -> SocketReport {
         report.kinds.push(KindReport {
             kind: kind.as_str(),
             features,
+            operations,
             features_error,
             ping_ms,
             ping_error,
@@ -157,10 +165,11 @@ pub fn table(reports: &[SocketReport]) -> String {
             continue;
         }
         for k in &r.kinds {
-            let features = match (&k.features_error, k.features.is_empty()) {
-                (Some(e), _) => format!("error: {e}"),
-                (None, true) => "(none)".to_string(),
-                (None, false) => k.features.join(","),
+            let features = match (&k.features_error, &k.operations, k.features.is_empty()) {
+                (Some(e), _, _) => format!("error: {e}"),
+                (None, Some(ops), _) => format!("operations: {}", ops.join(" ")),
+                (None, None, true) => "(none)".to_string(),
+                (None, None, false) => k.features.join(","),
             };
             let ping = match (k.ping_ms, &k.ping_error) {
                 (Some(ms), None) => format!("{ms:.2} ms"),
@@ -232,12 +241,11 @@ async fn features(channel: Channel, kind: ComponentKind) -> Result<Vec<String>, 
         // lists its operations instead.
         ComponentKind::InputBinding => return Ok(Vec::new()),
         ComponentKind::OutputBinding => {
-            let ops = pb::output_binding_client::OutputBindingClient::new(channel)
+            return Ok(pb::output_binding_client::OutputBindingClient::new(channel)
                 .list_operations(request(pb::ListOperationsRequest {}))
                 .await?
                 .into_inner()
-                .operations;
-            return Ok(vec![format!("operations: {}", ops.join(" "))]);
+                .operations);
         }
         ComponentKind::SecretStore => {
             pb::secret_store_client::SecretStoreClient::new(channel)
