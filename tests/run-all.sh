@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (Python and Node.js SDKs for the compatibility
-# suites, redis-server), then runs every Rust test in the workspace and the Python and Node.js SDK
-# suites against the freshly built binaries.
+# suites, the packages of the Python and Node.js example components, redis-server), then runs every
+# Rust test in the workspace and the Python and Node.js suites (which also run the example
+# components against plugd and through `plugd conformance`) against the freshly built binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +28,9 @@ fi
 
 python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+# The components in other languages (sdk-examples/): their packages, pinned.
+python3 -m pip install --quiet --disable-pip-version-check -r sdk-examples/python/requirements.txt
+npm ci --prefix sdk-examples/node --no-audit --no-fund --loglevel=error
 cargo test --workspace --all-targets
 cargo build --workspace --bins
 PLUGD_BIN_DIR="$PWD/target/debug" python3 -m pytest -q tests/python
