@@ -6,13 +6,18 @@ Nothing here is specific to plugd: a component built this way works with daprd a
 * **Stubs.** `load_protos()` runs `grpc_tools.protoc` on the repository's `proto/proto` folder
   (the `dapr/proto/components/v1/*.proto` files, plus the well-known types shipped inside
   grpc_tools) into a cache folder keyed by the protos' contents and the grpcio-tools/protobuf
-  versions, then imports the modules. Nothing generated is committed.
-* **Socket.** `<folder>/<name>.sock`, the folder from `--socket-folder`, else
-  `DAPR_COMPONENT_SOCKETS_FOLDER` (what plugd and daprd set), else
-  `DAPR_COMPONENTS_SOCKETS_FOLDER`, else `/tmp/dapr-components-sockets`; the name from
-  `--socket-name`, else `PLUGD_SOCKET_NAME` (set by `plugd --managed-component`), else the
-  component's default. A stale socket file (nobody accepts on it) is removed; a live one is
-  left alone and the component exits with code 1.
+  versions, then imports the modules. Nothing generated is committed. If the cache folder
+  cannot be created, a per-user folder in the temp directory is used instead,
+  `plugd-sdk-examples-python-<uid>`, and only if it is a real directory owned by this user
+  with mode 0700 (nobody else can plant modules in it).
+* **Socket.** `<folder>/<name>.sock`, the folder from `--socket-folder`, else the first set of
+  `DAPR_COMPONENTS_SOCKETS_FOLDER` (the variable daprd reads), `DAPR_COMPONENT_SOCKETS_FOLDER`
+  and `DAPR_COMPONENT_SOCKET_FOLDER` (the order plugd reads them in), else
+  `/tmp/dapr-components-sockets`. daprd sets none of them for a component: start the
+  component with the same folder daprd uses. `plugd --managed-component` sets the first two.
+  The name from `--socket-name`, else `PLUGD_SOCKET_NAME` (set by `plugd --managed-component`),
+  else the component's default. A stale socket file (nobody accepts on it) is removed; a live
+  one is left alone and the component exits with code 1.
 * **Reflection.** grpcio-reflection serves `grpc.reflection.v1alpha.ServerReflection`, the
   version daprd (and plugd, first) asks for; the same servicer also answers as
   `grpc.reflection.v1.ServerReflection` (the messages are the same on the wire).
@@ -21,7 +26,8 @@ Nothing here is specific to plugd: a component built this way works with daprd a
 * **Errors.** Raise `ComponentError`; the `@rpc` decorator turns it into the gRPC status, with
   a `google.rpc.Status` in the `grpc-status-details-bin` trailer when it has details.
 * **Shutdown.** SIGTERM or SIGINT: stop accepting, let calls finish for a short grace period,
-  remove the socket, exit 0.
+  remove the socket (only if it is still the one this process bound: not a file another
+  process put at the path meanwhile), exit 0.
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ from google.rpc import error_details_pb2, status_pb2
 INSTANCE_HEADER = "x-component-instance"
 DEFAULT_INSTANCE = "#default__instance#"
 DEFAULT_SOCKETS_FOLDER = "/tmp/dapr-components-sockets"
+# Read in this order, as plugd does (src/config.rs); daprd reads the first one.
+SOCKETS_FOLDER_ENV = ("DAPR_COMPONENTS_SOCKETS_FOLDER", "DAPR_COMPONENT_SOCKETS_FOLDER", "DAPR_COMPONENT_SOCKET_FOLDER")
 PROTO_FILES = ("common", "state", "pubsub", "bindings", "secretstore")
 SHUTDOWN_GRACE_S = 2.0
 
@@ -72,6 +80,32 @@ def _cache_base() -> Path:
         return Path(explicit)
     xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(xdg) / "plugd-sdk-examples-python"
+
+
+def _fallback_cache_base() -> Path:
+    """The cache folder when the usual one cannot be created: per user, in the temp folder."""
+    return Path(tempfile.gettempdir()) / f"plugd-sdk-examples-python-{os.getuid()}"
+
+
+class UnsafeCacheDir(RuntimeError):
+    pass
+
+
+def _private_dir(path: Path) -> Path:
+    """Creates `path` with mode 0700 if missing, and checks that it is a directory (not a
+    symlink) owned by this user with mode 0700: in a shared folder such as /tmp, anyone could
+    otherwise have created it first and put modules in it for us to import."""
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) != 0o700:
+        raise UnsafeCacheDir(
+            f"{path} is not a directory owned by uid {os.getuid()} with mode 0700 "
+            f"(uid {st.st_uid}, mode {stat.filemode(st.st_mode)}); not importing stubs from it: "
+            "remove it, or set PLUGD_PY_STUBS_DIR")
+    return path
 
 
 def _generate(proto_root: Path, out: Path) -> None:
@@ -114,10 +148,9 @@ def load_protos(proto_root: Optional[Path] = None) -> SimpleNamespace:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     base = _cache_base()
     try:
-        base.mkdir(parents=True, exist_ok=True)
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError:
-        base = Path(tempfile.gettempdir()) / "plugd-sdk-examples-python"
-        base.mkdir(parents=True, exist_ok=True)
+        base = _private_dir(_fallback_cache_base())
     final = base / digest.hexdigest()[:24]
     if not (final / "dapr" / "proto" / "components" / "v1" / "__init__.py").is_file():
         # Generate beside the final folder and rename: two components starting at once (plugd
@@ -223,8 +256,8 @@ def arg_parser(description: str, default_name: str) -> argparse.ArgumentParser:
     p.add_argument("--socket-name", default=os.environ.get("PLUGD_SOCKET_NAME") or default_name,
                    help=f"socket file stem = component type name (env PLUGD_SOCKET_NAME; default {default_name})")
     p.add_argument("--socket-folder", default=None,
-                   help="folder of the socket (env DAPR_COMPONENT_SOCKETS_FOLDER, then "
-                        f"DAPR_COMPONENTS_SOCKETS_FOLDER; default {DEFAULT_SOCKETS_FOLDER})")
+                   help=f"folder of the socket (env {', then '.join(SOCKETS_FOLDER_ENV)}; "
+                        f"default {DEFAULT_SOCKETS_FOLDER})")
     p.add_argument("--proto-path", default=os.environ.get("PLUGD_PROTO_PATH"),
                    help="folder holding dapr/proto/components/v1/*.proto (default: <repo>/proto/proto)")
     p.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "info"),
@@ -233,12 +266,8 @@ def arg_parser(description: str, default_name: str) -> argparse.ArgumentParser:
 
 
 def socket_path(args) -> Path:
-    folder = (
-        args.socket_folder
-        or os.environ.get("DAPR_COMPONENT_SOCKETS_FOLDER")
-        or os.environ.get("DAPR_COMPONENTS_SOCKETS_FOLDER")
-        or DEFAULT_SOCKETS_FOLDER
-    )
+    folder = args.socket_folder or next(
+        (os.environ[k] for k in SOCKETS_FOLDER_ENV if os.environ.get(k)), DEFAULT_SOCKETS_FOLDER)
     return Path(folder) / f"{args.socket_name}.sock"
 
 
@@ -307,12 +336,31 @@ async def serve(
     server = grpc.aio.server()
     names: List[str] = list(add_services(server))
     _add_reflection(server, names)
-    server.add_insecure_port(f"unix:{path}")
+    # gRPC core unlinks a Unix socket's path when the server stops, whatever file is there by
+    # then. So bind in a private folder beside the socket and rename the socket into place:
+    # what gRPC unlinks at the end is the private path, and this process removes `path` itself,
+    # only if it is still the file it renamed there (not one another process, a newer instance
+    # of the component say, has put there meanwhile). Too long a private path (a socket path
+    # has ~107 bytes): bind `path` directly.
+    bind_dir = Path(tempfile.mkdtemp(prefix=".b", dir=path.parent))
+    bound = bind_dir / "s"
+    if len(os.fsencode(bound)) > 100:
+        bind_dir.rmdir()
+        bind_dir, bound = None, path
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await server.start()
+    try:
+        server.add_insecure_port(f"unix:{bound}")
+        await server.start()
+        if bound != path:
+            os.rename(bound, path)
+    finally:
+        if bind_dir is not None:
+            shutil.rmtree(bind_dir, ignore_errors=True)
+    st = path.lstat()
+    ours = (st.st_dev, st.st_ino)
     log.info("serving %s on %s", ", ".join(names), path)
     try:
         await stop.wait()
@@ -321,8 +369,15 @@ async def serve(
             await on_shutdown()  # e.g. end open streams, so the grace period is not waited out
         await server.stop(SHUTDOWN_GRACE_S)
     finally:
-        path.unlink(missing_ok=True)
-        log.info("stopped; removed %s", path)
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            st = None
+        if st is not None and (st.st_dev, st.st_ino) == ours:
+            path.unlink(missing_ok=True)
+            log.info("stopped; removed %s", path)
+        else:
+            log.info("stopped; %s is no longer this process's socket, left alone", path)
 
 
 def main(run: Callable[[argparse.Namespace], Awaitable[None]], args: argparse.Namespace, name: str) -> int:
@@ -330,7 +385,7 @@ def main(run: Callable[[argparse.Namespace], Awaitable[None]], args: argparse.Na
     setup_logging(args.log_level, name)
     try:
         asyncio.run(run(args))
-    except SocketInUse as e:
+    except (SocketInUse, UnsafeCacheDir) as e:
         log.error("%s", e)
         return 1
     return 0

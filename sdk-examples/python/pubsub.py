@@ -15,10 +15,19 @@ so `type: pubsub.pypubsub`); see README.md.
   `maxInFlight` unacked at once per stream. An ack without `ack_error` settles the message. A
   message is delivered again (before newer ones) when it is **nacked** (ack with `ack_error`),
   when it is **not acked** within `ackDeadlineSeconds`, or when its **stream ends** unacked.
-  An ack for an unknown or expired delivery id is ignored.
+  A nacked message waits before it is delivered again: 100 ms after its first nack, doubling
+  with every further nack of it in the group, 5 s at most. An ack for an unknown or expired
+  delivery id is ignored.
+* **Backlog.** Each consumer group keeps at most `maxBacklog` messages waiting to be delivered
+  (and a topic with no group yet keeps at most `maxBacklog` for its first group). When a
+  publish finds the group full, the **oldest** waiting message of that group is dropped (with a
+  warning); the publish itself always succeeds. Delivered, unacked messages do not count.
 * **Features:** BULK_PUBSUB (BulkPublish) and MESSAGE_TTL (`ttlInSeconds` in the publish
-  metadata: an expired message is never delivered). Pause / Resume stop and restart delivery
-  on the instance's streams. Ping answers.
+  metadata: an expired message is never delivered). Ping answers.
+* **Pause / Resume** apply to the streams open when they are called: Pause stops delivery on
+  them (daprd and plugd call it at graceful shutdown, then drain and cancel, and never call
+  Resume), Resume restarts it. A stream opened later, e.g. by the host after it restarted,
+  is not paused.
 
 Init metadata, per instance (`x-component-instance`, the Component's name; instances are
 separate brokers):
@@ -28,7 +37,8 @@ separate brokers):
     ackDeadlineSeconds  redeliver what is not acked within this time; 0 = only on nack or end
                         of stream (decimals allowed)                      (default: 60)
     maxInFlight         unacked deliveries per stream                     (default: 10)
-    maxBacklog          messages kept per topic before its first group    (default: 1000)
+    maxBacklog          messages waiting per consumer group, and per topic before its
+                        first group; the oldest is dropped when full       (default: 1000)
 
 A second Init of an instance with the same metadata keeps it (and its messages); with other
 metadata, the instance is replaced and its open streams end (the host subscribes again).
@@ -62,6 +72,8 @@ from plugd_component import (
 
 FEATURES = ["BULK_PUBSUB", "MESSAGE_TTL"]
 TTL_KEY = "ttlInSeconds"
+NACK_BACKOFF_FIRST_S = 0.1  # delay before a nacked message is delivered again, doubling per nack
+NACK_BACKOFF_MAX_S = 5.0
 
 log = logging.getLogger("pubsub")
 pb = None  # the generated modules, set by run()
@@ -99,6 +111,7 @@ class Stream:
         self.group_name = group
         self.inflight: Dict[str, Message] = {}
         self.ended = False
+        self.paused = False  # by Pause while this stream was open
 
 
 class Group:
@@ -110,7 +123,24 @@ class Group:
         self.name = name
         self.ready: Deque[Message] = deque()
         self.inflight: Dict[str, tuple] = {}  # delivery id -> (message, stream, deadline timer)
+        self.nacks: Dict[int, int] = {}  # message seq -> times nacked in this group
+        self.backing_off: Dict[int, asyncio.TimerHandle] = {}  # message seq -> redelivery timer
+        self.dropped = 0
         self._waiters: Set[asyncio.Future] = set()
+
+    def add(self, msg: Message) -> None:
+        """A published message: queued for the group, dropping the oldest waiting one when the
+        group already holds `maxBacklog`."""
+        limit = self.broker.max_backlog
+        while len(self.ready) >= limit:
+            old = self.ready.popleft()
+            self.nacks.pop(old.seq, None)
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("group %r on %r holds maxBacklog=%d waiting messages: dropped the oldest "
+                            "(%d dropped so far)", self.name, self.topic, limit, self.dropped)
+        self.ready.append(msg)
+        self.wake()
 
     def wake(self) -> None:
         """Wakes every stream waiting for something to change (synchronous: callable from
@@ -132,8 +162,8 @@ class Group:
             if stream.ended or self.broker.closed:
                 return None
             while self.ready and self.ready[0].expired():
-                self.ready.popleft()
-            if self.ready and not self.broker.paused and len(stream.inflight) < self.broker.max_in_flight:
+                self.nacks.pop(self.ready.popleft().seq, None)
+            if self.ready and not stream.paused and len(stream.inflight) < self.broker.max_in_flight:
                 msg = self.ready.popleft()
                 did = uuid.uuid4().hex
                 timer = None
@@ -165,9 +195,24 @@ class Group:
         msg = self._settle(did)
         if msg is None:
             log.debug("ack for unknown or expired delivery %s ignored", did)
-        elif error is not None:
-            log.info("message %d on %r nacked (%s): redelivering", msg.seq, self.topic, error or "no reason")
+        elif error is None:
+            self.nacks.pop(msg.seq, None)
+        else:
+            n = self.nacks[msg.seq] = self.nacks.get(msg.seq, 0) + 1
+            delay = min(NACK_BACKOFF_FIRST_S * 2 ** (n - 1), NACK_BACKOFF_MAX_S)
+            log.debug("message %d on %r nacked (%s), %d time(s): redelivering in %.1fs",
+                      msg.seq, self.topic, error or "no reason", n, delay)
+            self.backing_off[msg.seq] = asyncio.get_running_loop().call_later(delay, self._back_off_done, msg)
+
+    def _back_off_done(self, msg: Message) -> None:
+        if self.backing_off.pop(msg.seq, None) is not None and not self.broker.closed:
             self._requeue([msg])
+
+    def close(self) -> None:
+        for timer in self.backing_off.values():
+            timer.cancel()
+        self.backing_off.clear()
+        self.wake()
 
     def _expire(self, did: str) -> None:
         msg = self._settle(did)
@@ -195,10 +240,10 @@ class Broker:
         self.consumer_id = props.get("consumerID") or "default"
         self.ack_deadline = self._number(props, "ackDeadlineSeconds", 60.0, float, 0)
         self.max_in_flight = self._number(props, "maxInFlight", 10, int, 1)
-        self.max_backlog = self._number(props, "maxBacklog", 1000, int, 0)
+        self.max_backlog = self._number(props, "maxBacklog", 1000, int, 1)
         self.groups: Dict[str, Dict[str, Group]] = {}  # topic -> group name -> group
         self.backlog: Dict[str, Deque[Message]] = {}  # topic -> messages before any group
-        self.paused = False
+        self.streams: Set[Stream] = set()  # open PullMessages streams
         self.closed = False
 
     @staticmethod
@@ -220,12 +265,10 @@ class Broker:
         msg = Message(topic, data, content_type, metadata)
         groups = self.groups.get(topic)
         if not groups:
-            if self.max_backlog:
-                self.backlog.setdefault(topic, deque(maxlen=self.max_backlog)).append(msg)
+            self.backlog.setdefault(topic, deque(maxlen=self.max_backlog)).append(msg)
             return
         for group in groups.values():
-            group.ready.append(msg)
-            group.wake()
+            group.add(msg)
 
     def group(self, topic: str, name: str) -> Group:
         groups = self.groups.setdefault(topic, {})
@@ -236,19 +279,27 @@ class Broker:
                 group.ready.extend(self.backlog.pop(topic, ()))
         return group
 
+    def open_stream(self, stream: Stream) -> None:
+        self.streams.add(stream)
+
+    def close_stream(self, stream: Stream) -> None:
+        self.streams.discard(stream)
+
     def all_groups(self):
         for groups in self.groups.values():
             yield from groups.values()
 
     def set_paused(self, paused: bool) -> None:
-        self.paused = paused
+        """Pause / Resume: the streams open now; a stream opened later starts unpaused."""
+        for stream in self.streams:
+            stream.paused = paused
         for g in self.all_groups():
             g.wake()
 
     def close(self) -> None:
         self.closed = True
         for g in self.all_groups():
-            g.wake()
+            g.close()
 
 
 class PubSubServicer:
@@ -272,7 +323,8 @@ class PubSubServicer:
         self.brokers[name] = Broker(name, props)
         if old is not None:
             old.close()
-        log.info("instance %r initialised: %s", name, props)
+        # Key names only: the values may be secrets the host resolved.
+        log.info("instance %r initialised (metadata keys: %s)", name, ", ".join(sorted(props)) or "none")
         return pb.pubsub_pb2.PubSubInitResponse()
 
     @rpc
@@ -326,6 +378,7 @@ class PubSubServicer:
         topic = first.topic.name
         group = broker.group(topic, first.topic.metadata.get("consumerID") or broker.consumer_id)
         stream = Stream(topic, group.name)
+        broker.open_stream(stream)
         log.info("stream opened on %r (instance %r, group %r)", topic, broker.name, group.name)
 
         async def read_acks():
@@ -350,6 +403,7 @@ class PubSubServicer:
                     content_type=msg.content_type, id=did))
         finally:
             reader.cancel()
+            broker.close_stream(stream)
             group.end(stream)
             log.info("stream on %r ended (instance %r, group %r)", topic, broker.name, group.name)
 

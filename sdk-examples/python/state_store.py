@@ -84,6 +84,12 @@ def _ttl_of(metadata) -> Optional[float]:
     return float(ttl) if ttl > 0 else None
 
 
+def _redact(path: str) -> str:
+    """A database path fit for logs: a `file:` URI without its query (which may hold options
+    such as a key), a plain path as is."""
+    return path.split("?", 1)[0] if path.startswith("file:") else path
+
+
 def _rfc3339(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -106,14 +112,22 @@ class Store:
             raise invalid_argument(f"metadata busyTimeoutMs={raw_busy!r} is not an integer") from None
         self.db: Optional[sqlite3.Connection] = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{name}")
+        self._closed = False
 
     async def run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     def close(self) -> None:
+        """Closes the connection (on its thread, after the calls already queued) and ends the
+        thread. Idempotent: a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+
         def _close():
             if self.db is not None:
                 self.db.close()
+                self.db = None
         self._thread.submit(_close)
         self._thread.shutdown(wait=False)
 
@@ -193,6 +207,7 @@ class StateStoreServicer:
 
     def __init__(self):
         self.instances: Dict[str, Store] = {}
+        self._init_locks: Dict[str, asyncio.Lock] = {}  # one per instance: Inits never overlap
 
     def store(self, context) -> Store:
         name = instance_name(context)
@@ -205,19 +220,26 @@ class StateStoreServicer:
     async def Init(self, request, context):
         name = instance_name(context)
         props = dict(request.metadata.properties)
-        old = self.instances.get(name)
-        if old is not None and old.props == props:
-            return pb.state_pb2.InitResponse()
-        store = Store(name, props)
-        try:
-            await store.run(store.open)
-        except sqlite3.Error as e:
-            store.close()
-            raise ComponentError(grpc.StatusCode.INTERNAL, f"cannot open {store.path!r}: {e}") from e
-        self.instances[name] = store
-        if old is not None:
-            old.close()
-        log.info("instance %r initialised: database %s, table %s", name, store.path, store.table)
+        # Concurrent Inits of one instance (a host reconnecting while another Init is still
+        # opening the database) run one after the other: each sees what the previous one left,
+        # so no store is opened and then lost, and none is closed twice.
+        async with self._init_locks.setdefault(name, asyncio.Lock()):
+            current = self.instances.get(name)
+            if current is not None and current.props == props:
+                return pb.state_pb2.InitResponse()
+            store = Store(name, props)
+            try:
+                await store.run(store.open)
+            except sqlite3.Error as e:
+                store.close()
+                raise ComponentError(grpc.StatusCode.INTERNAL, f"cannot open {_redact(store.path)!r}: {e}") from e
+            old = self.instances.get(name)  # re-read after the await
+            self.instances[name] = store
+            if old is not None:
+                old.close()
+        # Not the connection string itself: it may carry credentials the host resolved.
+        log.info("instance %r initialised: database %s, table %s (metadata keys: %s)",
+                 name, _redact(store.path), store.table, ", ".join(sorted(props)) or "none")
         return pb.state_pb2.InitResponse()
 
     @rpc

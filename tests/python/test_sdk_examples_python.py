@@ -21,24 +21,38 @@ socket is left.
 `test_conformance` runs `plugd conformance --socket … --json` against each example, started by
 hand this time (over a stale socket file, which the example must replace), and checks that the
 example exits 0 on SIGTERM and removes its own socket.
+
+The `test_direct_*` tests start an example by hand and call it over its socket with plain
+grpcio (message classes built from the protos in a private descriptor pool, so nothing clashes
+with the SDK's `dapr` package): Pause scoped to the streams it paused (a re-Init and a new
+stream after the host restarted deliver again), the nack backoff, the per-group backlog cap,
+concurrent Inits of one state store instance, Init metadata values kept out of the logs, and a
+socket file replaced by someone else left alone at exit. `test_helpers_*` check the shared
+module's socket folder variables and its private stub cache fallback in-process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import importlib.resources
 import json
 import os
+import queue
 import shlex
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from types import SimpleNamespace
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import grpc
 import pytest
@@ -47,6 +61,7 @@ from dapr.clients.exceptions import DaprGrpcError
 from dapr.clients.grpc._request import TransactionalStateOperation, TransactionOperationType
 from dapr.clients.grpc._state import StateItem
 from dapr.proto import api_service_v1, api_v1
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from conftest import (
     REPO,
@@ -417,9 +432,319 @@ def test_conformance(script, kind, tmp_path_factory):
     results = report["results"]
     failed = [r for r in results if r["outcome"] == "fail"]
     table = "\n".join(f"{r['kind']:8} {r['check']:40} {r['outcome']:5} {r['reason']}" for r in results)
-    # Until src/conformance.rs has its suite, the CLI reports one stub failure: expected then.
-    if any("not implemented yet" in r["reason"] for r in failed):
-        pytest.xfail(f"plugd conformance is still a stub:\n{table}")
     assert run.returncode == 0 and not failed, (
         f"conformance exit {run.returncode}, failed checks:\n{table}\n--- stderr\n{run.stderr}\n--- {script}\n{log}")
     assert any(r["kind"] == kind and r["outcome"] == "pass" for r in results), table
+
+
+# ------------------------------------------------------------------ direct gRPC, by hand
+
+COMPONENTS_PKG = "dapr.proto.components.v1"
+INSTANCE_HEADER = "x-component-instance"
+CALL_TIMEOUT_S = 10.0
+PROTO_FILES = ("common", "state", "pubsub")
+
+
+class Wire:
+    """The component messages, from the repository's protos, in a private descriptor pool."""
+
+    def __init__(self, out: Path):
+        from grpc_tools import protoc
+
+        wkt = importlib.resources.files("grpc_tools") / "_proto"
+        descriptors = out / "components.pb"
+        args = ["grpc_tools.protoc", f"--proto_path={REPO / 'proto' / 'proto'}", f"--proto_path={wkt}",
+                "--include_imports", f"--descriptor_set_out={descriptors}",
+                *[f"dapr/proto/components/v1/{n}.proto" for n in PROTO_FILES]]
+        assert protoc.main(args) == 0, f"protoc failed: {args}"
+        self.pool = descriptor_pool.DescriptorPool()
+        for f in descriptor_pb2.FileDescriptorSet.FromString(descriptors.read_bytes()).file:
+            self.pool.Add(f)
+
+    def __getattr__(self, name: str):
+        return message_factory.GetMessageClass(self.pool.FindMessageTypeByName(f"{COMPONENTS_PKG}.{name}"))
+
+    def call(self, channel, service: str, method: str, request, response: str, instance: str):
+        fn = channel.unary_unary(f"/{COMPONENTS_PKG}.{service}/{method}",
+                                 request_serializer=lambda m: m.SerializeToString(),
+                                 response_deserializer=getattr(self, response).FromString)
+        return fn(request, metadata=((INSTANCE_HEADER, instance),), timeout=CALL_TIMEOUT_S)
+
+
+@pytest.fixture(scope="module")
+def wire(tmp_path_factory):
+    return Wire(tmp_path_factory.mktemp("wire"))
+
+
+@contextlib.contextmanager
+def _by_hand(script: str, root: Path) -> Iterator[Tuple[object, Path]]:
+    """Starts `script` on a socket of its own; stops it after, and checks it exited 0."""
+    sockets = Path(f"/tmp/plugd-sdkex-py-{uuid.uuid4().hex[:8]}")  # short: a socket path has ~107 bytes
+    sockets.mkdir()
+    sock = sockets / "c.sock"
+    proc = _spawn(f"by-hand-{Path(script).stem}", [sys.executable, str(EXAMPLES / script), "--log-level", "debug",
+                                                   "--socket-folder", str(sockets), "--socket-name", sock.stem],
+                  root, {"PYTHONUNBUFFERED": "1"})
+    try:
+        _wait_for_socket(sock, proc, SOCKET_WAIT_S)
+        yield proc, sock
+        rc = proc.stop()
+        assert rc == 0, f"{script} exited with {rc} after SIGTERM:\n{proc.log()}"
+    finally:
+        proc.stop()
+        for p in sockets.iterdir():
+            p.unlink()
+        sockets.rmdir()
+
+
+class Puller:
+    """One PullMessages stream: a thread reads the messages, with the time each arrived."""
+
+    def __init__(self, wire: Wire, channel, instance: str, topic: str):
+        self.wire = wire
+        self.requests: "queue.Queue" = queue.Queue()
+        self.received: "queue.Queue" = queue.Queue()  # (time.monotonic(), PullMessagesResponse)
+        self.requests.put(wire.PullMessagesRequest(topic=wire.Topic(name=topic)))
+        fn = channel.stream_stream(f"/{COMPONENTS_PKG}.PubSub/PullMessages",
+                                   request_serializer=lambda m: m.SerializeToString(),
+                                   response_deserializer=wire.PullMessagesResponse.FromString)
+        self.call = fn(self._send(), metadata=((INSTANCE_HEADER, instance),))
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _send(self):
+        while True:
+            req = self.requests.get()
+            if req is None:
+                return
+            yield req
+
+    def _read(self):
+        try:
+            for m in self.call:
+                self.received.put((time.monotonic(), m))
+        except grpc.RpcError:
+            pass
+
+    def next(self, what: str, within: float = DELIVERY_WAIT_S):
+        """(arrival time, message): the next message, within `within` seconds."""
+        try:
+            return self.received.get(timeout=within)
+        except queue.Empty:
+            pytest.fail(f"{what}: nothing delivered within {within}s")
+
+    def ack(self, did: str, error: Optional[str] = None) -> None:
+        err = self.wire.AckMessageError(message=error) if error is not None else None
+        self.requests.put(self.wire.PullMessagesRequest(ack_message_id=did, ack_error=err))
+
+    def close(self) -> None:
+        self.requests.put(None)
+        self.call.cancel()
+        self.thread.join(timeout=STOP_WAIT_S)
+
+
+class PubSubClient:
+    def __init__(self, wire: Wire, channel, instance: str):
+        self.wire, self.channel, self.instance = wire, channel, instance
+
+    def init(self, props: Dict[str, str]) -> None:
+        req = self.wire.PubSubInitRequest(metadata=self.wire.MetadataRequest(properties=props))
+        self.wire.call(self.channel, "PubSub", "Init", req, "PubSubInitResponse", self.instance)
+
+    def publish(self, topic: str, data: bytes) -> None:
+        req = self.wire.PublishRequest(topic=topic, data=data, pubsub_name=self.instance)
+        self.wire.call(self.channel, "PubSub", "Publish", req, "PublishResponse", self.instance)
+
+    def pause(self) -> None:
+        self.wire.call(self.channel, "PubSub", "Pause", self.wire.PauseRequest(), "PauseResponse", self.instance)
+
+    def pull(self, topic: str) -> Puller:
+        return Puller(self.wire, self.channel, self.instance, topic)
+
+
+def _secret() -> str:
+    return f"s3cret-{uuid.uuid4().hex}"
+
+
+def test_direct_pause_does_not_outlive_a_host_restart(wire, tmp_path_factory):
+    """daprd and plugd Pause at graceful shutdown and never Resume. After the host comes back
+    (Init again with the same metadata, a new stream), delivery works; the old paused stream
+    gets nothing."""
+    with _by_hand("pubsub.py", tmp_path_factory.mktemp("pause")) as (proc, sock), \
+            grpc.insecure_channel(f"unix:{sock}") as channel:
+        ps = PubSubClient(wire, channel, "paused")
+        meta = {"consumerID": "app", "ackDeadlineSeconds": "0"}
+        ps.init(meta)
+        old = ps.pull("t")
+        try:
+            ps.publish("t", b"m0")
+            _, m0 = old.next("m0 on the first stream")
+            assert m0.data == b"m0"
+            old.ack(m0.id)
+            ps.pause()
+            ps.pause()  # idempotent: daprd calls it once per subscription
+            ps.publish("t", b"m1")  # held: the only stream is paused
+            ps.init(meta)  # the host restarted and runs Init again
+            new = ps.pull("t")
+            try:
+                ps.publish("t", b"m2")
+                got = []
+                for _ in range(2):
+                    _, m = new.next("delivery on the stream opened after Pause and re-Init")
+                    got.append(m.data)
+                    new.ack(m.id)
+                assert got == [b"m1", b"m2"]
+            finally:
+                new.close()
+            assert old.received.empty(), "the paused stream received a message"
+        finally:
+            old.close()
+
+
+def test_direct_nack_backs_off(wire, tmp_path_factory):
+    """A nacked message comes back only after a delay that grows with each nack; the Init
+    metadata values never reach the log."""
+    secret = _secret()
+    with _by_hand("pubsub.py", tmp_path_factory.mktemp("nack")) as (proc, sock), \
+            grpc.insecure_channel(f"unix:{sock}") as channel:
+        ps = PubSubClient(wire, channel, "nacks")
+        ps.init({"ackDeadlineSeconds": "0", "password": secret})
+        sub = ps.pull("t")
+        try:
+            ps.publish("t", b"again")
+            _, m = sub.next("the first delivery")
+            for n, backoff in enumerate((0.1, 0.2), start=1):
+                nacked = time.monotonic()
+                sub.ack(m.id, f"nack {n}")
+                arrived, m = sub.next(f"redelivery after nack {n}")
+                assert m.data == b"again"
+                assert arrived - nacked >= backoff, f"redelivered {arrived - nacked:.3f}s after nack {n}, backoff {backoff}s"
+            sub.ack(m.id)
+        finally:
+            sub.close()
+    log = proc.log()
+    assert secret not in log, log
+    assert "password" in log, "the Init log line names the metadata keys"
+
+
+def test_direct_backlog_is_capped_per_group(wire, tmp_path_factory):
+    """A group holds at most maxBacklog waiting messages: the oldest are dropped."""
+    with _by_hand("pubsub.py", tmp_path_factory.mktemp("backlog")) as (proc, sock), \
+            grpc.insecure_channel(f"unix:{sock}") as channel:
+        ps = PubSubClient(wire, channel, "capped")
+        ps.init({"ackDeadlineSeconds": "0", "maxInFlight": "1", "maxBacklog": "3"})
+        sub = ps.pull("t")
+        try:
+            ps.publish("t", b"m0")
+            _, m = sub.next("m0")  # the group exists; m0 is in flight
+            for i in range(1, 6):
+                ps.publish("t", f"m{i}".encode())  # m1, m2 dropped: m3..m5 wait
+            got = [m.data]
+            sub.ack(m.id)
+            for _ in range(3):
+                _, m = sub.next("a waiting message")
+                got.append(m.data)
+                sub.ack(m.id)
+            ps.publish("t", b"last")
+            _, m = sub.next("the message published last")
+            got.append(m.data)
+            sub.ack(m.id)
+            assert got == [b"m0", b"m3", b"m4", b"m5", b"last"]
+        finally:
+            sub.close()
+    assert "dropped the oldest" in proc.log()
+
+
+def test_direct_concurrent_inits_of_one_state_instance(wire, tmp_path_factory):
+    """Inits of one instance at the same time, with different metadata: all succeed, the last
+    one's store serves, the process exits cleanly, and no metadata value is logged."""
+    secret = _secret()
+    with _by_hand("state_store.py", tmp_path_factory.mktemp("inits")) as (proc, sock), \
+            grpc.insecure_channel(f"unix:{sock}") as channel:
+        def init(i: int):
+            props = {"tableName": f"t{i % 3}", "password": secret}
+            req = wire.InitRequest(metadata=wire.MetadataRequest(properties=props))
+            return wire.call(channel, "StateStore", "Init", req, "InitResponse", "raced")
+
+        errors: List[str] = []
+
+        def run(i: int) -> None:
+            try:
+                init(i)
+            except grpc.RpcError as e:
+                errors.append(f"{e.code()}: {e.details()}")
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=CALL_TIMEOUT_S * 2)
+        assert not errors, errors
+        init(0)
+        wire.call(channel, "StateStore", "Set", wire.SetRequest(key="k", value=b"v"), "SetResponse", "raced")
+        got = wire.call(channel, "StateStore", "Get", wire.GetRequest(key="k"), "GetResponse", "raced")
+        assert got.data == b"v"
+    log = proc.log()
+    assert "Traceback" not in log and secret not in log, log
+
+
+def test_direct_replaced_socket_is_left_alone(tmp_path_factory):
+    """At exit the example removes its socket only if the file is still the one it bound."""
+    with _by_hand("state_store.py", tmp_path_factory.mktemp("replaced")) as (proc, sock):
+        sock.unlink()
+        other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            other.bind(str(sock))
+            other.listen()
+            ino = sock.stat().st_ino
+            assert proc.stop() == 0, proc.log()
+            assert sock.exists() and sock.stat().st_ino == ino, "the example removed a socket that was not its own"
+        finally:
+            other.close()
+    assert "left alone" in proc.log(), proc.log()
+
+
+# -------------------------------------------------------------------- shared module, in-process
+
+
+@pytest.fixture
+def helpers(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    return importlib.import_module("plugd_component")
+
+
+def test_helpers_socket_folder_variables(helpers, monkeypatch):
+    args = SimpleNamespace(socket_folder=None, socket_name="x")
+    names = ("DAPR_COMPONENTS_SOCKETS_FOLDER", "DAPR_COMPONENT_SOCKETS_FOLDER", "DAPR_COMPONENT_SOCKET_FOLDER")
+    for k in names:
+        monkeypatch.delenv(k, raising=False)
+    assert helpers.socket_path(args) == Path(helpers.DEFAULT_SOCKETS_FOLDER) / "x.sock"
+    for i, k in reversed(list(enumerate(names))):
+        monkeypatch.setenv(k, f"/f{i}")
+        assert helpers.socket_path(args) == Path(f"/f{i}/x.sock"), k  # the earlier name wins
+    monkeypatch.setenv(names[0], "")  # empty = not set
+    assert helpers.socket_path(args) == Path("/f1/x.sock")
+    assert helpers.socket_path(SimpleNamespace(socket_folder="/flag", socket_name="x")) == Path("/flag/x.sock")
+
+
+def test_helpers_stub_cache_fallback_is_private(helpers, monkeypatch, tmp_path):
+    monkeypatch.setattr(helpers.tempfile, "tempdir", str(tmp_path))
+    fallback = helpers._fallback_cache_base()
+    assert fallback.parent == tmp_path and str(os.getuid()) in fallback.name
+    assert helpers._private_dir(fallback) == fallback
+    assert (fallback.stat().st_mode & 0o777) == 0o700
+    fallback.chmod(0o755)
+    with pytest.raises(helpers.UnsafeCacheDir):
+        helpers._private_dir(fallback)
+    fallback.rmdir()
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    fallback.symlink_to(real)
+    with pytest.raises(helpers.UnsafeCacheDir):
+        helpers._private_dir(fallback)
+    # load_protos falls back to it when the cache folder cannot be made, and refuses it.
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("PLUGD_PY_STUBS_DIR", str(blocker / "stubs"))
+    with pytest.raises(helpers.UnsafeCacheDir):
+        helpers.load_protos()
