@@ -13,7 +13,9 @@
 //                  A string (or number, boolean, array) value is a secret with one key, its own
 //                  name: apikey → {"apikey": "k-1"}. An object is a secret with several keys:
 //                  db → {"user": "admin", "password": "s3cret"} (non-string values as JSON text).
-//                  null values are no secret.
+//                  null values are no secret. An Init (again) first drops the instance's file:
+//                  when it fails, the instance is uninitialised (FAILED_PRECONDITION) until an
+//                  Init succeeds.
 // Features:        MULTIPLE_KEY_VALUES_PER_SECRET.
 // Errors: an unknown secret is NOT_FOUND, an empty key INVALID_ARGUMENT, a call for an instance
 // that was not initialised FAILED_PRECONDITION, a file that became unreadable or invalid JSON
@@ -29,7 +31,8 @@ const INIT_KEYS = ["secretsFile"];
 
 const USAGE = `usage: node secret-store.js [--socket-name NAME] [--socket-folder DIR]
 A Dapr pluggable secret store (secrets from the JSON file given by the Init metadata secretsFile).
-The socket is DIR/NAME.sock: DIR defaults to $DAPR_COMPONENT_SOCKETS_FOLDER, then
+The socket is DIR/NAME.sock: DIR defaults to $DAPR_COMPONENTS_SOCKETS_FOLDER,
+$DAPR_COMPONENT_SOCKETS_FOLDER, $DAPR_COMPONENT_SOCKET_FOLDER (the first set), then
 /tmp/dapr-components-sockets; NAME to $PLUGD_SOCKET_NAME, then nodesecrets.
 `;
 
@@ -73,9 +76,18 @@ class FileSecretStore {
   constructor(name) {
     this.name = name;
     this.file = null;
+    this.inits = 0;
+  }
+
+  initialised() {
+    return this.file !== null;
   }
 
   async init(properties) {
+    // The old file goes first: a failed Init leaves the instance uninitialised rather than
+    // serving the previous secrets while the host reports the Component FAILED.
+    this.file = null;
+    const generation = ++this.inits;
     if (!properties.secretsFile) throw ComponentError.invalidArgument("metadata secretsFile is required: the JSON file holding the secrets");
     const file = path.resolve(properties.secretsFile);
     let secrets;
@@ -85,14 +97,17 @@ class FileSecretStore {
       throw ComponentError.invalidArgument(`metadata secretsFile: ${e.message}`);
     }
     warnUnknownKeys(KIND, this.name, properties, INIT_KEYS);
+    // A later Init that started meanwhile decides.
+    if (generation !== this.inits) return;
     this.file = file;
     log(`${KIND} instance ${this.name}: ${secrets.size} secrets in ${file}`);
   }
 
   async secrets() {
-    if (this.file === null) throw ComponentError.failedPrecondition(`the secret store instance ${this.name} is not initialised (call Init first)`);
+    const file = this.file;
+    if (file === null) throw ComponentError.failedPrecondition(`the secret store instance ${this.name} is not initialised (call Init first)`);
     try {
-      return await readSecrets(this.file);
+      return await readSecrets(file);
     } catch (e) {
       throw ComponentError.unavailable(e.message);
     }
@@ -112,24 +127,30 @@ class FileSecretStore {
   }
 
   async ping() {
+    // An instance whose Init failed has nothing to check.
     if (this.file !== null) await this.secrets();
   }
 }
 
 async function main() {
   const { definition, services } = loadProto("secretstore.proto");
-  const instances = new Instances((name) => new FileSecretStore(name));
+  const instances = new Instances("secret store", (name) => new FileSecretStore(name));
   const implementation = {
+    // Init is the only call that creates an instance.
     Init: unary(async (req, call) => {
-      await instances.of(call).init(initProperties(req));
+      await instances.init(call, initProperties(req));
       return {};
     }),
     // The features do not depend on Init: answered for any instance.
     Features: unary(() => ({ features: FEATURES })),
+    // FAILED_PRECONDITION for an instance that is not initialised.
     Get: unary(async (req, call) => ({ data: await instances.of(call).get(req.key) })),
     BulkGet: unary(async (req, call) => ({ data: await instances.of(call).bulkGet() })),
+    // The process is alive: OK for an instance never initialised (`plugd inspect` pings one),
+    // which is not created; an initialised one also checks its file.
     Ping: unary(async (req, call) => {
-      await instances.of(call).ping();
+      const instance = instances.find(call);
+      if (instance) await instance.ping();
       return {};
     }),
   };

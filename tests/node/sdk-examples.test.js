@@ -7,8 +7,10 @@
 //    operations with their answers and errors, two Components on one socket kept apart by
 //    `x-component-instance`, secrets single and bulk, the metadata API, `plugd inspect`;
 // 2. on their own: the contract seen by a plain gRPC client (reflection v1alpha and v1, Init
-//    errors, status codes, instances), `plugd conformance`, the socket's life (name and folder
-//    from the environment, a stale socket replaced, a served one left alone, SIGTERM removes it).
+//    errors, a failed re-Init, instances created by Init only, status codes), paths kept inside
+//    rootPath through symbolic links, `plugd conformance`, the socket's life (name and folder
+//    from the environment in plugd's order, a stale socket replaced, a served one or one that
+//    cannot be told stale left alone, SIGTERM removes it unless another process replaced it).
 //
 // Needs `npm ci --prefix sdk-examples/node` (tests/run-all.sh does it) and the plugd binaries.
 
@@ -17,6 +19,7 @@ const assert = require("node:assert/strict");
 const { execFile, spawnSync } = require("node:child_process");
 const crypto = require("node:crypto");
 const fs = require("node:fs");
+const net = require("node:net");
 const { createRequire } = require("node:module");
 const path = require("node:path");
 const { DaprClient, CommunicationProtocolEnum, LogLevel } = require("@dapr/dapr");
@@ -471,7 +474,7 @@ describe("the Node.js example components on their own", () => {
   /** Starts `script` on `<env.sockets>/<name>.sock` and waits until it accepts. */
   async function startExample(script, name, { viaEnv = false } = {}) {
     const argv = viaEnv ? [process.execPath, script] : [process.execPath, script, "--socket-name", name, "--socket-folder", env.sockets];
-    const extra = viaEnv ? { DAPR_COMPONENT_SOCKETS_FOLDER: env.sockets, PLUGD_SOCKET_NAME: name } : {};
+    const extra = viaEnv ? { DAPR_COMPONENTS_SOCKETS_FOLDER: env.sockets, PLUGD_SOCKET_NAME: name } : {};
     const proc = env.spawn(`${name}-${token()}`, argv, extra);
     const socketPath = path.join(env.sockets, `${name}.sock`);
     await waitFor(`${path.basename(script)} accepting on ${socketPath}`, SOCKET_WAIT_MS, () => unixSocketAccepts(socketPath), { proc });
@@ -588,6 +591,188 @@ describe("the Node.js example components on their own", () => {
     assert.equal(await unixSocketAccepts(second.socketPath), true);
 
     await stopCleanly(second);
+  });
+
+  test("output binding: symbolic links never lead reads or writes out of rootPath", async () => {
+    const started = await startExample(BINDING_JS, "symlinks");
+    const root = path.join(env.root, "sym-root");
+    const outside = path.join(env.root, "sym-outside");
+    fs.mkdirSync(root, { recursive: true });
+    fs.mkdirSync(outside, { recursive: true });
+    fs.writeFileSync(path.join(outside, "secret.txt"), "outside secret");
+    fs.symlinkSync(outside, path.join(root, "link"));
+    fs.symlinkSync(path.join(outside, "secret.txt"), path.join(root, "file.txt"));
+    fs.mkdirSync(path.join(root, "real"));
+    fs.symlinkSync(path.join(root, "real"), path.join(root, "inner")); // a link that stays inside
+    // rootPath may itself be a link: it is resolved once, at Init.
+    const rootLink = path.join(env.root, "sym-root-link");
+    fs.symlinkSync(root, rootLink);
+    const outsideBefore = () => fs.readdirSync(outside).sort();
+    const refused = async (promise, what) => {
+      let res;
+      try {
+        res = await promise;
+      } catch (e) {
+        assert.ok([GRPC.INVALID_ARGUMENT, GRPC.NOT_FOUND].includes(e.code), `${what}: status ${e.code} ${e.details}`);
+        return;
+      }
+      assert.fail(`${what}: expected a refusal, got ${JSON.stringify(res)}`);
+    };
+
+    const c = componentClient("bindings.proto", "OutputBinding", started.socketPath);
+    try {
+      await call(c, "Init", { metadata: { properties: { rootPath: rootLink } } }, "sym");
+      const data = Buffer.from("written");
+      for (const fileName of ["link/secret.txt", "file.txt", "link/none.txt", "inner/x.txt"]) {
+        await refused(call(c, "Invoke", { operation: "get", metadata: { fileName } }, "sym"), `get ${fileName}`);
+      }
+      for (const fileName of ["link/new.txt", "link/sub/new.txt", "file.txt", "link/secret.txt", "inner/x.txt"]) {
+        await refused(call(c, "Invoke", { operation: "create", data, metadata: { fileName } }, "sym"), `create ${fileName}`);
+      }
+      for (const fileName of ["file.txt", "link/secret.txt"]) {
+        await refused(call(c, "Invoke", { operation: "delete", metadata: { fileName } }, "sym"), `delete ${fileName}`);
+      }
+      // Nothing written, created or removed outside; the links are still links.
+      assert.deepEqual(outsideBefore(), ["secret.txt"]);
+      assert.equal(fs.readFileSync(path.join(outside, "secret.txt"), "utf8"), "outside secret");
+      assert.equal(fs.lstatSync(path.join(root, "file.txt")).isSymbolicLink(), true);
+      assert.equal(fs.existsSync(path.join(root, "real", "x.txt")), false);
+      // Real folders work as before, created under the real root; links are not listed.
+      const created = await call(c, "Invoke", { operation: "create", data, metadata: { fileName: "real/sub/ok.txt" } }, "sym");
+      assert.equal(created.metadata.fileName, "real/sub/ok.txt");
+      assert.equal(fs.readFileSync(path.join(root, "real", "sub", "ok.txt"), "utf8"), "written");
+      assert.deepEqual((await call(c, "Invoke", { operation: "get", metadata: { fileName: "real/sub/ok.txt" } }, "sym")).data, data);
+      const listed = await call(c, "Invoke", { operation: "list", metadata: {} }, "sym");
+      assert.deepEqual(JSON.parse(listed.data.toString()), ["real/sub/ok.txt"]);
+    } finally {
+      c.close();
+    }
+    await stopCleanly(started);
+  });
+
+  test("a failed re-Init leaves the instance uninitialised; only Init creates instances", async () => {
+    const binding = await startExample(BINDING_JS, "reinit-binding");
+    const secrets = await startExample(SECRETS_JS, "reinit-secrets");
+    const b = componentClient("bindings.proto", "OutputBinding", binding.socketPath);
+    const s = componentClient("secretstore.proto", "SecretStore", secrets.socketPath);
+    try {
+      // Never initialised: FAILED_PRECONDITION, except Ping (the process is alive) and the
+      // Init-independent ListOperations / Features.
+      await failsWith(call(b, "Invoke", { operation: "list" }, "ghost"), GRPC.FAILED_PRECONDITION, /binding instance ghost is not initialised/);
+      await failsWith(call(s, "Get", { key: "k" }, "ghost"), GRPC.FAILED_PRECONDITION, /secret store instance ghost is not initialised/);
+      await failsWith(call(s, "BulkGet", {}, "ghost"), GRPC.FAILED_PRECONDITION);
+      await call(b, "Ping", {}, "ghost");
+      await call(s, "Ping", {}, "ghost");
+      assert.deepEqual((await call(b, "ListOperations", {}, "ghost")).operations, ["create", "get", "delete", "list"]);
+      assert.deepEqual((await call(s, "Features", {}, "ghost")).features, ["MULTIPLE_KEY_VALUES_PER_SECRET"]);
+      // Pinging it did not make it exist.
+      await failsWith(call(b, "Invoke", { operation: "list" }, "ghost"), GRPC.FAILED_PRECONDITION);
+
+      const folder = path.join(env.root, "reinit-files");
+      await call(b, "Init", { metadata: { properties: { rootPath: folder } } }, "re");
+      await call(b, "Invoke", { operation: "create", data: Buffer.from("x"), metadata: { fileName: "a.txt" } }, "re");
+      fs.writeFileSync(path.join(env.root, "not-a-folder"), "");
+      await failsWith(call(b, "Init", { metadata: { properties: { rootPath: path.join(env.root, "not-a-folder") } } }, "re"), GRPC.INVALID_ARGUMENT, /not a usable folder/);
+      await failsWith(call(b, "Invoke", { operation: "get", metadata: { fileName: "a.txt" } }, "re"), GRPC.FAILED_PRECONDITION, /re is not initialised/);
+      await call(b, "Ping", {}, "re");
+      await call(b, "Init", { metadata: { properties: { rootPath: folder } } }, "re");
+      assert.deepEqual((await call(b, "Invoke", { operation: "get", metadata: { fileName: "a.txt" } }, "re")).data, Buffer.from("x"));
+
+      const good = path.join(env.root, "reinit-secrets.json");
+      fs.writeFileSync(good, JSON.stringify({ k: "v" }));
+      await call(s, "Init", { metadata: { properties: { secretsFile: good } } }, "re");
+      assert.deepEqual((await call(s, "Get", { key: "k" }, "re")).data, { k: "v" });
+      await failsWith(call(s, "Init", { metadata: { properties: { secretsFile: path.join(env.root, "none.json") } } }, "re"), GRPC.INVALID_ARGUMENT, /cannot read/);
+      await failsWith(call(s, "Get", { key: "k" }, "re"), GRPC.FAILED_PRECONDITION, /re is not initialised/);
+      await call(s, "Ping", {}, "re");
+      await call(s, "Init", { metadata: { properties: { secretsFile: good } } }, "re");
+      assert.deepEqual((await call(s, "Get", { key: "k" }, "re")).data, { k: "v" });
+    } finally {
+      b.close();
+      s.close();
+    }
+    await stopCleanly(binding);
+    await stopCleanly(secrets);
+  });
+
+  test("the socket folder comes from DAPR_COMPONENTS_SOCKETS_FOLDER, then the singular spellings", async () => {
+    const plural = path.join(env.root, "sock-plural");
+    const singular = path.join(env.root, "sock-singular");
+    const oldest = path.join(env.root, "sock-oldest");
+    for (const [vars, expected] of [
+      [{ DAPR_COMPONENTS_SOCKETS_FOLDER: plural, DAPR_COMPONENT_SOCKETS_FOLDER: singular, DAPR_COMPONENT_SOCKET_FOLDER: oldest }, plural],
+      [{ DAPR_COMPONENTS_SOCKETS_FOLDER: "", DAPR_COMPONENT_SOCKETS_FOLDER: singular, DAPR_COMPONENT_SOCKET_FOLDER: oldest }, singular],
+      [{ DAPR_COMPONENTS_SOCKETS_FOLDER: "", DAPR_COMPONENT_SOCKETS_FOLDER: "", DAPR_COMPONENT_SOCKET_FOLDER: oldest }, oldest],
+    ]) {
+      const proc = env.spawn(`envorder-${token()}`, [process.execPath, SECRETS_JS], { ...vars, PLUGD_SOCKET_NAME: "envorder" });
+      const socketPath = path.join(expected, "envorder.sock");
+      await waitFor(`a socket at ${socketPath}`, SOCKET_WAIT_MS, () => unixSocketAccepts(socketPath), { proc });
+      await stopCleanly({ proc, socketPath });
+    }
+  });
+
+  test("a socket whose listener does not accept (backlog full) is not taken over", async () => {
+    const socketPath = path.join(env.sockets, "busy.sock");
+    // A listener with the smallest backlog whose event loop is then blocked: it never accepts.
+    const script = `
+      const net = require("node:net");
+      net.createServer().listen({ path: ${JSON.stringify(socketPath)}, backlog: 1 }, () => {
+        console.log("listening");
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 60000);
+      });`;
+    const listener = env.spawn(`busy-listener-${token()}`, [process.execPath, "-e", script]);
+    const held = [];
+    try {
+      await waitFor("the never-accepting listener", SOCKET_WAIT_MS, () => /listening/.test(listener.log()), { proc: listener });
+      // Fill its backlog: connects succeed until the queue is full, then EAGAIN.
+      let full = false;
+      for (let i = 0; i < 64 && !full; i++) {
+        const outcome = await new Promise((resolve) => {
+          const sock = net.connect({ path: socketPath });
+          held.push(sock);
+          sock.once("connect", () => resolve("connected"));
+          sock.once("error", (e) => resolve(e.code));
+        });
+        if (outcome === "EAGAIN") full = true;
+        else assert.equal(outcome, "connected");
+      }
+      assert.ok(full, "the listener's backlog never filled");
+      const ino = fs.lstatSync(socketPath).ino;
+
+      const comp = env.spawn(`busy-${token()}`, [process.execPath, BINDING_JS, "--socket-name", "busy", "--socket-folder", env.sockets]);
+      const exit = await comp.exitedPromise;
+      assert.equal(exit.code, 1, comp.log());
+      assert.match(comp.log(), /busy\.sock exists and a connect to it failed with EAGAIN: it may be served by another process, not taking it over/);
+      assert.doesNotMatch(comp.log(), /removed the stale socket/);
+      assert.equal(fs.lstatSync(socketPath).ino, ino, "the listener's socket file is left in place");
+      assert.equal(listener.exited(), false);
+    } finally {
+      for (const sock of held) sock.destroy();
+      listener.child.kill("SIGKILL");
+      await listener.exitedPromise;
+    }
+  });
+
+  test("at SIGTERM a socket another process put in its place is left alone", async () => {
+    const started = await startExample(BINDING_JS, "replaced");
+    // Another process takes the name over (its own socket file at the same path).
+    fs.unlinkSync(started.socketPath);
+    const other = net.createServer((s) => s.destroy());
+    await new Promise((resolve, reject) => {
+      other.once("error", reject);
+      other.listen(started.socketPath, resolve);
+    });
+    try {
+      const ino = fs.lstatSync(started.socketPath).ino;
+      const r = await started.proc.stop();
+      assert.equal(r.killed, false, "ignored SIGTERM");
+      assert.equal(r.code, 0, started.proc.log());
+      assert.match(started.proc.log(), /no longer this process's socket: left alone/);
+      assert.equal(fs.lstatSync(started.socketPath).ino, ino, "the other process's socket file is still there");
+      assert.equal(await unixSocketAccepts(started.socketPath), true);
+    } finally {
+      await new Promise((resolve) => other.close(resolve));
+    }
   });
 
   for (const [script, name, metadata] of [
