@@ -56,7 +56,7 @@
 //!
 //! # State store ([`MemoryStore`])
 //!
-//! No metadata. Features: `ETAG`, `TRANSACTIONAL`, `TTL`.
+//! No metadata. Features: `ETAG`, `TRANSACTIONAL`, `TTL`, `QUERY_API`.
 //!
 //! - **Etags** are UUIDs (v4), new on every write. A Set or Delete with an
 //!   etag succeeds only if it equals the current one; otherwise (also for a
@@ -70,6 +70,16 @@
 //! - **Atomicity**: Transact, BulkSet and BulkDelete apply all operations or
 //!   none, each checked against the state the earlier ones left. BulkGet
 //!   reads one snapshot.
+//! - **Query** (`QueryStateAlpha1`, Dapr's state query API): `EQ`, `NEQ`,
+//!   `GT`, `GTE`, `LT`, `LTE`, `IN`, `AND`, `OR` over values stored as JSON,
+//!   keys as dotted paths (`person.org`); values that are not JSON match no
+//!   filter. Comparisons need the same type (numbers by value, strings by
+//!   code point). `sort` by several keys (a missing field sorts last in
+//!   ascending order), then by state key. `page.limit` cuts the results and
+//!   the answer's `token` (an offset) continues after them; it is returned
+//!   only when more results remain. One snapshot per page: writes between
+//!   pages can shift items across pages. Every key of the instance is
+//!   searched, whichever app wrote it.
 
 pub mod broker;
 pub mod config;

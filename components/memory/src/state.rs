@@ -1,5 +1,5 @@
-//! The in-memory [`StateStore`]: a map per instance, with etags, TTL and
-//! all-or-nothing transactions.
+//! The in-memory [`StateStore`]: a map per instance, with etags, TTL,
+//! all-or-nothing transactions and the query API.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -7,9 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use plugd_component_sdk::state::query::Value;
 use plugd_component_sdk::state::{
-    BulkGetItem, DeleteRequest, GetRequest, GetResponse, Operation, Properties, SetRequest,
-    StateError, StateStore, TTL_EXPIRE_TIME_METADATA_KEY, TransactionRequest, feature,
+    BulkGetItem, DeleteRequest, GetRequest, GetResponse, Operation, Properties, QueryItem,
+    QueryRequest, QueryResponse, SetRequest, StateError, StateStore, TTL_EXPIRE_TIME_METADATA_KEY,
+    TransactionRequest, feature,
 };
 
 /// How often, at most, a write sweeps expired keys out of the map.
@@ -53,6 +55,7 @@ impl MemoryStore {
 
 impl StateStore for MemoryStore {
     const TRANSACTIONAL: bool = true;
+    const QUERY_API: bool = true;
 
     async fn init(&self, properties: Properties) -> Result<(), StateError> {
         // No metadata of its own (as Dapr's state.in-memory).
@@ -107,6 +110,10 @@ impl StateStore for MemoryStore {
 
     async fn transact(&self, request: TransactionRequest) -> Result<(), StateError> {
         self.with_table(|table, now| table.apply(&request.operations, now))
+    }
+
+    async fn query(&self, request: QueryRequest) -> Result<QueryResponse, StateError> {
+        self.with_table(|table, now| table.query(&request, now))
     }
 
     async fn ping(&self) -> Result<(), StateError> {
@@ -199,6 +206,50 @@ impl Table {
         }
         self.sweep(now);
         Ok(())
+    }
+
+    /// Runs a query over the live entries whose values are JSON: filter,
+    /// sort (ties by key, so pages are stable), then the page from the offset
+    /// the token names. Without a filter every live entry matches, JSON or
+    /// not (a value that is not JSON has no fields, so it sorts last).
+    fn query(&self, request: &QueryRequest, now: SystemTime) -> Result<QueryResponse, StateError> {
+        let offset = request.page.offset()?;
+        let mut rows: Vec<(&String, &Entry, Value)> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| entry.is_live(now))
+            .map(|(key, entry)| {
+                let document = serde_json::from_slice(&entry.value).ok();
+                (key, entry, document)
+            })
+            .filter(|(_, _, document)| match &request.filter {
+                None => true,
+                Some(filter) => document.as_ref().is_some_and(|doc| filter.matches(doc)),
+            })
+            .map(|(key, entry, document)| (key, entry, document.unwrap_or(Value::Null)))
+            .collect();
+        rows.sort_by(|(key_a, _, a), (key_b, _, b)| {
+            request.compare(a, b).then_with(|| key_a.cmp(key_b))
+        });
+        let total = rows.len();
+        let limit = request.page.limit.unwrap_or(usize::MAX);
+        let items: Vec<QueryItem> = rows
+            .into_iter()
+            .skip(offset)
+            .take(limit)
+            .map(|(key, entry, _)| QueryItem {
+                key: key.clone(),
+                data: entry.value.clone(),
+                etag: Some(entry.etag.clone()),
+                error: None,
+                content_type: entry.content_type.clone(),
+            })
+            .collect();
+        Ok(QueryResponse {
+            token: request.page.next_token(offset, items.len(), total),
+            items,
+            metadata: HashMap::new(),
+        })
     }
 
     /// Drops expired entries, at most once per [`SWEEP_INTERVAL`].
@@ -418,6 +469,97 @@ mod tests {
             .apply(&[Operation::Set(set("other", "v"))], t0() + SWEEP_INTERVAL)
             .expect("set");
         assert!(!table.entries.contains_key("k"));
+    }
+
+    fn query(table: &Table, document: &Value, now: SystemTime) -> QueryResponse {
+        let request = QueryRequest::from_document(document).expect("valid query");
+        table.query(&request, now).expect("query")
+    }
+
+    fn keys(response: &QueryResponse) -> Vec<&str> {
+        response
+            .items
+            .iter()
+            .map(|item| item.key.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn queries_filter_sort_and_page_live_json_values() {
+        use plugd_component_sdk::state::query::json;
+        let mut table = Table::default();
+        let rows = [
+            (
+                "e1",
+                r#"{"person":{"org":"Dev Ops","id":1036},"state":"CA"}"#,
+            ),
+            (
+                "e2",
+                r#"{"person":{"org":"Hardware","id":1028},"state":"WA"}"#,
+            ),
+            (
+                "e3",
+                r#"{"person":{"org":"Dev Ops","id":1071},"state":"WA"}"#,
+            ),
+            (
+                "e4",
+                r#"{"person":{"org":"Finance","id":1007},"state":"NY"}"#,
+            ),
+            ("raw", "not json"),
+        ];
+        for (key, value) in rows {
+            table
+                .apply(&[Operation::Set(set(key, value))], t0())
+                .expect("set");
+        }
+        let mut short = set("gone", r#"{"state":"CA"}"#);
+        short
+            .metadata
+            .insert(TTL_METADATA_KEY.to_owned(), "1".to_owned());
+        table.apply(&[Operation::Set(short)], t0()).expect("set");
+        let later = t0() + Duration::from_secs(5);
+
+        let all = query(&table, &json!({}), later);
+        assert_eq!(
+            keys(&all),
+            ["e1", "e2", "e3", "e4", "raw"],
+            "expired key left out"
+        );
+        assert_eq!(all.token, None);
+        assert_eq!(all.items[0].etag, table.get("e1", later).etag);
+
+        let dev_ops = query(
+            &table,
+            &json!({"filter": {"EQ": {"person.org": "Dev Ops"}}, "sort": [{"key": "person.id", "order": "DESC"}]}),
+            later,
+        );
+        assert_eq!(keys(&dev_ops), ["e3", "e1"]);
+        assert_eq!(
+            dev_ops.items[1].data,
+            rows[0].1.as_bytes(),
+            "the stored bytes are returned"
+        );
+
+        let west = json!({
+            "filter": {"OR": [{"IN": {"state": ["CA", "WA"]}}, {"AND": [{"EQ": {"state": "NY"}}, {"LT": {"person.id": 1010}}]}]},
+            "sort": [{"key": "state"}, {"key": "person.id", "order": "DESC"}],
+            "page": {"limit": 2}
+        });
+        let first = query(&table, &west, later);
+        assert_eq!(keys(&first), ["e1", "e4"]);
+        let token = first.token.clone().expect("more pages");
+        let mut next = west.clone();
+        next["page"]["token"] = json!(token);
+        let second = query(&table, &next, later);
+        assert_eq!(keys(&second), ["e3", "e2"]);
+        assert_eq!(second.token, None, "last page");
+
+        let bad_token = QueryRequest::from_document(&json!({"page": {"limit": 1, "token": "x"}}))
+            .expect("parses");
+        assert!(matches!(
+            table.query(&bad_token, later),
+            Err(StateError::InvalidArgument(_))
+        ));
     }
 
     #[tokio::test]

@@ -516,7 +516,7 @@ async fn state_store_with_etags_and_transactions() {
         .into_inner()
         .features;
     features.sort();
-    assert_eq!(features, ["ETAG", "TRANSACTIONAL", "TTL"]);
+    assert_eq!(features, ["ETAG", "QUERY_API", "TRANSACTIONAL", "TTL"]);
 
     let set = |key: &str, value: &str, etag: Option<&str>| pb::SetRequest {
         key: key.to_owned(),

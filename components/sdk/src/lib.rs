@@ -63,10 +63,42 @@
 //! of a Rust component must set that option. daprd and tonic clients send
 //! `localhost` and are unaffected.
 //!
-//! # Example
+//! # What the author implements, and what follows from it
 //!
-//! An in-memory state store without etags, served as `memory.sock`
-//! (`type: state.memory` in a Component YAML):
+//! - **Features are derived, not claimed.** Optional capabilities are
+//!   associated constants next to the method they need:
+//!   [`state::StateStore::TRANSACTIONAL`] (`transact`, served as
+//!   `TransactionalStateStore`, reported as `TRANSACTIONAL`),
+//!   [`state::StateStore::QUERY_API`] (`query`, `QueriableStateStore`,
+//!   `QUERY_API`), [`pubsub::PubSub::BULK_PUBLISH`] (`bulk_publish`,
+//!   `BULK_PUBSUB`) and
+//!   [`secretstore::SecretStore::MULTIPLE_KEY_VALUES_PER_SECRET`]. The SDK
+//!   serves the extra service and reports the feature exactly when the
+//!   constant is true, whatever `features()` says. Other features (`ETAG`,
+//!   `TTL`, …) are named by `features()`; `plugd conformance` checks that
+//!   they hold. Output bindings list their operations in
+//!   [`bindings::OutputBinding::operations`], and the SDK refuses others.
+//! - **Ping hook.** Every kind's trait has `ping`, called for each `Ping`
+//!   of the instance; return an error when the backend cannot serve, and the
+//!   host marks the component unhealthy after repeated failures. The default
+//!   answers `Ok`.
+//! - **Bulk calls** default to loops over the single calls (state bulk
+//!   get/set/delete, bulk publish); override them when the backend does
+//!   better.
+//!
+//! Each kind's module has a complete example: [`state`] (etags,
+//! transactions, queries), [`pubsub`] (subscriptions, acks, [`pubsub::Redelivery`]),
+//! [`bindings`] (an output binding, and an input binding reading the app's
+//! replies), [`secretstore`]. The guide `docs/writing-a-component-rust.md`
+//! walks through them, and through testing a component with `plugd inspect`
+//! and `plugd conformance`.
+//!
+//! # Quick start
+//!
+//! Add `plugd-component-sdk` and `tokio` (with `macros` and
+//! `rt-multi-thread`) to a binary crate. This is an in-memory state store
+//! without etags, served as `memory.sock` (`type: state.memory` in a
+//! Component YAML); [`run`] adds flag parsing and logging for a real binary:
 //!
 //! ```no_run
 //! use std::collections::HashMap;

@@ -47,8 +47,10 @@
 //! # Example
 //!
 //! A broker that keeps one queue per topic in memory. Every subscription of a
-//! topic takes messages from the same queue (competing consumers), and a
-//! message that was not acknowledged goes back to the front.
+//! topic takes messages from the same queue (competing consumers). A message
+//! the host rejects is redelivered on the same stream by [`Redelivery`]
+//! (backing off, at most five times); one that still was not acknowledged,
+//! or whose stream closed, goes back to the front of the queue.
 //!
 //! ```no_run
 //! use std::collections::{HashMap, VecDeque};
@@ -56,7 +58,7 @@
 //!
 //! use plugd_component_sdk::ComponentServer;
 //! use plugd_component_sdk::pubsub::{
-//!     Message, Properties, PubSub, PubSubError, PublishRequest, Subscriber,
+//!     Message, Properties, PubSub, PubSubError, PublishRequest, Redelivery, Subscriber,
 //! };
 //! use tokio::sync::Notify;
 //!
@@ -91,6 +93,11 @@
 //!
 //!     async fn subscribe(&self, subscriber: Subscriber) -> Result<(), PubSubError> {
 //!         let topic = subscriber.topic().name.clone();
+//!         let redelivery = Redelivery::new(
+//!             std::time::Duration::from_millis(100),
+//!             std::time::Duration::from_secs(5),
+//!         )
+//!         .max_attempts(5);
 //!         while !subscriber.is_closed() {
 //!             // Created before looking, so a publish in between is not missed.
 //!             let published = self.published.notified();
@@ -101,9 +108,11 @@
 //!                     () = subscriber.closed() => break,
 //!                 }
 //!             };
-//!             if let Err(err) = subscriber.deliver(message.clone()).await {
-//!                 // Nacked or closed: not processed, so it must be delivered again.
-//!                 tracing::debug!(error = %err, "requeueing");
+//!             if let Err(undelivered) = redelivery.deliver(&subscriber, message).await {
+//!                 // Not acknowledged (nacked five times, or the stream closed):
+//!                 // not processed, so it must be delivered again.
+//!                 tracing::debug!(error = %undelivered.error, "requeueing");
+//!                 let message = undelivered.message;
 //!                 self.topics().entry(topic.clone()).or_default().push_front(message);
 //!                 self.published.notify_waiters();
 //!             }
@@ -437,6 +446,12 @@ impl Subscriber {
 /// subscription is gone (or the attempts are used up) so that the component
 /// can put it back in its queue for another subscriber.
 ///
+/// There is no ack timeout: the host answers every message (plugd rejects it
+/// when the app does not answer within `--app-call-timeout`) or the stream
+/// closes, and either ends the wait. A component that wants its own bound can
+/// wrap [`Subscriber::deliver`] in `tokio::time::timeout`: a deliver dropped
+/// before its answer counts as not processed.
+///
 /// ```no_run
 /// # use plugd_component_sdk::pubsub::{Message, Redelivery, Subscriber};
 /// # async fn requeue(_message: Message) {}
@@ -615,7 +630,12 @@ pub trait PubSub: Send + Sync + 'static {
         subscriber: Subscriber,
     ) -> impl Future<Output = Result<(), PubSubError>> + Send;
 
-    /// Liveness: `Ok` when the component can serve requests.
+    /// The Ping hook. The host calls `Ping` after Init and then periodically
+    /// (plugd: every `--component-health-interval`); an `Err` answers the
+    /// Ping with that error, and a component that fails
+    /// `--component-health-failures` Pings in a row is marked unhealthy until
+    /// a Ping succeeds again. Check cheaply what the component needs to serve (a
+    /// connection, a file); the default is always `Ok`.
     fn ping(&self) -> impl Future<Output = Result<(), PubSubError>> + Send {
         async { Ok(()) }
     }

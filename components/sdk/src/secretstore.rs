@@ -193,7 +193,12 @@ pub trait SecretStore: Send + Sync + 'static {
         async { Err(SecretStoreError::Unimplemented("bulk get".to_owned())) }
     }
 
-    /// Liveness: `Ok` when the store can serve requests.
+    /// The Ping hook. The host calls `Ping` after Init and then periodically
+    /// (plugd: every `--component-health-interval`); an `Err` answers the
+    /// Ping with that error, and a component that fails
+    /// `--component-health-failures` Pings in a row is marked unhealthy until
+    /// a Ping succeeds again. Check cheaply what the store needs to serve (a
+    /// connection, a file); the default is always `Ok`.
     fn ping(&self) -> impl Future<Output = Result<(), SecretStoreError>> + Send {
         async { Ok(()) }
     }

@@ -1,6 +1,155 @@
 //! State stores: the [`StateStore`] trait, its request types and errors, and
 //! the gRPC adapter that serves `dapr.proto.components.v1.StateStore` (and
-//! `TransactionalStateStore` when the store supports transactions).
+//! `TransactionalStateStore` and `QueriableStateStore` when the store
+//! implements transactions and queries).
+//!
+//! # Features follow what is implemented
+//!
+//! | You implement | You set | The SDK serves | Features reports |
+//! |---|---|---|---|
+//! | `get`, `set`, `delete` (+ optional `bulk_*`) | – | `StateStore` | what [`StateStore::features`] names (`ETAG`, `TTL`, …) |
+//! | [`StateStore::transact`] | `const TRANSACTIONAL: bool = true` | + `TransactionalStateStore` | + `TRANSACTIONAL` |
+//! | [`StateStore::query`] | `const QUERY_API: bool = true` | + `QueriableStateStore` | + `QUERY_API` |
+//!
+//! `TRANSACTIONAL` and `QUERY_API` named in `features()` are ignored: a store
+//! cannot claim a capability whose method it left at its default.
+//!
+//! # Example
+//!
+//! JSON documents in memory with etags, all-or-nothing transactions and
+//! queries (served as `docs.sock`: `type: state.docs` in a Component YAML).
+//! Queries use the evaluation helpers of [`query`].
+//!
+//! ```no_run
+//! use std::collections::HashMap;
+//! use std::sync::{Mutex, MutexGuard, PoisonError};
+//!
+//! use plugd_component_sdk::ComponentServer;
+//! use plugd_component_sdk::state::query::Value;
+//! use plugd_component_sdk::state::{
+//!     DeleteRequest, GetRequest, GetResponse, Operation, Properties, QueryItem, QueryRequest,
+//!     QueryResponse, SetRequest, StateError, StateStore, TransactionRequest, feature,
+//! };
+//!
+//! /// key → (value, etag)
+//! type Map = HashMap<String, (Vec<u8>, u64)>;
+//!
+//! #[derive(Default)]
+//! struct Docs {
+//!     map: Mutex<Map>,
+//!     version: std::sync::atomic::AtomicU64,
+//! }
+//!
+//! impl Docs {
+//!     fn map(&self) -> MutexGuard<'_, Map> {
+//!         self.map.lock().unwrap_or_else(PoisonError::into_inner)
+//!     }
+//!
+//!     /// Checks and applies one operation to `map`.
+//!     fn apply(&self, map: &mut Map, operation: Operation) -> Result<(), StateError> {
+//!         let (key, etag) = match &operation {
+//!             Operation::Set(set) => (&set.key, &set.etag),
+//!             Operation::Delete(delete) => (&delete.key, &delete.etag),
+//!         };
+//!         let current = map.get(key).map(|(_, etag)| etag.to_string());
+//!         if etag.is_some() && *etag != current {
+//!             return Err(StateError::EtagMismatch(format!("stale etag for {key}")));
+//!         }
+//!         match operation {
+//!             Operation::Set(set) => {
+//!                 let etag = self.version.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+//!                 map.insert(set.key, (set.value, etag));
+//!             }
+//!             Operation::Delete(delete) => {
+//!                 map.remove(&delete.key);
+//!             }
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! impl StateStore for Docs {
+//!     const TRANSACTIONAL: bool = true;
+//!     const QUERY_API: bool = true;
+//!
+//!     async fn init(&self, _properties: Properties) -> Result<(), StateError> {
+//!         Ok(())
+//!     }
+//!
+//!     fn features(&self) -> Vec<String> {
+//!         vec![feature::ETAG.to_owned()] // + TRANSACTIONAL and QUERY_API from the consts
+//!     }
+//!
+//!     async fn get(&self, request: GetRequest) -> Result<GetResponse, StateError> {
+//!         Ok(match self.map().get(&request.key) {
+//!             Some((data, etag)) => GetResponse {
+//!                 data: data.clone(),
+//!                 etag: Some(etag.to_string()),
+//!                 ..GetResponse::default()
+//!             },
+//!             None => GetResponse::default(),
+//!         })
+//!     }
+//!
+//!     async fn set(&self, request: SetRequest) -> Result<(), StateError> {
+//!         self.apply(&mut self.map(), Operation::Set(request))
+//!     }
+//!
+//!     async fn delete(&self, request: DeleteRequest) -> Result<(), StateError> {
+//!         self.apply(&mut self.map(), Operation::Delete(request))
+//!     }
+//!
+//!     async fn transact(&self, request: TransactionRequest) -> Result<(), StateError> {
+//!         // All or nothing: apply to a copy, keep it only if every operation passed.
+//!         let mut map = self.map();
+//!         let mut staged = map.clone();
+//!         for operation in request.operations {
+//!             self.apply(&mut staged, operation)?;
+//!         }
+//!         *map = staged;
+//!         Ok(())
+//!     }
+//!
+//!     async fn query(&self, request: QueryRequest) -> Result<QueryResponse, StateError> {
+//!         let map = self.map();
+//!         let mut rows: Vec<(&String, &(Vec<u8>, u64), Value)> = map
+//!             .iter()
+//!             .filter_map(|(key, entry)| {
+//!                 let document: Value = serde_json::from_slice(&entry.0).ok()?;
+//!                 let wanted = request.filter.as_ref().is_none_or(|f| f.matches(&document));
+//!                 wanted.then_some((key, entry, document))
+//!             })
+//!             .collect();
+//!         rows.sort_by(|(ka, _, a), (kb, _, b)| request.compare(a, b).then_with(|| ka.cmp(kb)));
+//!         let (offset, total) = (request.page.offset()?, rows.len());
+//!         let items: Vec<QueryItem> = rows
+//!             .into_iter()
+//!             .skip(offset)
+//!             .take(request.page.limit.unwrap_or(usize::MAX))
+//!             .map(|(key, (data, etag), _)| QueryItem {
+//!                 key: key.clone(),
+//!                 data: data.clone(),
+//!                 etag: Some(etag.to_string()),
+//!                 ..QueryItem::default()
+//!             })
+//!             .collect();
+//!         Ok(QueryResponse {
+//!             token: request.page.next_token(offset, items.len(), total),
+//!             items,
+//!             ..QueryResponse::default()
+//!         })
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     ComponentServer::new("docs")
+//!         .state_store(|_instance| Docs::default())
+//!         .serve()
+//!         .await?;
+//!     Ok(())
+//! }
+//! ```
 
 use std::collections::HashMap;
 use std::fmt;
@@ -11,6 +160,7 @@ use std::time::Duration;
 use crate::common::{self, KindError, error_chain, properties};
 use crate::multiplex::Multiplexer;
 use crate::server::ComponentServer;
+use pb::queriable_state_store_server::QueriableStateStoreServer;
 use pb::state_store_server::StateStoreServer;
 use pb::transactional_state_store_server::TransactionalStateStoreServer;
 use plugd_proto::components as pb;
@@ -25,7 +175,8 @@ pub mod feature {
     /// Multi-operation transactions; reported by the SDK when
     /// [`StateStore::TRANSACTIONAL`](super::StateStore::TRANSACTIONAL) is true.
     pub const TRANSACTIONAL: &str = "TRANSACTIONAL";
-    /// The query API.
+    /// The query API; reported by the SDK when
+    /// [`StateStore::QUERY_API`](super::StateStore::QUERY_API) is true.
     pub const QUERY_API: &str = "QUERY_API";
     /// `ttlInSeconds` on writes.
     pub const TTL: &str = "TTL";
@@ -36,6 +187,10 @@ pub mod feature {
     /// Key listing with patterns.
     pub const KEYS_LIKE: &str = "KEYS_LIKE";
 }
+
+pub mod query;
+
+pub use query::{QueryItem, QueryRequest, QueryResponse};
 
 /// Init properties: the Component's `spec.metadata`, every value a string.
 pub type Properties = HashMap<String, String>;
@@ -304,12 +459,22 @@ pub trait StateStore: Send + Sync + 'static {
     /// reported in the features.
     const TRANSACTIONAL: bool = false;
 
+    /// Whether [`query`](Self::query) is implemented. When true the
+    /// `QueriableStateStore` service is served and `QUERY_API` is reported in
+    /// the features, so the host forwards the runtime API's
+    /// `QueryStateAlpha1`; otherwise neither is (a host asking anyway gets
+    /// `UNIMPLEMENTED`).
+    const QUERY_API: bool = false;
+
     /// Sets the instance up from the Component's metadata.
     fn init(&self, properties: Properties) -> impl Future<Output = Result<(), StateError>> + Send;
 
     /// Features the store supports, such as [`feature::ETAG`] and
-    /// [`feature::TTL`]. `TRANSACTIONAL` is added (or removed) by the SDK to
-    /// match [`Self::TRANSACTIONAL`].
+    /// [`feature::TTL`]. `TRANSACTIONAL` and `QUERY_API` are added (or
+    /// removed) by the SDK to match [`Self::TRANSACTIONAL`] and
+    /// [`Self::QUERY_API`]; duplicates are removed. Name only what the store
+    /// really does: `ETAG` promises that a stale etag fails, `TTL` that keys
+    /// expire (`plugd conformance` checks both).
     fn features(&self) -> Vec<String> {
         Vec::new()
     }
@@ -383,7 +548,25 @@ pub trait StateStore: Send + Sync + 'static {
         async { Err(StateError::Unimplemented("transactions".to_owned())) }
     }
 
-    /// Liveness: `Ok` when the store can serve requests.
+    /// Runs a query (see [`query`] for the filter rules and evaluation
+    /// helpers). Only called when [`Self::QUERY_API`] is true; the SDK has
+    /// already refused malformed filters with `INVALID_ARGUMENT`. Return the
+    /// keys as stored; the host strips its app prefix. The default answers
+    /// `UNIMPLEMENTED`.
+    fn query(
+        &self,
+        request: QueryRequest,
+    ) -> impl Future<Output = Result<QueryResponse, StateError>> + Send {
+        let _ = request;
+        async { Err(StateError::Unimplemented("queries".to_owned())) }
+    }
+
+    /// The Ping hook. The host calls `Ping` after Init and then periodically
+    /// (plugd: every `--component-health-interval`); an `Err` answers the
+    /// Ping with that error, and a component that fails
+    /// `--component-health-failures` Pings in a row is marked unhealthy until
+    /// a Ping succeeds again. Check cheaply what the store needs to serve (a
+    /// connection, a file); the default is always `Ok`.
     fn ping(&self) -> impl Future<Output = Result<(), StateError>> + Send {
         async { Ok(()) }
     }
@@ -405,6 +588,11 @@ impl ComponentServer {
             self.routes_mut()
                 .add_service(TransactionalStateStoreServer::new(service.clone()));
             self.advertise(<TransactionalStateStoreServer<StateService<S>> as NamedService>::NAME);
+        }
+        if S::QUERY_API {
+            self.routes_mut()
+                .add_service(QueriableStateStoreServer::new(service.clone()));
+            self.advertise(<QueriableStateStoreServer<StateService<S>> as NamedService>::NAME);
         }
         self.routes_mut()
             .add_service(StateStoreServer::new(service));
@@ -459,12 +647,16 @@ impl<S: StateStore> StateService<S> {
 fn features_of<S: StateStore>(store: &S) -> Vec<String> {
     let mut features: Vec<String> = Vec::new();
     for feature in store.features() {
-        if feature != feature::TRANSACTIONAL && !features.contains(&feature) {
+        let derived = feature == feature::TRANSACTIONAL || feature == feature::QUERY_API;
+        if !derived && !features.contains(&feature) {
             features.push(feature);
         }
     }
     if S::TRANSACTIONAL {
         features.push(feature::TRANSACTIONAL.to_owned());
+    }
+    if S::QUERY_API {
+        features.push(feature::QUERY_API.to_owned());
     }
     features
 }
@@ -588,6 +780,20 @@ impl<S: StateStore> pb::transactional_state_store_server::TransactionalStateStor
             let request = TransactionRequest::try_from(req)?;
             store.transact(request).await?;
             Ok(pb::TransactionalStateResponse {})
+        })
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl<S: StateStore> pb::queriable_state_store_server::QueriableStateStore for StateService<S> {
+    async fn query(
+        &self,
+        request: Request<pb::QueryRequest>,
+    ) -> Result<Response<pb::QueryResponse>, Status> {
+        self.call("Query", request, |store, req| async move {
+            let request = QueryRequest::try_from(req)?;
+            Ok(store.query(request).await?.into())
         })
         .await
     }

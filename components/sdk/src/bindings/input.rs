@@ -218,7 +218,12 @@ pub trait InputBinding: Send + Sync + 'static {
     /// returned (see the [module docs](super)).
     fn read(&self, events: EventSink) -> impl Future<Output = Result<(), BindingError>> + Send;
 
-    /// Liveness: `Ok` when the binding can serve requests.
+    /// The Ping hook. The host calls `Ping` after Init and then periodically
+    /// (plugd: every `--component-health-interval`); an `Err` answers the
+    /// Ping with that error, and a component that fails
+    /// `--component-health-failures` Pings in a row is marked unhealthy until
+    /// a Ping succeeds again. Check cheaply what the binding needs to serve (a
+    /// connection, a file); the default is always `Ok`.
     fn ping(&self) -> impl Future<Output = Result<(), BindingError>> + Send {
         async { Ok(()) }
     }
