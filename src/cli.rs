@@ -232,8 +232,8 @@ pub struct ConformanceArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Deadline on each call to the component.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    /// Deadline on each call to the component (greater than 0, at most 1h).
+    #[arg(long, default_value = "5s", value_parser = crate::conformance::parse_timeout)]
     pub timeout: std::time::Duration,
 }
 

@@ -9,26 +9,40 @@
 //! Every check ends as `pass`, `fail` or `skip`, always with a reason. A check that cannot apply
 //! (a feature that is not claimed, a precondition that failed, a behaviour a black box cannot
 //! tell apart from a legitimate one) is a `skip` that says why, never a `pass`. The exit code is
-//! 0 when nothing failed, 1 otherwise.
+//! 0 when nothing failed, 1 otherwise; 64 (nothing run) for an unusable `--timeout` (it must be
+//! greater than 0, at most 1h) or `conformance.*` option, each problem printed on stderr.
 //!
 //! Each run uses fresh names: instances `conformance-<run id>-<kind>` (sent as
 //! `x-component-instance`; `…-b` for the second instance of the isolation check), keys and
-//! topics starting `conformance-<run id>-`. The keys written are deleted at the end (best
-//! effort). Calls are bounded by `--timeout`; waits for asynchronous behaviour (deliveries,
-//! expiry, input events) by the `conformance.wait` option, polled, never slept through.
+//! topics starting `conformance-<run id>-`. The state keys written and the output binding's
+//! round-trip file are deleted at the end (best effort); what the component keeps per instance,
+//! topic or consumer group (pub/sub topics and consumer groups, e.g. Redis streams, and the
+//! instances themselves) stays. Streams (PullMessages, Read) are closed by ending the sending
+//! side after the queued acks and replies, then awaiting the component's end of the stream
+//! (bounded by `--timeout`).
+//!
+//! Calls are bounded by `--timeout`; waits for asynchronous behaviour (deliveries, expiry, input
+//! events) by the `conformance.wait` option, polled, never slept through. After a call of a kind
+//! gets no answer in time, that kind's remaining checks are skipped ("the component stopped
+//! answering") and make no calls. The whole run has a budget of 20 × `--timeout` + 8 ×
+//! `conformance.wait` + `conformance.ttl`; once it is used up, the remaining checks are skipped.
+//!
+//! Reasons quote component text (status messages, features, data) with control characters
+//! (ANSI escapes included) replaced by spaces and at most 300 characters of a status message.
 //!
 //! # Checks
 //!
 //! | kind | check | passes when |
 //! |---|---|---|
-//! | `socket` | `reachable` | the socket accepts an HTTP/2 (gRPC) connection |
+//! | `socket` | `reachable` | the socket connects (whether it speaks gRPC shows in `reflection-v1alpha`); a failure says why, with `plugd inspect`'s hints (no such file, no process listens, not gRPC) |
 //! | `socket` | `reflection-v1alpha` | `grpc.reflection.v1alpha` lists services (what daprd asks; absent = fail) |
 //! | `socket` | `reflection-v1` | `grpc.reflection.v1` lists the same services (absent = skip: daprd does not ask it) |
 //! | `socket` | `services` | at least one of the five component services is listed |
 //! | `socket` | `kinds` | every `--kind` asked for is served (default: every kind listed) |
-//! | `socket` | `options` | (only with `conformance.*` metadata) every suite option is known and valid |
+//! | `socket` | `options` | (only with `conformance.*` metadata) every suite option is known and valid (the CLI refuses to run otherwise) |
 //! | every kind | `init` | Init with the `--metadata` properties answers OK |
 //! | state, pubsub, secretstore | `features` | Features answers (the list is the reason) |
+//! | state, pubsub, secretstore | `features.unchecked` | (only when some are) always a skip naming the claimed features no check verifies (e.g. `QUERY_API`, `MESSAGE_TTL`, `MULTIPLE_KEY_VALUES_PER_SECRET`) |
 //! | every kind | `ping` | Ping after Init answers OK (`UNIMPLEMENTED` = skip) |
 //! | `state` | `get-missing` | Get of a key never written: no error, empty data |
 //! | `state` | `set-get` | a Set value is read back (with an etag when ETAG is claimed) |
@@ -38,38 +52,43 @@
 //! | `state` | `etag.changes` | (ETAG) every write gives the key a new etag |
 //! | `state` | `etag.set-current`, `etag.delete-current` | (ETAG) a Set / Delete with the current etag succeeds |
 //! | `state` | `etag.set-stale`, `etag.delete-stale` | (ETAG) a Set / Delete with a stale etag is refused and changes nothing |
-//! | `state` | `etag.error-shape` | (ETAG) those refusals are `FAILED_PRECONDITION` with exactly one `google.rpc.BadRequest` violation on field `etag`, which daprd turns into `ABORTED` / HTTP 409 |
+//! | `state` | `etag.bulk-set-stale`, `etag.bulk-delete-stale` | (ETAG) a BulkSet / BulkDelete of two keys, one with a stale etag, is refused and leaves that key unchanged. Bulk writes need not be atomic (the contract has no per-item write error; daprd's own stores apply them item by item), so whether the other key was applied is only reported |
+//! | `state` | `etag.error-shape` | (ETAG) those four refusals are `FAILED_PRECONDITION` with exactly one `google.rpc.BadRequest` violation on field `etag`, which daprd turns into `ABORTED` / HTTP 409 |
 //! | `state` | `first-write` | (ETAG) first-write concurrency without an etag creates a key but does not overwrite one |
 //! | `state` | `transaction.commit` | (TRANSACTIONAL) a Transact of two sets and a delete applies all three |
 //! | `state` | `transaction.atomic` | (TRANSACTIONAL) a Transact whose second operation fails (stale etag with ETAG, else an invalid `ttlInSeconds` with TTL) is refused and leaves the first undone |
-//! | `state` | `ttl.expiry` | (TTL) a key set with `ttlInSeconds: 1` is there at once and gone after expiry |
+//! | `state` | `ttl.expiry` | (TTL) a key set with `ttlInSeconds: N` (`conformance.ttl`, default 2) is read back, is not gone before N − 1 s (whole-second clocks), and is gone by N s + `conformance.wait` |
 //! | `state` | `isolation` | a key written under one instance is invisible under a second one (see `conformance.isolation.*`) |
 //! | `pubsub` | `publish` | Publish answers OK |
 //! | `pubsub` | `deliver` | a message published to a fresh topic arrives on a PullMessages stream with its data and topic |
 //! | `pubsub` | `nack-redelivery` | a message acked with an error is delivered again |
-//! | `pubsub` | `ack-no-redelivery` | a message acked without error is not delivered again (up to a later message, then `conformance.quiet`) |
+//! | `pubsub` | `ack-no-redelivery` | a message acked without error is not delivered again: watched until a later message arrived and for at least max(`conformance.quiet`, 2 × the nack → redelivery delay `nack-redelivery` measured), at most `conformance.wait` |
 //! | `pubsub` | `order` | five messages published one after another arrive on the stream in that order |
 //! | `pubsub` | `bulk-publish` | (BULK_PUBSUB) BulkPublish of three entries reports no failed entry and all three arrive |
 //! | `output-binding` | `operations` | ListOperations answers |
 //! | `output-binding` | `round-trip` | (with `create`, `get` and `delete`) create a file by `fileName`, get it back, find it in `list` (if listed), delete it, and get it no more |
-//! | `output-binding` | `invoke.<op>` | every listed operation answers (an error status counts, `UNIMPLEMENTED` and no answer do not); operations the round trip used report its outcome |
-//! | `output-binding` | `unknown-operation` | an operation that is not listed is refused |
+//! | `output-binding` | `invoke.<op>` | operations the round trip used report its outcome; the others are a skip ("side effects unknown") unless `conformance.invokeAll=true`, which invokes each with empty data: it passes when it answers (an error status counts, `UNIMPLEMENTED` and no answer do not) |
+//! | `output-binding` | `unknown-operation` | an operation that is not listed, invoked without data, is refused (an OK answer is a skip: daprd refuses unlisted operations itself) |
 //! | `input-binding` | `read.event` | a Read stream delivers an event with a `message_id` |
 //! | `input-binding` | `read.reply` | after a success reply to it, the stream stays open and delivers again |
 //! | `input-binding` | `read.reply-error` | after an error reply, the stream stays open and delivers again |
-//! | `secretstore` | `get-missing` | Get of a name that does not exist: `NOT_FOUND`, or an answer whose values are all empty |
+//! | `secretstore` | `get-missing` | Get of a name that does not exist: an error other than `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `UNIMPLEMENTED` (`NOT_FOUND` is preferred), or an answer whose values are all empty |
 //! | `secretstore` | `bulk-get` | BulkGet answers a map (its size is the reason) |
 //! | `secretstore` | `get-known` | Get of `conformance.secretKey`, else of the first name BulkGet returned, answers the same values as BulkGet |
 //!
 //! # Suite options
 //!
 //! `--metadata` keys starting with `conformance.` configure the suite and are **not** sent to
-//! Init; all other keys are Init properties. An unknown `conformance.` key fails `options`.
+//! Init; all other keys are Init properties. An unknown `conformance.` key or an unusable value
+//! stops `plugd conformance` before it runs (exit 64; [`run`] itself reports it as a failed
+//! `options` check).
 //!
 //! | key | meaning | default |
 //! |---|---|---|
 //! | `conformance.wait` | how long to wait for asynchronous behaviour: deliveries, redeliveries, TTL expiry (after the TTL), input events (a Go or humantime duration) | `10s` |
-//! | `conformance.quiet` | how long to watch for an unwanted redelivery after the acked message's successor arrived | `500ms` |
+//! | `conformance.quiet` | the least time to watch for an unwanted redelivery after an ack (see `ack-no-redelivery`) | `500ms` |
+//! | `conformance.ttl` | `ttlInSeconds` of the `ttl.expiry` key, whole seconds from 2 to 3600 | `2` |
+//! | `conformance.invokeAll` | `true`: invoke every listed output-binding operation with empty data, not only those the round trip covers (they may have side effects on a real backend) | `false` |
 //! | `conformance.isolation.KEY` | Init property `KEY` of the second instance of the isolation check (e.g. another database). Without any, the second instance gets the same properties, and a key visible under both is a skip (a shared backend is legitimate); with them, a fail | none |
 //! | `conformance.secretKey` | a secret name that exists, for `get-known` | the first name BulkGet returns |
 //! | `conformance.fileNameKey` | the request metadata key naming the file in the output-binding round trip | `fileName` |
@@ -256,18 +275,22 @@ fn count(n: usize, noun: &str) -> String {
 }
 
 fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+    sanitize(text, 2000)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Runs the suite.
 pub async fn run(opts: &Options) -> Report {
+    let started = Instant::now();
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let mut report = Report {
         socket: opts.socket.clone(),
         run: run.clone(),
         results: Vec::new(),
     };
-    let mut rec = Recorder::new("socket");
+    let mut rec = Recorder::new("socket", Hang::default());
     let (settings, problems) = Settings::parse(&opts.metadata);
     if !problems.is_empty() {
         rec.add(
@@ -293,15 +316,22 @@ pub async fn run(opts: &Options) -> Report {
         .filter(|(k, _)| !k.starts_with(OPTION_PREFIX))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let ctx = Ctx {
+    let budget = opts.timeout * 20 + settings.wait * 8 + settings.ttl;
+    let mut ctx = Ctx {
         channel,
         timeout: opts.timeout,
         run,
         init,
         settings,
+        deadline: started + budget,
+        budget,
+        hang: Hang::default(),
     };
     for kind in kinds {
-        let mut rec = Recorder::new(kind_label(kind));
+        // A hang in one kind does not skip the next kind's checks (the run's budget still
+        // applies).
+        ctx.hang = Hang::default();
+        let mut rec = Recorder::new(kind_label(kind), ctx.hang.clone());
         match kind {
             ComponentKind::State => state::check(&ctx, &mut rec).await,
             ComponentKind::PubSub => pubsub::check(&ctx, &mut rec).await,
@@ -314,8 +344,8 @@ pub async fn run(opts: &Options) -> Report {
     report
 }
 
-/// The `--kind` spelling of a kind.
-fn kind_label(kind: ComponentKind) -> &'static str {
+/// The `--kind` spelling of a kind (also what `plugd inspect` reports).
+pub fn kind_label(kind: ComponentKind) -> &'static str {
     match kind {
         ComponentKind::State => "state",
         ComponentKind::PubSub => "pubsub",
@@ -336,12 +366,23 @@ async fn socket_checks(
             rec.add(
                 "reachable",
                 started,
-                Verdict::pass("accepts gRPC (HTTP/2) connections"),
+                Verdict::pass(
+                    "connects (whether the listener speaks gRPC shows in reflection-v1alpha)",
+                ),
             );
             channel
         }
         Err(e) => {
-            rec.add("reachable", started, Verdict::fail(e.detail()));
+            // The same hints as `plugd inspect` (no process listens, not gRPC, …).
+            let reason = if std::fs::symlink_metadata(&opts.socket).is_err() {
+                format!("{}: no such socket file", e.detail())
+            } else {
+                match crate::discovery::probe(&opts.socket, opts.timeout).await {
+                    Err(hinted) => hinted,
+                    Ok(_) => e.detail(),
+                }
+            };
+            rec.add("reachable", started, Verdict::fail(sanitize(&reason, 300)));
             return None;
         }
     };
@@ -354,14 +395,26 @@ async fn socket_checks(
             started,
             Verdict::pass(format!("lists {}", count(services.len(), "service"))),
         ),
-        Err(status) => rec.add(
-            "reflection-v1alpha",
-            started,
-            Verdict::fail(format!(
-                "grpc.reflection.v1alpha.ServerReflection is what daprd asks, and it answered {}",
-                describe(status)
-            )),
-        ),
+        Err(status) => {
+            let hint = match status.code() {
+                Code::DeadlineExceeded => {
+                    " (no answer: the listener does not answer as a gRPC server)"
+                }
+                Code::Unimplemented => "",
+                _ if crate::component::is_transport_failure(status) => {
+                    " (the connection failed: the listener does not speak gRPC over HTTP/2)"
+                }
+                _ => "",
+            };
+            rec.add(
+                "reflection-v1alpha",
+                started,
+                Verdict::fail(format!(
+                    "grpc.reflection.v1alpha.ServerReflection is what daprd asks, and it answered {}{hint}",
+                    describe(status)
+                )),
+            )
+        }
     }
     let started = Instant::now();
     let v1 = bounded(opts.timeout, reflection::list_v1(channel.clone())).await;
@@ -497,6 +550,10 @@ struct Settings {
     secret_key: Option<String>,
     file_name_key: String,
     expect_events: bool,
+    /// The TTL of the `ttl.expiry` key (whole seconds, at least 2).
+    ttl: Duration,
+    /// Invoke every listed output-binding operation, not only the round trip's.
+    invoke_all: bool,
     /// The option keys given, for the report.
     given: Vec<String>,
 }
@@ -510,6 +567,8 @@ impl Default for Settings {
             secret_key: None,
             file_name_key: "fileName".into(),
             expect_events: true,
+            ttl: Duration::from_secs(2),
+            invoke_all: false,
             given: Vec::new(),
         }
     }
@@ -535,11 +594,23 @@ impl Settings {
                         }
                     }
                     _ => problems.push(format!(
-                        "{key}: {value:?} is not a duration between 0 and 1h (e.g. 10s)"
+                        "{key}: {value:?} is not a duration greater than 0 and at most 1h (e.g. 10s)"
                     )),
+                },
+                "ttl" => match value.trim().parse::<u64>() {
+                    Ok(n) if (2..=3600).contains(&n) => settings.ttl = Duration::from_secs(n),
+                    _ => problems.push(format!(
+                        "{key}: {value:?} is not a whole number of seconds from 2 to 3600"
+                    )),
+                },
+                "invokeAll" => match value.trim().to_ascii_lowercase().as_str() {
+                    "true" | "1" => settings.invoke_all = true,
+                    "false" | "0" => settings.invoke_all = false,
+                    _ => problems.push(format!("{key}: {value:?} is not true or false")),
                 },
                 "secretKey" => settings.secret_key = Some(value.clone()),
                 "fileNameKey" if !value.is_empty() => settings.file_name_key = value.clone(),
+                "fileNameKey" => problems.push(format!("{key}: must not be empty")),
                 "expectEvents" => match value.trim().to_ascii_lowercase().as_str() {
                     "true" | "1" => settings.expect_events = true,
                     "false" | "0" => settings.expect_events = false,
@@ -550,7 +621,7 @@ impl Settings {
                         settings.isolation.insert(prop.to_string(), value.clone());
                     }
                     _ => problems.push(format!(
-                        "{key}: unknown suite option (known: conformance.wait, conformance.quiet, conformance.isolation.KEY, conformance.secretKey, conformance.fileNameKey, conformance.expectEvents)"
+                        "{key}: unknown suite option (known: conformance.wait, conformance.quiet, conformance.ttl, conformance.isolation.KEY, conformance.secretKey, conformance.fileNameKey, conformance.expectEvents, conformance.invokeAll)"
                     )),
                 },
             }
@@ -567,9 +638,79 @@ struct Ctx {
     /// Init properties (without the suite options).
     init: BTreeMap<String, String>,
     settings: Settings,
+    /// The run's overall deadline: no call or wait goes past it.
+    deadline: Instant,
+    /// `deadline` − the start, for reasons.
+    budget: Duration,
+    /// The current kind's first hang.
+    hang: Hang,
+}
+
+/// When and why a kind's checks stopped: the first call that got no answer in time (or the
+/// run's budget running out). Checks started after it are skipped.
+#[derive(Debug, Clone, Default)]
+struct Hang(std::sync::Arc<std::sync::Mutex<Option<(Instant, String)>>>);
+
+impl Hang {
+    fn get(&self) -> Option<(Instant, String)> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, why: String) {
+        let mut hang = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if hang.is_none() {
+            *hang = Some((Instant::now(), why));
+        }
+    }
 }
 
 impl Ctx {
+    /// Runs one call, bounded by `--timeout` and the run's deadline. After a call of this kind
+    /// got no answer, no further call is made (each answers `DEADLINE_EXCEEDED` at once).
+    async fn call<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, tonic::Status>>,
+    ) -> Result<T, tonic::Status> {
+        if let Some((_, why)) = self.hang.get() {
+            return Err(tonic::Status::deadline_exceeded(format!(
+                "not called: {why}"
+            )));
+        }
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let limit = self.timeout.min(left);
+        match tokio::time::timeout(limit, fut).await {
+            Ok(result) => result,
+            Err(_) => {
+                if limit < self.timeout {
+                    self.hang.set(format!(
+                        "the run's time budget ({:?}: 20 × --timeout + 8 × conformance.wait + conformance.ttl) is used up",
+                        self.budget
+                    ));
+                } else {
+                    self.hang.set(format!(
+                        "the component stopped answering (a call got no answer within {:?})",
+                        self.timeout
+                    ));
+                }
+                Err(tonic::Status::deadline_exceeded(format!(
+                    "no answer within {limit:?}"
+                )))
+            }
+        }
+    }
+
+    /// The end of a wait for asynchronous behaviour starting now: `conformance.wait` from now,
+    /// but not past the run's deadline.
+    fn wait_deadline(&self) -> Instant {
+        (Instant::now() + self.settings.wait).min(self.deadline)
+    }
+
     /// The instance name for `kind` in this run.
     fn instance(&self, kind: ComponentKind) -> String {
         format!("conformance-{}-{}", self.run, kind_label(kind))
@@ -626,22 +767,30 @@ fn verdict(result: Result<String, String>) -> Verdict {
 struct Recorder {
     kind: &'static str,
     results: Vec<CheckResult>,
+    hang: Hang,
 }
 
 impl Recorder {
-    fn new(kind: &'static str) -> Self {
+    fn new(kind: &'static str, hang: Hang) -> Self {
         Self {
             kind,
             results: Vec::new(),
+            hang,
         }
     }
 
+    /// Records a check. A check that started after the kind's first hang is a skip whatever it
+    /// found (its calls were not made).
     fn add(&mut self, check: &str, started: Instant, verdict: Verdict) {
+        let verdict = match self.hang.get() {
+            Some((at, why)) if at < started => Verdict::skip(format!("not run: {why}")),
+            _ => verdict,
+        };
         self.results.push(CheckResult {
             kind: self.kind.to_string(),
             check: check.to_string(),
             outcome: verdict.outcome,
-            reason: verdict.reason,
+            reason: sanitize(&verdict.reason, 2000),
             duration_ms: (started.elapsed().as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
         });
     }
@@ -683,8 +832,9 @@ async fn bounded<T>(
     }
 }
 
-/// A status as `CODE: message`.
-fn describe(status: &tonic::Status) -> String {
+/// A status as `CODE: message` (`FAILED_PRECONDITION: etag mismatch`), the message made safe
+/// to print (see [`sanitize`], at most 300 characters). `plugd inspect` uses it too.
+pub fn describe_status(status: &tonic::Status) -> String {
     let code = format!("{:?}", status.code());
     let mut upper = String::new();
     for (i, c) in code.chars().enumerate() {
@@ -693,10 +843,74 @@ fn describe(status: &tonic::Status) -> String {
         }
         upper.push(c.to_ascii_uppercase());
     }
-    if status.message().is_empty() {
+    // The transport's text for a lost connection speaks of the sidecar; here nothing
+    // re-initialises anything.
+    let message = status.message().replace(
+        crate::component::CONNECTION_LOST,
+        "the connection to the component was lost (it closed the connection or exited)",
+    );
+    let message = sanitize(&message, 300);
+    if message.is_empty() {
         upper
     } else {
-        format!("{upper}: {}", status.message())
+        format!("{upper}: {message}")
+    }
+}
+
+fn describe(status: &tonic::Status) -> String {
+    describe_status(status)
+}
+
+/// Component text made safe to print: control characters (ANSI escapes included) become
+/// spaces, and at most `max` characters are kept (`…` marks a cut).
+pub fn sanitize(text: &str, max: usize) -> String {
+    let clean: String = text
+        .chars()
+        .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
+        .collect();
+    if clean.chars().count() <= max {
+        clean
+    } else {
+        let mut cut: String = clean.chars().take(max.saturating_sub(1)).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+/// A duration for `--timeout`: greater than 0 and at most 1h (a clap value parser).
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if d > Duration::ZERO && d <= Duration::from_secs(3600) => Ok(d),
+        Ok(_) => Err(format!(
+            "{text:?} must be greater than 0 and at most 1h (e.g. 5s)"
+        )),
+        Err(e) => Err(format!("{text:?} is not a duration (e.g. 5s): {e}")),
+    }
+}
+
+/// Every problem with the `conformance.*` suite options in `metadata` (empty: all usable).
+/// `plugd conformance` prints them and exits 64 without running.
+pub fn option_problems(metadata: &BTreeMap<String, String>) -> Vec<String> {
+    Settings::parse(metadata).1
+}
+
+/// The `features.unchecked` row: claimed features no check verifies (a skip naming them);
+/// nothing when every claimed feature is checked.
+fn unchecked_features(rec: &mut Recorder, features: &[String], checked: &[&str]) {
+    let unchecked: Vec<&str> = features
+        .iter()
+        .map(String::as_str)
+        .filter(|f| !checked.contains(f))
+        .collect();
+    if !unchecked.is_empty() {
+        rec.add(
+            "features.unchecked",
+            Instant::now(),
+            Verdict::skip(format!(
+                "claimed, but not verified by this suite: {}",
+                unchecked.join(", ")
+            )),
+        );
     }
 }
 
@@ -716,12 +930,12 @@ fn show(bytes: &[u8]) -> String {
 
 /// Ping for any kind, reported as the `ping` check.
 async fn ping_check(
+    ctx: &Ctx,
     rec: &mut Recorder,
     fut: impl std::future::Future<Output = Result<(), tonic::Status>>,
-    timeout: Duration,
 ) {
     let started = Instant::now();
-    let verdict = match bounded(timeout, fut).await {
+    let verdict = match ctx.call(fut).await {
         Ok(()) => Verdict::pass(format!(
             "OK in {:.1} ms",
             started.elapsed().as_secs_f64() * 1000.0

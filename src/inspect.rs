@@ -5,6 +5,10 @@
 //! and the `Ping` round-trip time. Nothing is initialised: `Features` and `Ping` are asked of a
 //! fresh instance (`x-component-instance: plugd-inspect`), so a component that refuses them
 //! before Init shows that refusal.
+//!
+//! Kinds are named as `plugd conformance --kind` spells them (`state`, `pubsub`,
+//! `input-binding`, `output-binding`, `secretstore`), statuses as `CODE: message`
+//! (`FAILED_PRECONDITION: …`, the component's text made safe to print), like conformance.
 
 use std::{
     path::{Path, PathBuf},
@@ -41,6 +45,7 @@ pub struct SocketReport {
 /// One kind a socket serves.
 #[derive(Debug, Clone, Serialize)]
 pub struct KindReport {
+    /// `state`, `pubsub`, `input-binding`, `output-binding` or `secretstore`.
     pub kind: &'static str,
     /// The features reported (bindings have none).
     pub features: Vec<String>,
@@ -49,8 +54,8 @@ pub struct KindReport {
     pub operations: Option<Vec<String>>,
     /// Why the features (or operations) could not be read.
     pub features_error: Option<String>,
-    /// Ping's round trip in milliseconds, when the component answered (even with an error
-    /// status, such as "not initialised").
+    /// Ping's round trip in milliseconds (rounded to 3 decimals), when the component answered
+    /// (even with an error status, such as "not initialised").
     pub ping_ms: Option<f64>,
     /// The error status Ping answered with, or why it got no answer.
     pub ping_error: Option<String>,
@@ -70,13 +75,16 @@ pub async fn socket(path: &Path, timeout: Duration) -> SocketReport {
     let (services, reflection) = match discovery::probe(path, timeout).await {
         Ok(found) => found,
         Err(e) => {
-            report.error = Some(e);
+            report.error = Some(crate::conformance::sanitize(&e, 300));
             return report;
         }
     };
     report.reachable = true;
     report.reflection = Some(reflection);
-    report.services = services;
+    report.services = services
+        .iter()
+        .map(|s| crate::conformance::sanitize(s, 200))
+        .collect();
     let kinds: Vec<ComponentKind> = ComponentKind::ALL
         .into_iter()
         .filter(|k| report.services.iter().any(|s| s == k.service_name()))
@@ -88,14 +96,19 @@ pub async fn socket(path: &Path, timeout: Duration) -> SocketReport {
     let channel = match dial(path, timeout).await {
         Ok(c) => c,
         Err(e) => {
-            report.error = Some(e.detail());
+            report.error = Some(crate::conformance::sanitize(&e.detail(), 300));
             return report;
         }
     };
     for kind in kinds {
         let (listed, features_error) = match bounded(timeout, features(channel.clone(), kind)).await
         {
-            Ok(Ok(f)) => (f, None),
+            Ok(Ok(f)) => (
+                f.iter()
+                    .map(|f| crate::conformance::sanitize(f, 100))
+                    .collect(),
+                None,
+            ),
             Ok(Err(status)) => (Vec::new(), Some(describe(&status))),
             Err(e) => (Vec::new(), Some(e)),
         };
@@ -106,13 +119,13 @@ pub async fn socket(path: &Path, timeout: Duration) -> SocketReport {
         let started = Instant::now();
         let (ping_ms, ping_error) = match bounded(timeout, ping(channel.clone(), kind)).await {
             Ok(answered) => (
-                Some(started.elapsed().as_secs_f64() * 1000.0),
+                Some((started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0),
                 answered.err().map(|s| describe(&s)),
             ),
             Err(e) => (None, Some(e)),
         };
         report.kinds.push(KindReport {
-            kind: kind.as_str(),
+            kind: crate::conformance::kind_label(kind),
             features,
             operations,
             features_error,
@@ -221,7 +234,7 @@ async fn bounded<T>(
 }
 
 fn describe(status: &tonic::Status) -> String {
-    format!("{:?}: {}", status.code(), status.message())
+    crate::conformance::describe_status(status)
 }
 
 async fn features(channel: Channel, kind: ComponentKind) -> Result<Vec<String>, tonic::Status> {

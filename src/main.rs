@@ -84,6 +84,14 @@ fn run_tool(tool: Tool) -> ExitCode {
     runtime.block_on(async move {
         match tool {
             Tool::Conformance(args) => {
+                let metadata = args.metadata.iter().cloned().collect();
+                let problems = plugd::conformance::option_problems(&metadata);
+                if !problems.is_empty() {
+                    for problem in problems {
+                        eprintln!("plugd conformance: {problem}");
+                    }
+                    return ExitCode::from(64);
+                }
                 let options = plugd::conformance::Options {
                     socket: args.socket,
                     kinds: args.kind.into_iter().map(Into::into).collect(),

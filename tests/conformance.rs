@@ -94,6 +94,8 @@ const STATE_PASSES: &[(&str, &str)] = &[
     ("state", "etag.set-current"),
     ("state", "etag.set-stale"),
     ("state", "etag.delete-stale"),
+    ("state", "etag.bulk-set-stale"),
+    ("state", "etag.bulk-delete-stale"),
     ("state", "etag.delete-current"),
     ("state", "etag.error-shape"),
     ("state", "first-write"),
@@ -115,6 +117,13 @@ const PUBSUB_PASSES: &[(&str, &str)] = &[
     ("pubsub", "bulk-publish"),
 ];
 
+/// Every skip is the `features.unchecked` row (claimed features no check verifies).
+fn assert_only_unchecked_features_skipped(report: &Value) {
+    for r in results(report).iter().filter(|r| r["outcome"] == "skip") {
+        assert_eq!(r["check"], "features.unchecked", "an unexpected skip: {r}");
+    }
+}
+
 fn passes(groups: &[&[(&'static str, &'static str)]]) -> Vec<(&'static str, &'static str)> {
     groups.iter().flat_map(|g| g.iter().copied()).collect()
 }
@@ -129,8 +138,8 @@ fn memory_state_and_pubsub_conform() {
         &report,
         &passes(&[SOCKET_PASSES, STATE_PASSES, PUBSUB_PASSES]),
     );
-    // Nothing is skipped: every feature the store claims is checked.
-    assert_eq!(report["summary"]["skip"], 0, "{report:#}");
+    // Nothing else is skipped: every other feature the store claims is checked.
+    assert_only_unchecked_features_skipped(&report);
 }
 
 #[test]
@@ -150,7 +159,7 @@ fn sqlite_state_conforms() {
     );
     assert_green(code, &report, &passes(&[SOCKET_PASSES, STATE_PASSES]));
     assert_eq!(result(&report, "socket", "options")["outcome"], "pass");
-    assert_eq!(report["summary"]["skip"], 0, "{report:#}");
+    assert_only_unchecked_features_skipped(&report);
 }
 
 #[test]
@@ -345,6 +354,14 @@ fn the_broken_fixture_fails_on_its_lies() {
     };
     failed("etag.set-stale", &["stale etag", "accepted", "overwritten"]);
     failed("etag.delete-stale", &["stale etag", "accepted", "deleted"]);
+    failed(
+        "etag.bulk-set-stale",
+        &["BulkSet", "stale etag", "accepted"],
+    );
+    failed(
+        "etag.bulk-delete-stale",
+        &["BulkDelete", "stale etag", "accepted"],
+    );
     failed("first-write", &["overwrote"]);
     failed(
         "transaction.atomic",
@@ -372,7 +389,111 @@ fn the_broken_fixture_fails_on_its_lies() {
         result(&report, "state", "etag.error-shape")["outcome"],
         "skip"
     );
-    assert_eq!(report["summary"]["fail"], 4, "{report:#}");
+    assert_eq!(report["summary"]["fail"], 6, "{report:#}");
+}
+
+/// The broken fixture started with `--lie <lie>`: the state checks that failed.
+fn failures_of_lie(lie: &str, args: &[&str]) -> (Vec<String>, Value) {
+    let dirs = TestDirs::new();
+    let _broken = spawn_component(
+        "plugd-broken-fixture",
+        &dirs.sockets,
+        "broken",
+        &["--lie", lie],
+    );
+    let (code, report) = conformance(&dirs.sockets.join("broken.sock"), args);
+    assert_eq!(code, Some(1), "{lie}: a failing suite exits 1: {report:#}");
+    let failed = results(&report)
+        .iter()
+        .filter(|r| r["outcome"] == "fail")
+        .map(|r| {
+            format!(
+                "{}/{}",
+                r["kind"].as_str().unwrap_or("?"),
+                r["check"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    (failed, report)
+}
+
+#[test]
+fn the_broken_fixture_fails_exactly_each_lie() {
+    // Claims TTL, never expires.
+    let (failed, report) = failures_of_lie("ttl", &[]);
+    assert_eq!(failed, ["state/ttl.expiry"], "{report:#}");
+    let ttl = result(&report, "state", "ttl.expiry");
+    assert!(
+        ttl["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("still there")),
+        "{ttl}"
+    );
+    // Refuses stale etags, but not as daprd recognises an etag mismatch.
+    let (failed, report) = failures_of_lie("error-shape", &[]);
+    assert_eq!(failed, ["state/etag.error-shape"], "{report:#}");
+    let shape = result(&report, "state", "etag.error-shape");
+    for what in [
+        "Set:",
+        "Delete:",
+        "BulkSet:",
+        "BulkDelete:",
+        "not FAILED_PRECONDITION",
+    ] {
+        assert!(
+            shape["reason"].as_str().is_some_and(|r| r.contains(what)),
+            "{what}: {shape}"
+        );
+    }
+    // Honours etags on Set and Delete, ignores them in the bulk calls.
+    let (failed, report) = failures_of_lie("bulk-etag", &[]);
+    assert_eq!(
+        failed,
+        ["state/etag.bulk-set-stale", "state/etag.bulk-delete-stale"],
+        "{report:#}"
+    );
+    // The single-key refusals still have daprd's shape.
+    assert_eq!(
+        result(&report, "state", "etag.error-shape")["outcome"],
+        "pass"
+    );
+}
+
+#[test]
+fn a_component_that_stops_answering_costs_one_timeout_per_kind() {
+    let started = Instant::now();
+    // Get never answers: the first Get fails, every later state check is skipped at once.
+    let (failed, report) = failures_of_lie("hang", &["--timeout", "3s"]);
+    assert_eq!(failed, ["state/get-missing"], "{report:#}");
+    let missing = result(&report, "state", "get-missing");
+    assert!(
+        missing["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("DEADLINE_EXCEEDED")),
+        "{missing}"
+    );
+    for check in [
+        "set-get",
+        "bulk-set",
+        "etag.set-stale",
+        "transaction.atomic",
+        "isolation",
+    ] {
+        let r = result(&report, "state", check);
+        assert_eq!(r["outcome"], "skip", "{r}");
+        assert!(
+            r["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("stopped answering")),
+            "{r}"
+        );
+    }
+    // Without the skips, each of some twenty calls would wait its 3 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -383,21 +504,22 @@ fn unusable_sockets_and_bad_options_fail() {
     assert_eq!(code, Some(1));
     assert_eq!(result(&report, "socket", "reachable")["outcome"], "fail");
     assert_eq!(results(&report).len(), 1, "{report:#}");
+    // A stale socket file: plugd inspect's hint.
+    drop(std::os::unix::net::UnixListener::bind(dirs.sockets.join("stale.sock")).expect("bind"));
+    let (code, report) = conformance(&dirs.sockets.join("stale.sock"), &[]);
+    assert_eq!(code, Some(1));
+    let reachable = result(&report, "socket", "reachable");
+    assert!(
+        reachable["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no process listens")),
+        "{reachable}"
+    );
 
     let _memory = spawn_component("plugd-memory", &dirs.sockets, "in-memory", &[]);
     let socket = dirs.sockets.join("in-memory.sock");
     // A kind the socket does not serve fails; the kinds it does serve are still checked.
-    let (code, report) = conformance(
-        &socket,
-        &[
-            "--kind",
-            "secretstore",
-            "--kind",
-            "state",
-            "--metadata",
-            "conformance.bogus=1",
-        ],
-    );
+    let (code, report) = conformance(&socket, &["--kind", "secretstore", "--kind", "state"]);
     assert_eq!(code, Some(1));
     let kinds = result(&report, "socket", "kinds");
     assert_eq!(kinds["outcome"], "fail");
@@ -407,16 +529,49 @@ fn unusable_sockets_and_bad_options_fail() {
             .is_some_and(|r| r.contains("--kind secretstore")),
         "{kinds}"
     );
-    let options = result(&report, "socket", "options");
-    assert_eq!(options["outcome"], "fail");
-    assert!(
-        options["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("conformance.bogus")),
-        "{options}"
-    );
     assert_eq!(result(&report, "state", "set-get")["outcome"], "pass");
     assert!(results(&report).iter().all(|r| r["kind"] != "pubsub"));
+}
+
+#[test]
+fn bad_options_and_timeouts_are_refused_before_anything_runs() {
+    let dirs = TestDirs::new();
+    let socket = dirs.sockets.join("never-dialled.sock");
+    for args in [
+        vec!["--metadata", "conformance.bogus=1"],
+        vec!["--metadata", "conformance.wait=0s"],
+        vec!["--metadata", "conformance.ttl=1"],
+        vec!["--metadata", "conformance.invokeAll=maybe"],
+        vec!["--timeout", "0s"],
+        vec!["--timeout", "soon"],
+    ] {
+        let out = Command::new(support::binary("plugd"))
+            .arg("conformance")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--json")
+            .args(&args)
+            .output()
+            .expect("run plugd conformance");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: nothing runs");
+        let word = args[1].split('=').next().unwrap_or_default();
+        let word = if word.starts_with("conformance.") {
+            word
+        } else {
+            args[1]
+        };
+        assert!(stderr.contains(word), "{args:?}: {stderr}");
+    }
+    let out = Command::new(support::binary("plugd"))
+        .args(["conformance", "--timeout", "0s", "--socket", "/x.sock"])
+        .output()
+        .expect("run plugd conformance");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("greater than 0"),
+        "{out:?}"
+    );
 }
 
 #[test]

@@ -76,15 +76,18 @@ fn inspect_reports_every_socket_in_a_folder() {
     for f in ["ETAG", "TTL", "TRANSACTIONAL"] {
         assert!(features.contains(&f), "{f} missing from {features:?}");
     }
-    // Not initialised: Ping is answered (a round trip is measured) with the refusal.
+    // Not initialised: Ping is answered (a round trip is measured, to the microsecond) with
+    // the refusal, its code spelled as plugd conformance spells it.
     assert!(
-        state["ping_ms"].as_f64().is_some_and(|ms| ms > 0.0),
+        state["ping_ms"]
+            .as_f64()
+            .is_some_and(|ms| ms > 0.0 && ((ms * 1000.0).round() - ms * 1000.0).abs() < 1e-6),
         "{state}"
     );
     assert!(
         state["ping_error"]
             .as_str()
-            .is_some_and(|e| e.contains("FailedPrecondition")),
+            .is_some_and(|e| e.contains("FAILED_PRECONDITION: ")),
         "{state}"
     );
 
@@ -93,8 +96,8 @@ fn inspect_reports_every_socket_in_a_folder() {
         .as_array()
         .expect("kinds")
         .iter()
-        .find(|k| k["kind"] == "output binding")
-        .expect("output binding");
+        .find(|k| k["kind"] == "output-binding")
+        .expect("output-binding");
     assert_eq!(
         output["operations"],
         serde_json::json!(["create", "get", "list", "delete"])
@@ -122,6 +125,8 @@ fn inspect_reports_every_socket_in_a_folder() {
         "in-memory.sock",
         "ETAG,TTL,TRANSACTIONAL",
         "operations: create get list delete",
+        "output-binding",
+        "FAILED_PRECONDITION: ",
         "unreachable",
     ] {
         assert!(table.contains(needle), "{needle} missing:\n{table}");

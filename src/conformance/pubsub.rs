@@ -8,7 +8,7 @@ use std::{
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use super::{Ctx, Recorder, Verdict, bounded, describe, ping_check, request, show, verdict};
+use super::{Ctx, Recorder, Verdict, describe, ping_check, request, show, verdict};
 use crate::{component::ComponentKind, proto::components as pb};
 
 type Client = pb::pub_sub_client::PubSubClient<Channel>;
@@ -38,16 +38,19 @@ struct Subscription {
     ended: Option<String>,
     /// Data of every message received, in order (redeliveries included).
     received: Vec<Vec<u8>>,
+    /// Bound on sending one ack and on closing.
+    timeout: Duration,
 }
 
 impl Drop for Subscription {
+    /// A fallback: [`close`](Subscription::close) ends the stream properly.
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
 impl Subscription {
-    fn open(client: Client, instance: &str, topic: &str) -> Self {
+    fn open(client: Client, instance: &str, topic: &str, timeout: Duration) -> Self {
         let (acks, outgoing) = mpsc::channel::<pb::PullMessagesRequest>(64);
         let (deliver, messages) = mpsc::channel(256);
         let first = pb::PullMessagesRequest {
@@ -93,7 +96,22 @@ impl Subscription {
             task,
             ended: None,
             received: Vec::new(),
+            timeout,
         }
+    }
+
+    /// Ends the stream after the acks already queued: the sending side is closed (so they go
+    /// out, then the end of the stream), and the component's end of the stream is awaited
+    /// (messages still arriving are left un-acked), bounded by the call timeout.
+    async fn close(mut self) {
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.acks, closed));
+        // The task ends (and drops its sender) once the component ends the stream.
+        let deadline = Instant::now() + self.timeout;
+        while let Ok(Some(_)) = tokio::time::timeout_at(deadline.into(), self.messages.recv()).await
+        {
+        }
+        // Drop aborts the task if the component kept the stream open.
     }
 
     /// The next message before `deadline`; `Ok(None)` at the deadline.
@@ -131,9 +149,16 @@ impl Subscription {
                 message: e.to_string(),
             }),
         };
-        self.acks
-            .send(req)
+        // A component that never reads acks (while it floods messages) fills the queue: the
+        // send is bounded like any call.
+        tokio::time::timeout(self.timeout, self.acks.send(req))
             .await
+            .map_err(|_| {
+                format!(
+                    "the ack could not be sent within {:?}: the component does not read the PullMessages stream",
+                    self.timeout
+                )
+            })?
             .map_err(|_| "the PullMessages stream is closed, the ack cannot be sent".to_string())
     }
 
@@ -179,17 +204,15 @@ impl PubSub<'_> {
             content_type: "application/json".into(),
         };
         let mut client = self.client.clone();
-        bounded(
-            self.ctx.timeout,
-            client.publish(request(&self.instance, req)),
-        )
-        .await
-        .map(|_| ())
-        .map_err(|s| format!("Publish answered {}", describe(&s)))
+        self.ctx
+            .call(client.publish(request(&self.instance, req)))
+            .await
+            .map(|_| ())
+            .map_err(|s| format!("Publish answered {}", describe(&s)))
     }
 
     fn deadline(&self) -> Instant {
-        Instant::now() + self.ctx.settings.wait
+        self.ctx.wait_deadline()
     }
 }
 
@@ -212,7 +235,7 @@ pub(super) async fn check(ctx: &Ctx, rec: &mut Recorder) {
     let init = pb::PubSubInitRequest {
         metadata: Some(pb::MetadataRequest { properties }),
     };
-    match bounded(ctx.timeout, client.init(request(&ps.instance, init))).await {
+    match ctx.call(client.init(request(&ps.instance, init))).await {
         Ok(_) => rec.add(
             "init",
             started,
@@ -230,11 +253,9 @@ pub(super) async fn check(ctx: &Ctx, rec: &mut Recorder) {
     }
 
     let started = Instant::now();
-    let features = match bounded(
-        ctx.timeout,
-        client.features(request(&ps.instance, pb::FeaturesRequest {})),
-    )
-    .await
+    let features = match ctx
+        .call(client.features(request(&ps.instance, pb::FeaturesRequest {})))
+        .await
     {
         Ok(r) => {
             let features = r.into_inner().features;
@@ -247,6 +268,7 @@ pub(super) async fn check(ctx: &Ctx, rec: &mut Recorder) {
                     features.join(", ")
                 }),
             );
+            super::unchecked_features(rec, &features, &[BULK_PUBSUB]);
             Some(features)
         }
         Err(s) => {
@@ -261,25 +283,22 @@ pub(super) async fn check(ctx: &Ctx, rec: &mut Recorder) {
 
     let mut ping_client = ps.client.clone();
     let instance = ps.instance.clone();
-    ping_check(
-        rec,
-        async move {
-            ping_client
-                .ping(request(&instance, pb::PingRequest {}))
-                .await
-                .map(|_| ())
-        },
-        ctx.timeout,
-    )
+    ping_check(ctx, rec, async move {
+        ping_client
+            .ping(request(&instance, pb::PingRequest {}))
+            .await
+            .map(|_| ())
+    })
     .await;
 
-    let mut sub = Subscription::open(ps.client.clone(), &ps.instance, &ps.topic);
+    let mut sub = Subscription::open(ps.client.clone(), &ps.instance, &ps.topic, ctx.timeout);
     if !deliver(&ps, &mut sub, rec).await {
         rec.skip_rest(CHECKS, "no message was delivered (see deliver)");
+        sub.close().await;
         return;
     }
-    nack_redelivery(&ps, &mut sub, rec).await;
-    ack_no_redelivery(&ps, &mut sub, rec).await;
+    let redelivery = nack_redelivery(&ps, &mut sub, rec).await;
+    ack_no_redelivery(&ps, &mut sub, rec, redelivery).await;
     order(&ps, &mut sub, rec).await;
     match &features {
         Some(f) if f.iter().any(|x| x == BULK_PUBSUB) => bulk_publish(&ps, &mut sub, rec).await,
@@ -289,6 +308,7 @@ pub(super) async fn check(ctx: &Ctx, rec: &mut Recorder) {
             "Features failed, so what is claimed is unknown",
         ),
     }
+    sub.close().await;
     rec.skip_rest(CHECKS, "not reached");
 }
 
@@ -383,8 +403,14 @@ async fn deliver(ps: &PubSub<'_>, sub: &mut Subscription, rec: &mut Recorder) ->
     ok
 }
 
-async fn nack_redelivery(ps: &PubSub<'_>, sub: &mut Subscription, rec: &mut Recorder) {
+/// nack-redelivery; returns how long the redelivery took after the nack.
+async fn nack_redelivery(
+    ps: &PubSub<'_>,
+    sub: &mut Subscription,
+    rec: &mut Recorder,
+) -> Option<Duration> {
     let started = Instant::now();
+    let mut delay = None;
     let data = ps.payload("nack");
     let result = async {
         ps.publish(&data).await?;
@@ -403,18 +429,35 @@ async fn nack_redelivery(ps: &PubSub<'_>, sub: &mut Subscription, rec: &mut Reco
                 ps.ctx.settings.wait
             ));
         };
+        let took = nacked.elapsed();
+        delay = Some(took);
         sub.ack(&again.id, None).await?;
         Ok(format!(
             "delivered again {} ms after the nack",
-            nacked.elapsed().as_millis()
+            took.as_millis()
         ))
     }
     .await;
     rec.add("nack-redelivery", started, verdict(result));
+    delay
 }
 
-async fn ack_no_redelivery(ps: &PubSub<'_>, sub: &mut Subscription, rec: &mut Recorder) {
+/// ack-no-redelivery: after the ack, watches until a later message arrived and for at least
+/// max(`conformance.quiet`, 2 × the nack → redelivery delay measured by nack-redelivery), at
+/// most `conformance.wait`: a component that ignores acks and redelivers after that delay is
+/// caught.
+async fn ack_no_redelivery(
+    ps: &PubSub<'_>,
+    sub: &mut Subscription,
+    rec: &mut Recorder,
+    redelivery: Option<Duration>,
+) {
     let started = Instant::now();
+    let settings = &ps.ctx.settings;
+    let window = settings
+        .quiet
+        .max(redelivery.map_or(Duration::ZERO, |d| d * 2))
+        .min(settings.wait);
     let data = ps.payload("ack");
     let next = ps.payload("after-ack");
     let result = async {
@@ -427,6 +470,7 @@ async fn ack_no_redelivery(ps: &PubSub<'_>, sub: &mut Subscription, rec: &mut Re
         };
         let seen_before = sub.received.len();
         sub.ack(&m.id, None).await?;
+        let watch_until = (Instant::now() + window).min(ps.ctx.deadline);
         ps.publish(&next).await?;
         let Some(n) = sub.wait_for(&next, ps.deadline()).await? else {
             return Err(format!(
@@ -435,11 +479,12 @@ async fn ack_no_redelivery(ps: &PubSub<'_>, sub: &mut Subscription, rec: &mut Re
             ));
         };
         sub.ack(&n.id, None).await?;
-        // Watch a little longer: a redelivery after a delay.
-        let quiet_until = Instant::now() + ps.ctx.settings.quiet;
+        // Watch longer: a redelivery after a delay.
+        let quiet_until = watch_until.max((Instant::now() + settings.quiet).min(ps.ctx.deadline));
         while let Some(m) = sub.next(quiet_until).await? {
             sub.ack(&m.id, None).await?;
         }
+        let watched = watch_until.max(quiet_until) - started;
         let again = sub.received[seen_before..]
             .iter()
             .filter(|d| **d == data)
@@ -450,8 +495,9 @@ async fn ack_no_redelivery(ps: &PubSub<'_>, sub: &mut Subscription, rec: &mut Re
             ))
         } else {
             Ok(format!(
-                "not delivered again (watched until the next message and {:?} more)",
-                ps.ctx.settings.quiet
+                "not delivered again (watched {} ms: until a later message arrived and at least max(conformance.quiet, 2 × the {} redelivery delay))",
+                watched.as_millis(),
+                redelivery.map_or("unmeasured".to_string(), |d| format!("{} ms", d.as_millis()))
             ))
         }
     }
@@ -525,13 +571,12 @@ async fn bulk_publish(ps: &PubSub<'_>, sub: &mut Subscription, rec: &mut Recorde
             metadata: HashMap::new(),
         };
         let mut client = ps.client.clone();
-        let answer = bounded(
-            ps.ctx.timeout,
-            client.bulk_publish(request(&ps.instance, req)),
-        )
-        .await
-        .map_err(|s| format!("BulkPublish answered {}", describe(&s)))?
-        .into_inner();
+        let answer = ps
+            .ctx
+            .call(client.bulk_publish(request(&ps.instance, req)))
+            .await
+            .map_err(|s| format!("BulkPublish answered {}", describe(&s)))?
+            .into_inner();
         if !answer.failed_entries.is_empty() {
             let failed: Vec<String> = answer
                 .failed_entries

@@ -8,7 +8,7 @@ use std::{
 use tonic::{Code, Status, transport::Channel};
 use tonic_types::{ErrorDetail, StatusExt};
 
-use super::{Ctx, Recorder, Verdict, bounded, describe, ping_check, request, show, verdict};
+use super::{Ctx, Recorder, Verdict, describe, ping_check, request, show, verdict};
 use crate::{component::ComponentKind, proto::components as pb};
 
 type Client = pb::state_store_client::StateStoreClient<Channel>;
@@ -29,6 +29,8 @@ const CHECKS: &[&str] = &[
     "etag.set-current",
     "etag.set-stale",
     "etag.delete-stale",
+    "etag.bulk-set-stale",
+    "etag.bulk-delete-stale",
     "etag.delete-current",
     "etag.error-shape",
     "first-write",
@@ -99,7 +101,8 @@ impl Store<'_> {
             consistency: 0,
         };
         let mut client = self.client.clone();
-        bounded(self.ctx.timeout, client.get(request(instance, req)))
+        self.ctx
+            .call(client.get(request(instance, req)))
             .await
             .map(tonic::Response::into_inner)
     }
@@ -117,12 +120,10 @@ impl Store<'_> {
     ) -> Result<(), Status> {
         self.written.push((instance.to_string(), key.to_string()));
         let mut client = self.client.clone();
-        bounded(
-            self.ctx.timeout,
-            client.set(request(instance, set_request(key, value, w))),
-        )
-        .await
-        .map(|_| ())
+        self.ctx
+            .call(client.set(request(instance, set_request(key, value, w))))
+            .await
+            .map(|_| ())
     }
 
     async fn set(&mut self, key: &str, value: &[u8], w: Write<'_>) -> Result<(), Status> {
@@ -132,12 +133,10 @@ impl Store<'_> {
 
     async fn delete(&self, key: &str, etag: Option<&str>) -> Result<(), Status> {
         let mut client = self.client.clone();
-        bounded(
-            self.ctx.timeout,
-            client.delete(request(&self.instance, delete_request(key, etag))),
-        )
-        .await
-        .map(|_| ())
+        self.ctx
+            .call(client.delete(request(&self.instance, delete_request(key, etag))))
+            .await
+            .map(|_| ())
     }
 
     /// The stored value: `Ok(None)` when empty (missing).
@@ -169,7 +168,8 @@ impl Store<'_> {
             metadata: Some(pb::MetadataRequest { properties }),
         };
         let mut client = self.client.clone();
-        bounded(self.ctx.timeout, client.init(request(instance, req)))
+        self.ctx
+            .call(client.init(request(instance, req)))
             .await
             .map(|_| ())
     }
@@ -186,12 +186,10 @@ impl Store<'_> {
             metadata: HashMap::new(),
         };
         let mut client = TxClient::new(self.ctx.channel.clone());
-        bounded(
-            self.ctx.timeout,
-            client.transact(request(&self.instance, req)),
-        )
-        .await
-        .map(|_| ())
+        self.ctx
+            .call(client.transact(request(&self.instance, req)))
+            .await
+            .map(|_| ())
     }
 
     /// Deletes every key written (best effort, errors ignored).
@@ -201,11 +199,10 @@ impl Store<'_> {
         written.dedup();
         for (instance, key) in written {
             let mut client = self.client.clone();
-            let _ = bounded(
-                self.ctx.timeout,
-                client.delete(request(&instance, delete_request(&key, None))),
-            )
-            .await;
+            let _ = self
+                .ctx
+                .call(client.delete(request(&instance, delete_request(&key, None))))
+                .await;
         }
     }
 }
@@ -238,15 +235,14 @@ pub(super) async fn check(ctx: &Ctx, rec: &mut Recorder) {
 
     let started = Instant::now();
     let mut client = store.client.clone();
-    let features = match bounded(
-        ctx.timeout,
-        client.features(request(&store.instance, pb::FeaturesRequest {})),
-    )
-    .await
+    let features = match ctx
+        .call(client.features(request(&store.instance, pb::FeaturesRequest {})))
+        .await
     {
         Ok(r) => {
             let features = r.into_inner().features;
             rec.add("features", started, Verdict::pass(features_text(&features)));
+            super::unchecked_features(rec, &features, &[ETAG, TRANSACTIONAL, TTL]);
             Some(features)
         }
         Err(s) => {
@@ -270,16 +266,12 @@ pub(super) async fn check(ctx: &Ctx, rec: &mut Recorder) {
 
     let mut client = store.client.clone();
     let instance = store.instance.clone();
-    ping_check(
-        rec,
-        async move {
-            client
-                .ping(request(&instance, pb::PingRequest {}))
-                .await
-                .map(|_| ())
-        },
-        ctx.timeout,
-    )
+    ping_check(ctx, rec, async move {
+        client
+            .ping(request(&instance, pb::PingRequest {}))
+            .await
+            .map(|_| ())
+    })
     .await;
 
     basics(&mut store, rec, claims(ETAG)).await;
@@ -293,6 +285,8 @@ pub(super) async fn check(ctx: &Ctx, rec: &mut Recorder) {
                 "etag.set-current",
                 "etag.set-stale",
                 "etag.delete-stale",
+                "etag.bulk-set-stale",
+                "etag.bulk-delete-stale",
                 "etag.delete-current",
                 "etag.error-shape",
                 "first-write",
@@ -423,7 +417,10 @@ async fn bulk(store: &mut Store<'_>, rec: &mut Recorder) {
         options: None,
     };
     let mut client = store.client.clone();
-    let verdict = match bounded(ctx.timeout, client.bulk_set(request(&store.instance, req))).await {
+    let verdict = match ctx
+        .call(client.bulk_set(request(&store.instance, req)))
+        .await
+    {
         Err(s) => Verdict::fail(format!("BulkSet answered {}", describe(&s))),
         Ok(_) => {
             let mut wrong = Vec::new();
@@ -464,7 +461,10 @@ async fn bulk(store: &mut Store<'_>, rec: &mut Recorder) {
             options: None,
         };
         let mut client = store.client.clone();
-        match bounded(ctx.timeout, client.bulk_get(request(&store.instance, req))).await {
+        match ctx
+            .call(client.bulk_get(request(&store.instance, req)))
+            .await
+        {
             Err(s) => Verdict::fail(format!("BulkGet answered {}", describe(&s))),
             Ok(r) => {
                 let got = r.into_inner().items;
@@ -510,11 +510,9 @@ async fn bulk(store: &mut Store<'_>, rec: &mut Recorder) {
             options: None,
         };
         let mut client = store.client.clone();
-        match bounded(
-            ctx.timeout,
-            client.bulk_delete(request(&store.instance, req)),
-        )
-        .await
+        match ctx
+            .call(client.bulk_delete(request(&store.instance, req)))
+            .await
         {
             Err(s) => Verdict::fail(format!("BulkDelete answered {}", describe(&s))),
             Ok(_) => {
@@ -601,6 +599,8 @@ async fn etags(store: &mut Store<'_>, rec: &mut Recorder) {
                 "etag.set-current",
                 "etag.set-stale",
                 "etag.delete-stale",
+                "etag.bulk-set-stale",
+                "etag.bulk-delete-stale",
                 "etag.delete-current",
                 "etag.error-shape",
             ],
@@ -706,6 +706,8 @@ async fn etags(store: &mut Store<'_>, rec: &mut Recorder) {
     };
     rec.add("etag.delete-stale", started, verdict);
 
+    bulk_stale(store, rec, &mut refusals).await;
+
     // etag.error-shape: the refusals as daprd reads them.
     let started = Instant::now();
     let verdict = if refusals.is_empty() {
@@ -719,7 +721,7 @@ async fn etags(store: &mut Store<'_>, rec: &mut Recorder) {
             let what: Vec<&str> = refusals.iter().map(|(w, _)| *w).collect();
             Verdict::pass(format!(
                 "{} refusals: FAILED_PRECONDITION with one BadRequest violation on \"etag\"",
-                what.join(" and ")
+                what.join(", ")
             ))
         } else {
             Verdict::fail(problems.join("; "))
@@ -755,6 +757,148 @@ async fn etags(store: &mut Store<'_>, rec: &mut Recorder) {
     rec.add("etag.delete-current", started, verdict);
 
     first_write(store, rec).await;
+}
+
+/// etag.bulk-set-stale and etag.bulk-delete-stale: a BulkSet / BulkDelete of two keys, one with a
+/// stale etag, is refused and leaves that key alone. The contract has no per-item error for
+/// bulk writes and does not make them atomic (daprd's own stores run them item by item), so
+/// whether the other item was applied is only reported.
+async fn bulk_stale(store: &mut Store<'_>, rec: &mut Recorder, refusals: &mut Vec<(&str, Status)>) {
+    let ctx = store.ctx;
+    let (a, b) = (ctx.name("bulk-etag-a"), ctx.name("bulk-etag-b"));
+    let v = |k: &str, n: u32| format!("conformance {} {k} v{n}", ctx.run).into_bytes();
+    let prep = |s: Status| format!("preparing: Set answered {}", describe(&s));
+    // a = v1; b = v1 (etag `stale`), then b = v2: `stale` is stale.
+    let prepared = async {
+        store
+            .set(&a, &v("a", 1), Write::default())
+            .await
+            .map_err(prep)?;
+        store
+            .set(&b, &v("b", 1), Write::default())
+            .await
+            .map_err(prep)?;
+        let stale = store.etag(&b).await?;
+        store
+            .set(&b, &v("b", 2), Write::default())
+            .await
+            .map_err(prep)?;
+        Ok::<_, String>(stale)
+    }
+    .await;
+
+    let started = Instant::now();
+    let stale = match prepared {
+        Ok(stale) => stale,
+        Err(e) => {
+            rec.add("etag.bulk-set-stale", started, Verdict::fail(e));
+            rec.skip_rest(
+                &["etag.bulk-delete-stale"],
+                "etag.bulk-set-stale could not prepare its keys",
+            );
+            return;
+        }
+    };
+    let other = |now: Option<Vec<u8>>, was: Vec<u8>| match now {
+        Some(n) if n == was => "the other item was not applied either",
+        _ => "the other item was applied (bulk writes need not be atomic)",
+    };
+    let req = pb::BulkSetRequest {
+        items: vec![
+            set_request(&a, &v("a", 2), Write::default()),
+            set_request(
+                &b,
+                &v("b", 3),
+                Write {
+                    etag: Some(&stale),
+                    ..Default::default()
+                },
+            ),
+        ],
+        options: None,
+    };
+    let mut client = store.client.clone();
+    let answer = ctx
+        .call(client.bulk_set(request(&store.instance, req)))
+        .await;
+    let verdict = match store.value(&b).await {
+        Err(e) => Verdict::fail(e),
+        Ok(now) => match answer {
+            Ok(_) => Verdict::fail(format!(
+                "a BulkSet with a stale etag ({stale:?}) on one item was accepted: {} although ETAG is claimed",
+                if now.as_deref() == Some(&v("b", 2)[..]) {
+                    "that item was not written, but no error was reported".to_string()
+                } else {
+                    format!(
+                        "that item was overwritten (now {})",
+                        now.map_or("empty".into(), |n| show(&n))
+                    )
+                }
+            )),
+            Err(s) if now.as_deref() == Some(&v("b", 2)[..]) => {
+                let a_now = store.value(&a).await.ok().flatten();
+                let verdict = Verdict::pass(format!(
+                    "refused ({}), the stale item unchanged; {}",
+                    describe(&s),
+                    other(a_now, v("a", 1))
+                ));
+                refusals.push(("BulkSet", s));
+                verdict
+            }
+            Err(s) => Verdict::fail(format!(
+                "refused ({}), but the item with the stale etag changed anyway (now {})",
+                describe(&s),
+                now.map_or("empty".into(), |n| show(&n))
+            )),
+        },
+    };
+    rec.add("etag.bulk-set-stale", started, verdict);
+
+    // a may have been rewritten above; b still holds v2 unless the check failed.
+    let started = Instant::now();
+    let req = pb::BulkDeleteRequest {
+        items: vec![delete_request(&a, None), delete_request(&b, Some(&stale))],
+        options: None,
+    };
+    let b_before = store.value(&b).await.ok().flatten();
+    let mut client = store.client.clone();
+    let answer = ctx
+        .call(client.bulk_delete(request(&store.instance, req)))
+        .await;
+    let verdict = match (store.value(&b).await, answer) {
+        (Err(e), _) => Verdict::fail(e),
+        (Ok(now), Ok(_)) => Verdict::fail(format!(
+            "a BulkDelete with a stale etag ({stale:?}) on one item was accepted: {} although ETAG is claimed",
+            if now.is_none() {
+                "that item was deleted"
+            } else {
+                "that item survived, but no error was reported"
+            }
+        )),
+        (Ok(Some(_)), Err(s)) => {
+            let a_now = store.value(&a).await.ok().flatten();
+            let verdict = Verdict::pass(format!(
+                "refused ({}), the stale item still there; {}",
+                describe(&s),
+                if a_now.is_some() {
+                    "the other item was not deleted either"
+                } else {
+                    "the other item was deleted (bulk writes need not be atomic)"
+                }
+            ));
+            refusals.push(("BulkDelete", s));
+            verdict
+        }
+        (Ok(None), Err(s)) if b_before.is_some() => Verdict::fail(format!(
+            "refused ({}), but the item with the stale etag was deleted anyway",
+            describe(&s)
+        )),
+        (Ok(None), Err(s)) => Verdict::skip(format!(
+            "refused ({}), but the key to protect was already gone (see etag.bulk-set-stale)",
+            describe(&s)
+        )),
+    };
+    rec.add("etag.bulk-delete-stale", started, verdict);
 }
 
 /// first-write: without an etag, a first-write Set creates a key but does not overwrite it.
@@ -942,16 +1086,20 @@ async fn transactions(store: &mut Store<'_>, rec: &mut Recorder, etag: bool, ttl
     rec.add("transaction.atomic", started, verdict(result));
 }
 
-/// ttl.expiry: a key set with ttlInSeconds 1 is there at once and gone after expiry.
+/// ttl.expiry: a key set with `ttlInSeconds: N` (`conformance.ttl`, default 2) is read back, is
+/// still there N − 1 s after the Set (whole-second expiry clocks may round down by up to a
+/// second), and is gone after N s + `conformance.wait`.
 async fn ttl(store: &mut Store<'_>, rec: &mut Recorder) {
     let ctx = store.ctx;
     let key = ctx.name("ttl");
     let value = format!("conformance {} ttl", ctx.run).into_bytes();
+    let ttl = ctx.settings.ttl;
+    let secs = ttl.as_secs();
     let started = Instant::now();
-    let metadata = HashMap::from([("ttlInSeconds".to_string(), "1".to_string())]);
+    let metadata = HashMap::from([("ttlInSeconds".to_string(), secs.to_string())]);
     let result = async {
-        // The store's clock starts between `sent` and the answer: measuring from `sent` never
-        // calls an honest expiry early, and 500 ms of slack allows whole-second clocks.
+        // The store's clock starts between `sent` and the answer: times measured from `sent`
+        // never call an honest expiry early.
         let sent = Instant::now();
         store
             .set(&key, &value, Write {
@@ -959,36 +1107,51 @@ async fn ttl(store: &mut Store<'_>, rec: &mut Recorder) {
                 ..Default::default()
             })
             .await
-            .map_err(|s| format!("Set with ttlInSeconds 1 answered {}", describe(&s)))?;
-        let early = Duration::from_millis(500);
-        if store.value(&key).await?.is_none() && sent.elapsed() < early {
-            return Err(format!(
-                "the key was gone {} ms after the Set, long before its TTL of 1 s",
-                sent.elapsed().as_millis()
-            ));
-        }
-        let deadline = Instant::now() + Duration::from_secs(1) + ctx.settings.wait;
+            .map_err(|s| format!("Set with ttlInSeconds {secs} answered {}", describe(&s)))?;
+        let early = ttl - Duration::from_secs(1);
+        let deadline = (Instant::now() + ttl + ctx.settings.wait).min(ctx.deadline);
+        let mut seen = false;
+        let mut first_check = None;
         loop {
             let checked = sent.elapsed();
-            if store.value(&key).await?.is_none() {
-                if checked < early {
+            first_check.get_or_insert(checked);
+            match store.value(&key).await? {
+                Some(v) if v == value => seen = true,
+                Some(v) => {
                     return Err(format!(
-                        "gone {} ms after the Set, long before its TTL of 1 s",
+                        "Set {} with ttlInSeconds {secs}, but Get returned {}",
+                        show(&value),
+                        show(&v)
+                    ));
+                }
+                None if checked < early => {
+                    return Err(format!(
+                        "{} {} ms after the Set, before its TTL of {secs} s (less 1 s for whole-second clocks)",
+                        if seen { "gone" } else { "never read back; empty" },
                         checked.as_millis()
                     ));
                 }
-                return Ok(format!(
-                    "gone {} ms after the Set (TTL 1 s)",
-                    sent.elapsed().as_millis()
-                ));
+                None if !seen => {
+                    return Err(format!(
+                        "never read back: the first Get came {} ms after the Set and found nothing, so the key may never have been written (TTL {secs} s; a larger conformance.ttl gives a slow store more time)",
+                        first_check.unwrap_or(checked).as_millis()
+                    ));
+                }
+                None => {
+                    return Ok(format!(
+                        "read back, then gone {} ms after the Set (TTL {secs} s)",
+                        sent.elapsed().as_millis()
+                    ));
+                }
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "still there {} ms after a Set with ttlInSeconds 1 (waited 1 s + conformance.wait {:?})",
+                    "still there {} ms after a Set with ttlInSeconds {secs} (waited the TTL + conformance.wait {:?})",
                     sent.elapsed().as_millis(),
                     ctx.settings.wait
                 ));
             }
+            // Polled every 100 ms (not slept through): the first Get comes at once.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

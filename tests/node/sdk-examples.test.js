@@ -194,10 +194,10 @@ describe("the Node.js example components launched by plugd, used through DaprCli
     assert.equal(b.reflection, "v1alpha");
     assert.deepEqual(b.services, ["dapr.proto.components.v1.OutputBinding"]);
     // An output binding has no features; its operations are listed instead.
-    assert.deepEqual(b.kinds.map((k) => [k.kind, k.features, k.operations]), [["output binding", [], ["create", "get", "delete", "list"]]]);
+    assert.deepEqual(b.kinds.map((k) => [k.kind, k.features, k.operations]), [["output-binding", [], ["create", "get", "delete", "list"]]]);
     assert.equal(b.kinds[0].ping_error, null);
     assert.deepEqual(s.services, ["dapr.proto.components.v1.SecretStore"]);
-    assert.deepEqual(s.kinds.map((k) => [k.kind, k.features]), [["secret store", ["MULTIPLE_KEY_VALUES_PER_SECRET"]]]);
+    assert.deepEqual(s.kinds.map((k) => [k.kind, k.features]), [["secretstore", ["MULTIPLE_KEY_VALUES_PER_SECRET"]]]);
   });
 
   test("HTTP: a binding's answer carries the component's content type and metadata", async () => {

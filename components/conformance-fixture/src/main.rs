@@ -1,24 +1,49 @@
 //! `plugd-broken-fixture`: a **deliberately broken** state store for testing `plugd conformance`.
 //!
-//! It claims `ETAG` and `TRANSACTIONAL` but ignores the etags of Set and Delete, and applies a
-//! transaction's operations one by one (checking etags there), so a failing operation leaves
-//! the earlier ones applied. Everything else behaves. See README.md.
+//! `--lie <what>` picks the lie (see README.md); everything else behaves (etags honoured,
+//! first-write, all-or-nothing transactions and bulk writes, `FAILED_PRECONDITION` + one
+//! `BadRequest` violation on `etag` for a mismatch, expiry), so the suite's other checks pass
+//! and the failures are exactly the lie:
+//!
+//! - `etag` (the default): claims `ETAG` and `TRANSACTIONAL`, but ignores the etags of Set,
+//!   Delete and the bulk calls (and first-write), and applies a transaction's operations one by
+//!   one (checking etags there), so a failing operation leaves the earlier ones applied;
+//! - `ttl`: claims `TTL` (and `ETAG`, `TRANSACTIONAL`) but never expires a key;
+//! - `error-shape`: refuses stale etags, but as `INTERNAL` without the `BadRequest` detail;
+//! - `bulk-etag`: honours etags on Set and Delete, ignores them in BulkSet and BulkDelete;
+//! - `hang`: Get never answers (for the suite's budget: the kind's other checks are skipped).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use plugd_component_sdk::state::{
-    DeleteRequest, GetRequest, GetResponse, Operation, Properties, SetRequest, StateError,
-    StateStore, TransactionRequest, feature,
+    Concurrency, DeleteRequest, GetRequest, GetResponse, Operation, Properties, SetRequest,
+    StateError, StateStore, TransactionRequest, feature,
 };
 use plugd_component_sdk::{ComponentServer, run};
 
-/// A deliberately broken state store (claims ETAG and TRANSACTIONAL, honours neither). For
-/// testing `plugd conformance` only.
+/// The lie the fixture tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Lie {
+    /// Ignores etags (Set, Delete, bulk, first-write); transactions are not atomic.
+    Etag,
+    /// Claims TTL, never expires.
+    Ttl,
+    /// Refuses stale etags with the wrong status and no BadRequest detail.
+    ErrorShape,
+    /// Honours etags on Set and Delete, ignores them in BulkSet and BulkDelete.
+    BulkEtag,
+    /// Get never answers.
+    Hang,
+}
+
+/// A deliberately broken state store (claims features it does not honour). For testing
+/// `plugd conformance` only.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
@@ -30,42 +55,114 @@ struct Cli {
     #[arg(long)]
     socket_folder: Option<PathBuf>,
 
+    /// Which lie to tell.
+    #[arg(long, value_enum, default_value = "etag")]
+    lie: Lie,
+
     /// Log filter (tracing env-filter syntax); RUST_LOG is used when unset.
     #[arg(long)]
     log_level: Option<String>,
 }
 
-/// One instance's keys: value and etag.
-#[derive(Debug, Default)]
+/// A stored value: data, etag, expiry.
+type Entry = (Vec<u8>, String, Option<Instant>);
+
+/// One instance's keys.
+#[derive(Debug)]
 struct Broken {
-    map: Mutex<HashMap<String, (Vec<u8>, String)>>,
+    lie: Lie,
+    map: Mutex<HashMap<String, Entry>>,
     next_etag: AtomicU64,
 }
 
 impl Broken {
-    fn map(&self) -> MutexGuard<'_, HashMap<String, (Vec<u8>, String)>> {
-        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    fn new(lie: Lie) -> Self {
+        Self {
+            lie,
+            map: Mutex::new(HashMap::new()),
+            next_etag: AtomicU64::new(0),
+        }
+    }
+
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        map.retain(|_, (_, _, expiry)| expiry.is_none_or(|e| e > now));
+        map
     }
 
     fn etag(&self) -> String {
         (self.next_etag.fetch_add(1, Ordering::Relaxed) + 1).to_string()
     }
 
-    /// Writes without looking at the etag (the first lie).
-    fn write(&self, key: String, value: Vec<u8>) {
-        let etag = self.etag();
-        self.map().insert(key, (value, etag));
+    /// The refusal of a stale etag, as the lie wants it.
+    fn mismatch(&self, message: String) -> StateError {
+        if self.lie == Lie::ErrorShape {
+            StateError::Internal(message)
+        } else {
+            StateError::EtagMismatch(message)
+        }
     }
 
-    /// Checks `etag` against the stored one (used only inside transactions).
-    fn check(&self, key: &str, etag: Option<&String>) -> Result<(), StateError> {
-        match (etag, self.map().get(key)) {
+    /// Checks `etag` (and first-write) against `map`, unless `ignore`.
+    fn check(
+        &self,
+        map: &HashMap<String, Entry>,
+        key: &str,
+        etag: Option<&String>,
+        first_write: bool,
+        ignore: bool,
+    ) -> Result<(), StateError> {
+        if ignore {
+            return Ok(());
+        }
+        match (etag, map.get(key)) {
+            (None, Some(_)) if first_write => {
+                Err(self.mismatch(format!("first-write: {key:?} exists and no etag was given")))
+            }
             (None, _) => Ok(()),
-            (Some(given), Some((_, stored))) if given == stored => Ok(()),
-            (Some(given), _) => Err(StateError::EtagMismatch(format!(
+            (Some(given), Some((_, stored, _))) if given == stored => Ok(()),
+            (Some(given), _) => Err(self.mismatch(format!(
                 "etag {given:?} does not match the stored one of {key:?}"
             ))),
         }
+    }
+
+    /// Applies `operations` to `map` in order, stopping at the first failure.
+    fn apply(
+        &self,
+        map: &mut HashMap<String, Entry>,
+        operations: Vec<Operation>,
+        ignore_etags: bool,
+    ) -> Result<(), StateError> {
+        for operation in operations {
+            match operation {
+                Operation::Set(set) => {
+                    let first_write = set.options.concurrency == Concurrency::FirstWrite;
+                    self.check(map, &set.key, set.etag.as_ref(), first_write, ignore_etags)?;
+                    let ttl = set.ttl()?;
+                    let expiry = match self.lie {
+                        Lie::Ttl => None,
+                        _ => ttl.map(|t| Instant::now() + t),
+                    };
+                    map.insert(set.key, (set.value, self.etag(), expiry));
+                }
+                Operation::Delete(delete) => {
+                    self.check(map, &delete.key, delete.etag.as_ref(), false, ignore_etags)?;
+                    map.remove(&delete.key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// All or nothing: applied to a copy, kept only when every operation succeeded.
+    fn atomic(&self, operations: Vec<Operation>, ignore_etags: bool) -> Result<(), StateError> {
+        let mut map = self.map();
+        let mut copy = map.clone();
+        self.apply(&mut copy, operations, ignore_etags)?;
+        *map = copy;
+        Ok(())
     }
 }
 
@@ -77,12 +174,19 @@ impl StateStore for Broken {
     }
 
     fn features(&self) -> Vec<String> {
-        vec![feature::ETAG.to_owned()]
+        let mut features = vec![feature::ETAG.to_owned()];
+        if self.lie == Lie::Ttl {
+            features.push(feature::TTL.to_owned());
+        }
+        features
     }
 
     async fn get(&self, request: GetRequest) -> Result<GetResponse, StateError> {
+        if self.lie == Lie::Hang {
+            std::future::pending::<()>().await;
+        }
         Ok(match self.map().get(&request.key) {
-            Some((data, etag)) => GetResponse {
+            Some((data, etag, _)) => GetResponse {
                 data: data.clone(),
                 etag: Some(etag.clone()),
                 ..Default::default()
@@ -92,30 +196,33 @@ impl StateStore for Broken {
     }
 
     async fn set(&self, request: SetRequest) -> Result<(), StateError> {
-        self.write(request.key, request.value);
-        Ok(())
+        self.atomic(vec![Operation::Set(request)], self.lie == Lie::Etag)
     }
 
     async fn delete(&self, request: DeleteRequest) -> Result<(), StateError> {
-        self.map().remove(&request.key);
-        Ok(())
+        self.atomic(vec![Operation::Delete(request)], self.lie == Lie::Etag)
     }
 
-    /// One by one, stopping at the first failure: not atomic (the second lie).
+    async fn bulk_set(&self, requests: Vec<SetRequest>) -> Result<(), StateError> {
+        let ignore = matches!(self.lie, Lie::Etag | Lie::BulkEtag);
+        self.atomic(requests.into_iter().map(Operation::Set).collect(), ignore)
+    }
+
+    async fn bulk_delete(&self, requests: Vec<DeleteRequest>) -> Result<(), StateError> {
+        let ignore = matches!(self.lie, Lie::Etag | Lie::BulkEtag);
+        self.atomic(
+            requests.into_iter().map(Operation::Delete).collect(),
+            ignore,
+        )
+    }
+
     async fn transact(&self, request: TransactionRequest) -> Result<(), StateError> {
-        for operation in request.operations {
-            match operation {
-                Operation::Set(set) => {
-                    self.check(&set.key, set.etag.as_ref())?;
-                    self.write(set.key, set.value);
-                }
-                Operation::Delete(delete) => {
-                    self.check(&delete.key, delete.etag.as_ref())?;
-                    self.map().remove(&delete.key);
-                }
-            }
+        if self.lie == Lie::Etag {
+            // One by one, checking etags, stopping at the first failure: not atomic.
+            let mut map = self.map();
+            return self.apply(&mut map, request.operations, false);
         }
-        Ok(())
+        self.atomic(request.operations, false)
     }
 }
 
@@ -126,7 +233,8 @@ async fn main() -> ExitCode {
         Err(code) => return code,
     };
     run::init_logging(cli.log_level.as_deref(), false);
-    let mut server = ComponentServer::new(cli.socket_name).state_store(|_| Broken::default());
+    let lie = cli.lie;
+    let mut server = ComponentServer::new(cli.socket_name).state_store(move |_| Broken::new(lie));
     if let Some(folder) = cli.socket_folder {
         server = server.socket_folder(folder);
     }
