@@ -129,7 +129,10 @@ use std::{
 use serde::{Serialize, Serializer, ser::SerializeStruct};
 use tonic::{Code, metadata::MetadataValue, transport::Channel};
 
-use crate::component::{ComponentKind, dial};
+use crate::{
+    component::{ComponentKind, dial},
+    discovery,
+};
 
 /// What to check.
 #[derive(Debug, Clone)]
@@ -377,7 +380,7 @@ async fn socket_checks(
             let reason = if std::fs::symlink_metadata(&opts.socket).is_err() {
                 format!("{}: no such socket file", e.detail())
             } else {
-                match crate::discovery::probe(&opts.socket, opts.timeout).await {
+                match discovery::probe(&opts.socket, opts.timeout).await {
                     Err(hinted) => hinted,
                     Ok(_) => e.detail(),
                 }
@@ -388,7 +391,7 @@ async fn socket_checks(
     };
 
     let started = Instant::now();
-    let v1alpha = bounded(opts.timeout, reflection::list_v1alpha(channel.clone())).await;
+    let v1alpha = bounded(opts.timeout, discovery::list_v1alpha(channel.clone())).await;
     match &v1alpha {
         Ok(services) => rec.add(
             "reflection-v1alpha",
@@ -417,7 +420,7 @@ async fn socket_checks(
         }
     }
     let started = Instant::now();
-    let v1 = bounded(opts.timeout, reflection::list_v1(channel.clone())).await;
+    let v1 = bounded(opts.timeout, discovery::list_v1(channel.clone())).await;
     match (&v1, &v1alpha) {
         (Ok(v1), Ok(alpha)) => {
             let (mut a, mut b) = (v1.clone(), alpha.clone());
@@ -947,47 +950,6 @@ async fn ping_check(
         Err(status) => Verdict::fail(format!("after Init, Ping answered {}", describe(&status))),
     };
     rec.add("ping", started, verdict);
-}
-
-/// Reflection clients (v1alpha and v1), listing services.
-mod reflection {
-    use tonic::{Code, transport::Channel};
-
-    macro_rules! list_services_with {
-        ($fn_name:ident, $module:path) => {
-            pub(super) async fn $fn_name(channel: Channel) -> Result<Vec<String>, tonic::Status> {
-                use r::{
-                    server_reflection_client::ServerReflectionClient,
-                    server_reflection_request::MessageRequest,
-                    server_reflection_response::MessageResponse,
-                };
-                use $module as r;
-                let request = r::ServerReflectionRequest {
-                    host: String::new(),
-                    message_request: Some(MessageRequest::ListServices("*".into())),
-                };
-                let mut stream = ServerReflectionClient::new(channel)
-                    .server_reflection_info(tokio_stream::once(request))
-                    .await?
-                    .into_inner();
-                match stream.message().await?.and_then(|m| m.message_response) {
-                    Some(MessageResponse::ListServicesResponse(list)) => {
-                        Ok(list.service.into_iter().map(|s| s.name).collect())
-                    }
-                    Some(MessageResponse::ErrorResponse(e)) => Err(tonic::Status::new(
-                        Code::from_i32(e.error_code),
-                        e.error_message,
-                    )),
-                    _ => Err(tonic::Status::unknown(
-                        "reflection answered without a service list",
-                    )),
-                }
-            }
-        };
-    }
-
-    list_services_with!(list_v1alpha, tonic_reflection::pb::v1alpha);
-    list_services_with!(list_v1, tonic_reflection::pb::v1);
 }
 
 #[cfg(test)]

@@ -403,9 +403,11 @@ async fn bounded<T>(
         })
 }
 
+/// Lists a component's gRPC services through server reflection, one fn per
+/// reflection version (`list_v1alpha`, `list_v1`); shared with `plugd conformance`.
 macro_rules! list_services_with {
     ($fn_name:ident, $module:path) => {
-        async fn $fn_name(channel: Channel) -> Result<Vec<String>, tonic::Status> {
+        pub(crate) async fn $fn_name(channel: Channel) -> Result<Vec<String>, tonic::Status> {
             use r::{
                 server_reflection_client::ServerReflectionClient,
                 server_reflection_request::MessageRequest,
