@@ -714,6 +714,13 @@ impl Ctx {
         (Instant::now() + self.settings.wait).min(self.deadline)
     }
 
+    /// The init properties as an Init request's metadata.
+    fn init_metadata(&self) -> Option<crate::proto::components::MetadataRequest> {
+        Some(crate::proto::components::MetadataRequest {
+            properties: self.init_properties(),
+        })
+    }
+
     /// The instance name for `kind` in this run.
     fn instance(&self, kind: ComponentKind) -> String {
         format!("conformance-{}-{}", self.run, kind_label(kind))
@@ -931,15 +938,45 @@ fn show(bytes: &[u8]) -> String {
     }
 }
 
+/// Init for any kind, reported as the `init` check: `init` is the (bounded) Init call
+/// for `instance`. When it fails, the checks in `all` are skipped and false is returned.
+async fn init_check<T>(
+    rec: &mut Recorder,
+    instance: &str,
+    all: &[&str],
+    init: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> bool {
+    let started = Instant::now();
+    match init.await {
+        Ok(_) => {
+            rec.add(
+                "init",
+                started,
+                Verdict::pass(format!("instance {instance}")),
+            );
+            true
+        }
+        Err(s) => {
+            rec.add(
+                "init",
+                started,
+                Verdict::fail(format!("Init answered {}", describe(&s))),
+            );
+            rec.skip_rest(all, "Init failed");
+            false
+        }
+    }
+}
+
 /// Ping for any kind, reported as the `ping` check.
-async fn ping_check(
+async fn ping_check<T>(
     ctx: &Ctx,
     rec: &mut Recorder,
-    fut: impl std::future::Future<Output = Result<(), tonic::Status>>,
+    fut: impl std::future::Future<Output = Result<T, tonic::Status>>,
 ) {
     let started = Instant::now();
     let verdict = match ctx.call(fut).await {
-        Ok(()) => Verdict::pass(format!(
+        Ok(_) => Verdict::pass(format!(
             "OK in {:.1} ms",
             started.elapsed().as_secs_f64() * 1000.0
         )),

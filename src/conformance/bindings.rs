@@ -8,7 +8,9 @@ use std::{
 use tokio::sync::mpsc;
 use tonic::{Code, transport::Channel};
 
-use super::{Ctx, Outcome, Recorder, Verdict, describe, ping_check, request, show, verdict};
+use super::{
+    Ctx, Outcome, Recorder, Verdict, describe, init_check, ping_check, request, show, verdict,
+};
 use crate::{component::ComponentKind, proto::components as pb};
 
 type OutputClient = pb::output_binding_client::OutputBindingClient<Channel>;
@@ -28,37 +30,25 @@ pub(super) async fn check_output(ctx: &Ctx, rec: &mut Recorder) {
         "unknown-operation",
     ];
 
-    let started = Instant::now();
     let init = pb::OutputBindingInitRequest {
-        metadata: Some(pb::MetadataRequest {
-            properties: ctx.init_properties(),
-        }),
+        metadata: ctx.init_metadata(),
     };
-    match ctx.call(client.init(request(&instance, init))).await {
-        Ok(_) => rec.add(
-            "init",
-            started,
-            Verdict::pass(format!("instance {instance}")),
-        ),
-        Err(s) => {
-            rec.add(
-                "init",
-                started,
-                Verdict::fail(format!("Init answered {}", describe(&s))),
-            );
-            rec.skip_rest(fixed, "Init failed");
-            return;
-        }
+    if !init_check(
+        rec,
+        &instance,
+        fixed,
+        ctx.call(client.init(request(&instance, init))),
+    )
+    .await
+    {
+        return;
     }
 
-    let mut ping_client = client.clone();
-    let ping_instance = instance.clone();
-    ping_check(ctx, rec, async move {
-        ping_client
-            .ping(request(&ping_instance, pb::PingRequest {}))
-            .await
-            .map(|_| ())
-    })
+    ping_check(
+        ctx,
+        rec,
+        client.ping(request(&instance, pb::PingRequest {})),
+    )
     .await;
 
     let started = Instant::now();
@@ -304,37 +294,25 @@ pub(super) async fn check_input(ctx: &Ctx, rec: &mut Recorder) {
         "read.reply-error",
     ];
 
-    let started = Instant::now();
     let init = pb::InputBindingInitRequest {
-        metadata: Some(pb::MetadataRequest {
-            properties: ctx.init_properties(),
-        }),
+        metadata: ctx.init_metadata(),
     };
-    match ctx.call(client.init(request(&instance, init))).await {
-        Ok(_) => rec.add(
-            "init",
-            started,
-            Verdict::pass(format!("instance {instance}")),
-        ),
-        Err(s) => {
-            rec.add(
-                "init",
-                started,
-                Verdict::fail(format!("Init answered {}", describe(&s))),
-            );
-            rec.skip_rest(all, "Init failed");
-            return;
-        }
+    if !init_check(
+        rec,
+        &instance,
+        all,
+        ctx.call(client.init(request(&instance, init))),
+    )
+    .await
+    {
+        return;
     }
 
-    let mut ping_client = client.clone();
-    let ping_instance = instance.clone();
-    ping_check(ctx, rec, async move {
-        ping_client
-            .ping(request(&ping_instance, pb::PingRequest {}))
-            .await
-            .map(|_| ())
-    })
+    ping_check(
+        ctx,
+        rec,
+        client.ping(request(&instance, pb::PingRequest {})),
+    )
     .await;
 
     if !ctx.settings.expect_events {

@@ -8,7 +8,7 @@ use std::{
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use super::{Ctx, Recorder, Verdict, describe, ping_check, request, show, verdict};
+use super::{Ctx, Recorder, Verdict, describe, init_check, ping_check, request, show, verdict};
 use crate::{component::ComponentKind, proto::components as pb};
 
 type Client = pb::pub_sub_client::PubSubClient<Channel>;
@@ -230,26 +230,13 @@ pub(super) async fn check(ctx: &Ctx, rec: &mut Recorder) {
     {
         properties.insert("consumerID".into(), format!("conformance-{}", ctx.run));
     }
-    let started = Instant::now();
     let mut client = ps.client.clone();
     let init = pb::PubSubInitRequest {
         metadata: Some(pb::MetadataRequest { properties }),
     };
-    match ctx.call(client.init(request(&ps.instance, init))).await {
-        Ok(_) => rec.add(
-            "init",
-            started,
-            Verdict::pass(format!("instance {}", ps.instance)),
-        ),
-        Err(s) => {
-            rec.add(
-                "init",
-                started,
-                Verdict::fail(format!("Init answered {}", describe(&s))),
-            );
-            rec.skip_rest(CHECKS, "Init failed");
-            return;
-        }
+    let init = ctx.call(client.init(request(&ps.instance, init)));
+    if !init_check(rec, &ps.instance, CHECKS, init).await {
+        return;
     }
 
     let started = Instant::now();
@@ -281,15 +268,8 @@ pub(super) async fn check(ctx: &Ctx, rec: &mut Recorder) {
         }
     };
 
-    let mut ping_client = ps.client.clone();
-    let instance = ps.instance.clone();
-    ping_check(ctx, rec, async move {
-        ping_client
-            .ping(request(&instance, pb::PingRequest {}))
-            .await
-            .map(|_| ())
-    })
-    .await;
+    let ping = client.ping(request(&ps.instance, pb::PingRequest {}));
+    ping_check(ctx, rec, ping).await;
 
     let mut sub = Subscription::open(ps.client.clone(), &ps.instance, &ps.topic, ctx.timeout);
     if !deliver(&ps, &mut sub, rec).await {

@@ -4,7 +4,7 @@ use std::{collections::HashMap, time::Instant};
 
 use tonic::{Code, transport::Channel};
 
-use super::{Ctx, Recorder, Verdict, describe, ping_check, request};
+use super::{Ctx, Recorder, Verdict, describe, init_check, ping_check, request};
 use crate::{component::ComponentKind, proto::components as pb};
 
 type Client = pb::secret_store_client::SecretStoreClient<Channel>;
@@ -22,27 +22,18 @@ pub(super) async fn check(ctx: &Ctx, rec: &mut Recorder) {
     let instance = ctx.instance(ComponentKind::SecretStore);
     let mut client = Client::new(ctx.channel.clone());
 
-    let started = Instant::now();
     let init = pb::SecretStoreInitRequest {
-        metadata: Some(pb::MetadataRequest {
-            properties: ctx.init_properties(),
-        }),
+        metadata: ctx.init_metadata(),
     };
-    match ctx.call(client.init(request(&instance, init))).await {
-        Ok(_) => rec.add(
-            "init",
-            started,
-            Verdict::pass(format!("instance {instance}")),
-        ),
-        Err(s) => {
-            rec.add(
-                "init",
-                started,
-                Verdict::fail(format!("Init answered {}", describe(&s))),
-            );
-            rec.skip_rest(CHECKS, "Init failed");
-            return;
-        }
+    if !init_check(
+        rec,
+        &instance,
+        CHECKS,
+        ctx.call(client.init(request(&instance, init))),
+    )
+    .await
+    {
+        return;
     }
 
     let started = Instant::now();
@@ -66,14 +57,11 @@ pub(super) async fn check(ctx: &Ctx, rec: &mut Recorder) {
     // No check tells MULTIPLE_KEY_VALUES_PER_SECRET apart from one value per secret.
     super::unchecked_features(rec, &claimed, &[]);
 
-    let mut ping_client = client.clone();
-    let ping_instance = instance.clone();
-    ping_check(ctx, rec, async move {
-        ping_client
-            .ping(request(&ping_instance, pb::PingRequest {}))
-            .await
-            .map(|_| ())
-    })
+    ping_check(
+        ctx,
+        rec,
+        client.ping(request(&instance, pb::PingRequest {})),
+    )
     .await;
 
     let get = |key: String| {

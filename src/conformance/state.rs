@@ -8,7 +8,7 @@ use std::{
 use tonic::{Code, Status, transport::Channel};
 use tonic_types::{ErrorDetail, StatusExt};
 
-use super::{Ctx, Recorder, Verdict, describe, ping_check, request, show, verdict};
+use super::{Ctx, Recorder, Verdict, describe, init_check, ping_check, request, show, verdict};
 use crate::{component::ComponentKind, proto::components as pb};
 
 type Client = pb::state_store_client::StateStoreClient<Channel>;
@@ -61,6 +61,21 @@ struct Write<'a> {
     etag: Option<&'a str>,
     concurrency: i32,
     metadata: HashMap<String, String>,
+}
+
+impl<'a> Write<'a> {
+    /// A plain Set carrying `etag`.
+    fn etag(etag: &'a str) -> Self {
+        Write {
+            etag: Some(etag),
+            ..Default::default()
+        }
+    }
+}
+
+/// A value as a reason shows it, `none` when there is none.
+fn show_or(value: Option<&[u8]>, none: &str) -> String {
+    value.map_or(none.into(), show)
 }
 
 fn set_request(key: &str, value: &[u8], w: Write<'_>) -> pb::SetRequest {
@@ -140,6 +155,11 @@ impl Store<'_> {
     }
 
     /// The stored value: `Ok(None)` when empty (missing).
+    /// What `key` holds now, None when it is empty or the Get failed.
+    async fn held(&self, key: &str) -> Option<Vec<u8>> {
+        self.value(key).await.ok().flatten()
+    }
+
     async fn value(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
         match self.get(key).await {
             Ok(r) if r.data.is_empty() => Ok(None),
@@ -215,22 +235,9 @@ pub(super) async fn check(ctx: &Ctx, rec: &mut Recorder) {
         written: Vec::new(),
     };
 
-    let started = Instant::now();
-    match store.init(&store.instance, ctx.init_properties()).await {
-        Ok(()) => rec.add(
-            "init",
-            started,
-            Verdict::pass(format!("instance {}", store.instance)),
-        ),
-        Err(s) => {
-            rec.add(
-                "init",
-                started,
-                Verdict::fail(format!("Init answered {}", describe(&s))),
-            );
-            rec.skip_rest(CHECKS, "Init failed");
-            return;
-        }
+    let init = store.init(&store.instance, ctx.init_properties());
+    if !init_check(rec, &store.instance, CHECKS, init).await {
+        return;
     }
 
     let started = Instant::now();
@@ -264,15 +271,8 @@ pub(super) async fn check(ctx: &Ctx, rec: &mut Recorder) {
         None => "Features failed, so what is claimed is unknown".to_string(),
     };
 
-    let mut client = store.client.clone();
-    let instance = store.instance.clone();
-    ping_check(ctx, rec, async move {
-        client
-            .ping(request(&instance, pb::PingRequest {}))
-            .await
-            .map(|_| ())
-    })
-    .await;
+    let ping = client.ping(request(&store.instance, pb::PingRequest {}));
+    ping_check(ctx, rec, ping).await;
 
     basics(&mut store, rec, claims(ETAG)).await;
     bulk(&mut store, rec).await;
@@ -612,22 +612,12 @@ async fn etags(store: &mut Store<'_>, rec: &mut Recorder) {
 
     // etag.set-current: v3 with e2 → OK.
     let started = Instant::now();
-    let result = match store
-        .set(
-            &key,
-            &v(3),
-            Write {
-                etag: Some(&current),
-                ..Default::default()
-            },
-        )
-        .await
-    {
+    let result = match store.set(&key, &v(3), Write::etag(&current)).await {
         Ok(()) => match store.value(&key).await {
             Ok(Some(got)) if got == v(3) => Ok("accepted and written".to_string()),
             Ok(got) => Err(format!(
                 "accepted, but the key holds {}",
-                got.map_or("nothing".into(), |g| show(&g))
+                show_or(got.as_deref(), "nothing")
             )),
             Err(e) => Err(e),
         },
@@ -637,38 +627,28 @@ async fn etags(store: &mut Store<'_>, rec: &mut Recorder) {
         )),
     };
     rec.add("etag.set-current", started, verdict(result));
-    let before = store.value(&key).await.ok().flatten();
+    let before = store.held(&key).await;
 
     // etag.set-stale: v4 with e1 → refused, value unchanged.
     let mut refusals: Vec<(&str, Status)> = Vec::new();
     let started = Instant::now();
-    let verdict = match store
-        .set(
-            &key,
-            &v(4),
-            Write {
-                etag: Some(&stale),
-                ..Default::default()
-            },
-        )
-        .await
-    {
+    let verdict = match store.set(&key, &v(4), Write::etag(&stale)).await {
         Ok(()) => {
-            let now = store.value(&key).await.ok().flatten();
+            let now = store.held(&key).await;
             Verdict::fail(format!(
                 "a Set with a stale etag ({stale:?}, replaced by a later write) was accepted: the value was overwritten (now {}) although ETAG is claimed",
-                now.map_or("empty".into(), |n| show(&n))
+                show_or(now.as_deref(), "empty")
             ))
         }
         Err(s) => {
-            let now = store.value(&key).await.ok().flatten();
+            let now = store.held(&key).await;
             let verdict = if now == before {
                 Verdict::pass(format!("refused: {}", describe(&s)))
             } else {
                 Verdict::fail(format!(
                     "refused ({}), but the value changed anyway (now {})",
                     describe(&s),
-                    now.map_or("empty".into(), |n| show(&n))
+                    show_or(now.as_deref(), "empty")
                 ))
             };
             refusals.push(("Set", s));
@@ -681,7 +661,7 @@ async fn etags(store: &mut Store<'_>, rec: &mut Recorder) {
     let started = Instant::now();
     let verdict = match store.delete(&key, Some(&stale)).await {
         Ok(()) => {
-            let now = store.value(&key).await.ok().flatten();
+            let now = store.held(&key).await;
             Verdict::fail(format!(
                 "a Delete with a stale etag ({stale:?}) was accepted: {} although ETAG is claimed",
                 if now.is_none() {
@@ -806,14 +786,7 @@ async fn bulk_stale(store: &mut Store<'_>, rec: &mut Recorder, refusals: &mut Ve
     let req = pb::BulkSetRequest {
         items: vec![
             set_request(&a, &v("a", 2), Write::default()),
-            set_request(
-                &b,
-                &v("b", 3),
-                Write {
-                    etag: Some(&stale),
-                    ..Default::default()
-                },
-            ),
+            set_request(&b, &v("b", 3), Write::etag(&stale)),
         ],
         options: None,
     };
@@ -831,12 +804,12 @@ async fn bulk_stale(store: &mut Store<'_>, rec: &mut Recorder, refusals: &mut Ve
                 } else {
                     format!(
                         "that item was overwritten (now {})",
-                        now.map_or("empty".into(), |n| show(&n))
+                        show_or(now.as_deref(), "empty")
                     )
                 }
             )),
             Err(s) if now.as_deref() == Some(&v("b", 2)[..]) => {
-                let a_now = store.value(&a).await.ok().flatten();
+                let a_now = store.held(&a).await;
                 let verdict = Verdict::pass(format!(
                     "refused ({}), the stale item unchanged; {}",
                     describe(&s),
@@ -848,7 +821,7 @@ async fn bulk_stale(store: &mut Store<'_>, rec: &mut Recorder, refusals: &mut Ve
             Err(s) => Verdict::fail(format!(
                 "refused ({}), but the item with the stale etag changed anyway (now {})",
                 describe(&s),
-                now.map_or("empty".into(), |n| show(&n))
+                show_or(now.as_deref(), "empty")
             )),
         },
     };
@@ -860,7 +833,7 @@ async fn bulk_stale(store: &mut Store<'_>, rec: &mut Recorder, refusals: &mut Ve
         items: vec![delete_request(&a, None), delete_request(&b, Some(&stale))],
         options: None,
     };
-    let b_before = store.value(&b).await.ok().flatten();
+    let b_before = store.held(&b).await;
     let mut client = store.client.clone();
     let answer = ctx
         .call(client.bulk_delete(request(&store.instance, req)))
@@ -876,7 +849,7 @@ async fn bulk_stale(store: &mut Store<'_>, rec: &mut Recorder, refusals: &mut Ve
             }
         )),
         (Ok(Some(_)), Err(s)) => {
-            let a_now = store.value(&a).await.ok().flatten();
+            let a_now = store.held(&a).await;
             let verdict = Verdict::pass(format!(
                 "refused ({}), the stale item still there; {}",
                 describe(&s),
@@ -935,7 +908,7 @@ async fn first_write(store: &mut Store<'_>, rec: &mut Recorder) {
                 Ok(v) => Verdict::fail(format!(
                     "the overwrite was refused ({}), but the key holds {}",
                     describe(&s),
-                    v.map_or("nothing".into(), |v| show(&v))
+                    show_or(v.as_deref(), "nothing")
                 )),
                 Err(e) => Verdict::fail(e),
             },
@@ -988,7 +961,7 @@ async fn transactions(store: &mut Store<'_>, rec: &mut Recorder, etag: bool, ttl
             if got.as_ref() != want {
                 wrong.push(format!(
                     "{key} holds {}",
-                    got.map_or("nothing".into(), |g| show(&g))
+                    show_or(got.as_deref(), "nothing")
                 ));
             }
         }
@@ -1022,10 +995,7 @@ async fn transactions(store: &mut Store<'_>, rec: &mut Recorder, etag: bool, ttl
             let stale = store.etag(&held).await?;
             store.set(&held, &before, Write::default()).await.map_err(prep)?;
             (
-                tx_set(&held, &after, Write {
-                    etag: Some(&stale),
-                    ..Default::default()
-                }),
+                tx_set(&held, &after, Write::etag(&stale)),
                 format!("a stale etag ({stale:?})"),
             )
         } else {
@@ -1045,7 +1015,7 @@ async fn transactions(store: &mut Store<'_>, rec: &mut Recorder, etag: bool, ttl
         let fresh_now = store.value(&fresh).await?;
         let held_now = store.value(&held).await?;
         let state = |k: &str, v: &Option<Vec<u8>>| {
-            format!("{k} holds {}", v.as_ref().map_or("nothing".into(), |v| show(v)))
+            format!("{k} holds {}", show_or(v.as_deref(), "nothing"))
         };
         match result {
             Ok(()) => Err(format!(
