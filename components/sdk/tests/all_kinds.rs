@@ -2,8 +2,11 @@
 //! their services, each kind's Ping hook answers per instance, and the
 //! server's shutdown removes the socket.
 
-use std::path::PathBuf;
+mod common;
 
+use common::{Running, list_v1, list_v1alpha, sorted, start};
+
+use plugd_component_sdk::ComponentServer;
 use plugd_component_sdk::bindings::{
     BindingError, EventSink, InputBinding, InvokeRequest, InvokeResponse, OutputBinding,
 };
@@ -18,9 +21,6 @@ use plugd_component_sdk::secretstore::{Secret, SecretStore, SecretStoreError};
 use plugd_component_sdk::state::{
     DeleteRequest, GetRequest, GetResponse, Properties, SetRequest, StateError, StateStore,
 };
-use plugd_component_sdk::{BoundServer, ComponentServer, ServeError};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
@@ -123,93 +123,16 @@ impl InputBinding for Probe {
     }
 }
 
-struct Running {
-    socket: PathBuf,
-    stop: CancellationToken,
-    task: JoinHandle<Result<(), ServeError>>,
-    _dir: tempfile::TempDir,
-}
-
-fn start() -> Running {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bound: BoundServer = ComponentServer::new("everything")
-        .socket_folder(dir.path())
-        .state_store(Probe::new)
-        .pubsub(Probe::new)
-        .secret_store(Probe::new)
-        .output_binding(Probe::new)
-        .input_binding(Probe::new)
-        .bind()
-        .expect("bind");
-    let socket = bound.socket_path().to_owned();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(bound.serve_with_shutdown(stop.clone().cancelled_owned()));
-    Running {
-        socket,
-        stop,
-        task,
-        _dir: dir,
-    }
-}
-
-async fn list_v1alpha(channel: Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = ServerReflectionClient::new(channel)
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .expect("v1alpha reflection")
-        .into_inner();
-    match stream
-        .message()
-        .await
-        .expect("response")
-        .and_then(|r| r.message_response)
-    {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-            names.sort();
-            names
-        }
-        other => panic!("unexpected v1alpha response {other:?}"),
-    }
-}
-
-async fn list_v1(channel: Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = ServerReflectionClient::new(channel)
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .expect("v1 reflection")
-        .into_inner();
-    match stream
-        .message()
-        .await
-        .expect("response")
-        .and_then(|r| r.message_response)
-    {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-            names.sort();
-            names
-        }
-        other => panic!("unexpected v1 response {other:?}"),
-    }
+fn start_all() -> Running {
+    start(|dir| {
+        ComponentServer::new("everything")
+            .socket_folder(dir)
+            .state_store(Probe::new)
+            .pubsub(Probe::new)
+            .secret_store(Probe::new)
+            .output_binding(Probe::new)
+            .input_binding(Probe::new)
+    })
 }
 
 fn ping(instance: &str) -> Request<pb::PingRequest> {
@@ -250,7 +173,7 @@ async fn pings(channel: &Channel, instance: &str) -> Vec<Option<Code>> {
 
 #[tokio::test]
 async fn five_kinds_on_one_socket_with_reflection_and_ping_hooks() {
-    let running = start();
+    let running = start_all();
     let channel = plugd_component_sdk::client::connect(&running.socket)
         .await
         .expect("connect");
@@ -263,19 +186,14 @@ async fn five_kinds_on_one_socket_with_reflection_and_ping_hooks() {
         "dapr.proto.components.v1.StateStore",
     ];
     // Only the component services: no reflection or health services listed.
-    assert_eq!(list_v1alpha(channel.clone()).await, expected);
-    assert_eq!(list_v1(channel.clone()).await, expected);
+    assert_eq!(sorted(list_v1alpha(channel.clone(), "").await), expected);
+    assert_eq!(sorted(list_v1(channel.clone(), "").await), expected);
 
     assert_eq!(pings(&channel, "up").await, [None; 5]);
     assert_eq!(pings(&channel, "down").await, [Some(Code::Unavailable); 5]);
     // Instances are separate: the failing one does not affect the others.
     assert_eq!(pings(&channel, "other").await, [None; 5]);
 
-    running.stop.cancel();
-    running
-        .task
-        .await
-        .expect("server task")
-        .expect("clean stop");
-    assert!(!running.socket.exists(), "socket removed on shutdown");
+    let socket = running.shutdown().await;
+    assert!(!socket.exists(), "socket removed on shutdown");
 }

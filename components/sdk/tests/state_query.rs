@@ -2,9 +2,12 @@
 //! `QueriableStateStore` and `QUERY_API` only for stores that implement it,
 //! the filter parsed before the store sees it, malformed queries refused.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{list_v1alpha, start};
 use std::sync::{Mutex, PoisonError};
 
+use plugd_component_sdk::ComponentServer;
 use plugd_component_sdk::proto::queriable_state_store_client::QueriableStateStoreClient;
 use plugd_component_sdk::proto::state_store_client::StateStoreClient;
 use plugd_component_sdk::proto::{self as pb};
@@ -13,9 +16,6 @@ use plugd_component_sdk::state::{
     DeleteRequest, GetRequest, GetResponse, Metadata, Properties, QueryItem, QueryRequest,
     QueryResponse, SetRequest, StateError, StateStore, feature,
 };
-use plugd_component_sdk::{BoundServer, ComponentServer, ServeError};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -70,43 +70,6 @@ impl<const QUERY: bool> StateStore for Recording<QUERY> {
     }
 }
 
-struct Running {
-    socket: PathBuf,
-    stop: CancellationToken,
-    task: JoinHandle<Result<(), ServeError>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Running {
-    async fn channel(&self) -> Channel {
-        plugd_component_sdk::client::connect(&self.socket)
-            .await
-            .expect("connect over UDS")
-    }
-
-    async fn shutdown(self) {
-        self.stop.cancel();
-        self.task
-            .await
-            .expect("server task")
-            .expect("server stopped cleanly");
-    }
-}
-
-fn start(server: impl FnOnce(&Path) -> ComponentServer) -> Running {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bound: BoundServer = server(dir.path()).bind().expect("bind");
-    let socket = bound.socket_path().to_owned();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(bound.serve_with_shutdown(stop.clone().cancelled_owned()));
-    Running {
-        socket,
-        stop,
-        task,
-        _dir: dir,
-    }
-}
-
 async fn features(channel: Channel) -> Vec<String> {
     StateStoreClient::new(channel)
         .features(pb::FeaturesRequest {})
@@ -114,34 +77,6 @@ async fn features(channel: Channel) -> Vec<String> {
         .expect("features")
         .into_inner()
         .features
-}
-
-async fn list_services(channel: Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices("*".to_owned())),
-    };
-    let mut stream = ServerReflectionClient::new(channel)
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .expect("reflection")
-        .into_inner();
-    match stream
-        .message()
-        .await
-        .expect("response")
-        .and_then(|r| r.message_response)
-    {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            list.service.into_iter().map(|s| s.name).collect()
-        }
-        other => panic!("unexpected reflection response {other:?}"),
-    }
 }
 
 #[tokio::test]
@@ -153,7 +88,7 @@ async fn only_stores_that_implement_query_serve_and_report_it() {
     });
     assert_eq!(features(plain.channel().await).await, [feature::ETAG]);
     assert!(
-        !list_services(plain.channel().await)
+        !list_v1alpha(plain.channel().await, "*")
             .await
             .contains(&QUERIABLE.to_owned())
     );
@@ -174,7 +109,7 @@ async fn only_stores_that_implement_query_serve_and_report_it() {
         [feature::ETAG, feature::QUERY_API]
     );
     assert!(
-        list_services(queriable.channel().await)
+        list_v1alpha(queriable.channel().await, "*")
             .await
             .contains(&QUERIABLE.to_owned())
     );

@@ -1,8 +1,11 @@
 //! A real server on a temporary Unix socket, dialled with a tonic UDS channel.
 
+mod common;
+
+use common::{Running, list_v1, list_v1alpha, sorted, start};
 use std::collections::HashMap;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -13,9 +16,7 @@ use plugd_component_sdk::state::{
     DeleteRequest, GetRequest, GetResponse, Properties, SetRequest, StateError, StateStore,
     TransactionRequest, feature,
 };
-use plugd_component_sdk::{BoundServer, ComponentServer, ServeError};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use plugd_component_sdk::{ComponentServer, ServeError};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 use tonic_types::StatusExt;
@@ -108,103 +109,16 @@ impl<const TX: bool> StateStore for Mem<TX> {
     }
 }
 
-struct Running {
-    socket: PathBuf,
-    stop: CancellationToken,
-    task: JoinHandle<Result<(), ServeError>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Running {
-    async fn shutdown(self) {
-        self.stop.cancel();
-        self.task
-            .await
-            .expect("server task")
-            .expect("server stopped cleanly");
-        assert!(!self.socket.exists(), "socket not removed on shutdown");
-    }
-}
-
-/// Binds first (so the socket exists), then spawns the server.
-fn start(server: impl FnOnce(&Path) -> ComponentServer) -> Running {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bound: BoundServer = server(dir.path()).bind().expect("bind");
-    let socket = bound.socket_path().to_owned();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(bound.serve_with_shutdown(stop.clone().cancelled_owned()));
-    Running {
-        socket,
-        stop,
-        task,
-        _dir: dir,
-    }
+/// Stops the server and checks that its socket is gone.
+async fn shutdown(running: Running) {
+    let socket = running.shutdown().await;
+    assert!(!socket.exists(), "socket not removed on shutdown");
 }
 
 async fn dial(socket: &Path) -> Channel {
     plugd_component_sdk::client::connect(socket)
         .await
         .expect("connect over UDS")
-}
-
-async fn list_v1alpha(channel: Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices("*".to_owned())),
-    };
-    let mut stream = ServerReflectionClient::new(channel)
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .expect("v1alpha reflection")
-        .into_inner();
-    let response = stream
-        .message()
-        .await
-        .expect("v1alpha response")
-        .expect("one message");
-    match response.message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-            names.sort();
-            names
-        }
-        other => panic!("unexpected v1alpha response {other:?}"),
-    }
-}
-
-async fn list_v1(channel: Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = ServerReflectionClient::new(channel)
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .expect("v1 reflection")
-        .into_inner();
-    let response = stream
-        .message()
-        .await
-        .expect("v1 response")
-        .expect("one message");
-    match response.message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-            names.sort();
-            names
-        }
-        other => panic!("unexpected v1 response {other:?}"),
-    }
 }
 
 fn for_instance<T>(instance: &str, message: T) -> Request<T> {
@@ -250,8 +164,11 @@ async fn reflection_lists_only_the_served_component_services() {
     );
 
     let channel = dial(&running.socket).await;
-    assert_eq!(list_v1alpha(channel.clone()).await, [STATE_STORE]);
-    assert_eq!(list_v1(channel.clone()).await, [STATE_STORE]);
+    assert_eq!(
+        sorted(list_v1alpha(channel.clone(), "*").await),
+        [STATE_STORE]
+    );
+    assert_eq!(sorted(list_v1(channel.clone(), "").await), [STATE_STORE]);
 
     // Not transactional: TRANSACTIONAL is dropped from the features and the
     // service is not served.
@@ -269,7 +186,7 @@ async fn reflection_lists_only_the_served_component_services() {
         .expect_err("not served");
     assert_eq!(status.code(), Code::Unimplemented);
 
-    running.shutdown().await;
+    shutdown(running).await;
 }
 
 #[tokio::test]
@@ -281,10 +198,13 @@ async fn transactional_stores_serve_and_list_transact() {
     });
     let channel = dial(&running.socket).await;
     assert_eq!(
-        list_v1alpha(channel.clone()).await,
+        sorted(list_v1alpha(channel.clone(), "*").await),
         [STATE_STORE, TRANSACTIONAL]
     );
-    assert_eq!(list_v1(channel.clone()).await, [STATE_STORE, TRANSACTIONAL]);
+    assert_eq!(
+        sorted(list_v1(channel.clone(), "").await),
+        [STATE_STORE, TRANSACTIONAL]
+    );
 
     let features = StateStoreClient::new(channel.clone())
         .features(pb::FeaturesRequest {})
@@ -318,7 +238,7 @@ async fn transactional_stores_serve_and_list_transact() {
         .expect_err("empty operation");
     assert_eq!(status.code(), Code::InvalidArgument);
 
-    running.shutdown().await;
+    shutdown(running).await;
 }
 
 #[tokio::test]
@@ -385,7 +305,7 @@ async fn instances_are_independent_per_header() {
     assert_eq!(again.metadata["label"], "A2");
     assert_eq!(again.metadata["inits"], "2");
 
-    running.shutdown().await;
+    shutdown(running).await;
 }
 
 #[tokio::test]
@@ -431,7 +351,7 @@ async fn errors_carry_the_detail_daprd_expects() {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.get_error_details_vec().is_empty());
 
-    running.shutdown().await;
+    shutdown(running).await;
 }
 
 #[tokio::test]
@@ -450,7 +370,7 @@ async fn a_live_socket_is_not_stolen_and_a_stale_one_is_replaced() {
         matches!(second, Err(ServeError::InUse { .. })),
         "{second:?}"
     );
-    running.shutdown().await;
+    shutdown(running).await;
 
     // A socket left behind by a dead listener is replaced.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -497,7 +417,7 @@ async fn shutdown_is_bounded_by_the_grace_period() {
     let mut probe = StateStoreClient::new(dial(&running.socket).await);
     probe.get(get("k")).await.expect("server answers");
 
-    tokio::time::timeout(std::time::Duration::from_secs(5), running.shutdown())
+    tokio::time::timeout(std::time::Duration::from_secs(5), shutdown(running))
         .await
         .expect("shutdown did not wait for the hanging call");
     call.abort();
