@@ -31,7 +31,7 @@ const crypto = require("node:crypto");
 const fs = require("node:fs");
 const fsp = require("node:fs/promises");
 const path = require("node:path");
-const { ComponentError, Instances, PACKAGE, initProperties, loadProto, log, run, serve, unary, warnUnknownKeys } = require("./lib/component");
+const { ComponentError, InitialisedInstance, Instances, PACKAGE, initProperties, loadProto, run, serve, unary } = require("./lib/component");
 
 const KIND = "bindings";
 const OPERATIONS = ["create", "get", "delete", "list"];
@@ -62,22 +62,17 @@ $DAPR_COMPONENT_SOCKETS_FOLDER, $DAPR_COMPONENT_SOCKET_FOLDER (the first set), t
 const relName = (root, full) => path.relative(root, full).split(path.sep).join("/");
 
 /** One Component's binding: its folder (real path, no symbolic link in it), set by Init. */
-class FolderBinding {
+class FolderBinding extends InitialisedInstance {
   constructor(name) {
-    this.name = name;
-    this.root = null;
-    this.inits = 0;
+    super(KIND, name, INIT_KEYS);
   }
 
-  initialised() {
-    return this.root !== null;
+  /** The folder, null until an Init succeeds. */
+  get root() {
+    return this.settings;
   }
 
-  async init(properties) {
-    // The old folder goes first: a failed Init leaves the instance uninitialised rather than
-    // serving the previous settings while the host reports the Component FAILED.
-    this.root = null;
-    const generation = ++this.inits;
+  async load(properties) {
     const rootPath = properties.rootPath;
     if (!rootPath) throw ComponentError.invalidArgument("metadata rootPath is required: the folder the files live in");
     let root;
@@ -90,11 +85,7 @@ class FolderBinding {
     } catch (e) {
       throw ComponentError.invalidArgument(`metadata rootPath ${JSON.stringify(rootPath)} is not a usable folder: ${e.message}`);
     }
-    warnUnknownKeys(KIND, this.name, properties, INIT_KEYS);
-    // A later Init that started meanwhile decides.
-    if (generation !== this.inits) return;
-    this.root = root;
-    log(`${KIND} instance ${this.name}: files in ${root}`);
+    return { settings: root, summary: `files in ${root}` };
   }
 
   rootOrFail() {

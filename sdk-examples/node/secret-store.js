@@ -23,7 +23,7 @@
 
 const fsp = require("node:fs/promises");
 const path = require("node:path");
-const { ComponentError, Instances, PACKAGE, initProperties, loadProto, log, run, serve, unary, warnUnknownKeys } = require("./lib/component");
+const { ComponentError, InitialisedInstance, Instances, PACKAGE, initProperties, loadProto, run, serve, unary } = require("./lib/component");
 
 const KIND = "secretstores";
 const FEATURES = ["MULTIPLE_KEY_VALUES_PER_SECRET"];
@@ -72,22 +72,17 @@ async function readSecrets(file) {
 }
 
 /** One Component's store: its file, set by Init. */
-class FileSecretStore {
+class FileSecretStore extends InitialisedInstance {
   constructor(name) {
-    this.name = name;
-    this.file = null;
-    this.inits = 0;
+    super(KIND, name, INIT_KEYS);
   }
 
-  initialised() {
-    return this.file !== null;
+  /** The secrets file, null until an Init succeeds. */
+  get file() {
+    return this.settings;
   }
 
-  async init(properties) {
-    // The old file goes first: a failed Init leaves the instance uninitialised rather than
-    // serving the previous secrets while the host reports the Component FAILED.
-    this.file = null;
-    const generation = ++this.inits;
+  async load(properties) {
     if (!properties.secretsFile) throw ComponentError.invalidArgument("metadata secretsFile is required: the JSON file holding the secrets");
     const file = path.resolve(properties.secretsFile);
     let secrets;
@@ -96,11 +91,7 @@ class FileSecretStore {
     } catch (e) {
       throw ComponentError.invalidArgument(`metadata secretsFile: ${e.message}`);
     }
-    warnUnknownKeys(KIND, this.name, properties, INIT_KEYS);
-    // A later Init that started meanwhile decides.
-    if (generation !== this.inits) return;
-    this.file = file;
-    log(`${KIND} instance ${this.name}: ${secrets.size} secrets in ${file}`);
+    return { settings: file, summary: `${secrets.size} secrets in ${file}` };
   }
 
   async secrets() {

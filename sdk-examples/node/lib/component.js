@@ -281,6 +281,37 @@ class Instances {
   }
 }
 
+/**
+ * An instance whose settings come from Init (for `Instances`): a subclass's `load(properties)`
+ * checks the Init metadata and returns `{ settings, summary }` (the summary is logged) or throws
+ * a `ComponentError`. An Init (again) first drops the old settings: a failed Init leaves the
+ * instance uninitialised rather than serving the previous settings while the host reports the
+ * Component FAILED. Of Inits that overlap, the one started last decides.
+ */
+class InitialisedInstance {
+  constructor(kind, name, knownKeys) {
+    this.kind = kind;
+    this.name = name;
+    this.knownKeys = knownKeys;
+    this.settings = null;
+    this.inits = 0;
+  }
+
+  initialised() {
+    return this.settings !== null;
+  }
+
+  async init(properties) {
+    this.settings = null;
+    const generation = ++this.inits;
+    const { settings, summary } = await this.load(properties);
+    warnUnknownKeys(this.kind, this.name, properties, this.knownKeys);
+    if (generation !== this.inits) return;
+    this.settings = settings;
+    log(`${this.kind} instance ${this.name}: ${summary}`);
+  }
+}
+
 /** The Init metadata (`MetadataRequest.properties`) of an Init request. */
 function initProperties(request) {
   return (request.metadata && request.metadata.properties) || {};
@@ -401,6 +432,7 @@ function run(main) {
 module.exports = {
   ComponentError,
   INSTANCE_HEADER,
+  InitialisedInstance,
   Instances,
   PACKAGE,
   initProperties,
