@@ -31,7 +31,7 @@ const crypto = require("node:crypto");
 const fs = require("node:fs");
 const fsp = require("node:fs/promises");
 const path = require("node:path");
-const { ComponentError, InitialisedInstance, Instances, PACKAGE, initProperties, loadProto, run, serve, unary } = require("./lib/component");
+const { ComponentError, InitialisedInstance, Instances, PACKAGE, loadProto, run, serve, unary } = require("./lib/component");
 
 const KIND = "bindings";
 const OPERATIONS = ["create", "get", "delete", "list"];
@@ -280,21 +280,13 @@ async function main() {
   const instances = new Instances("binding", (name) => new FolderBinding(name));
   const implementation = {
     // Init is the only call that creates an instance.
-    Init: unary(async (req, call) => {
-      await instances.init(call, initProperties(req));
-      return {};
-    }),
+    Init: instances.initHandler(),
     // The operations do not depend on Init: answered for any instance.
     ListOperations: unary(() => ({ operations: OPERATIONS })),
     // FAILED_PRECONDITION for an instance that is not initialised.
     Invoke: unary((req, call) => instances.of(call).invoke(req)),
-    // The process is alive: OK for an instance never initialised (`plugd inspect` pings one),
-    // which is not created; an initialised one also checks its folder.
-    Ping: unary(async (req, call) => {
-      const instance = instances.find(call);
-      if (instance) await instance.ping();
-      return {};
-    }),
+    // OK for an instance never initialised; an initialised one also checks its folder.
+    Ping: instances.pingHandler(),
   };
   await serve({
     kind: KIND,

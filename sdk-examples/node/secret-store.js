@@ -23,7 +23,7 @@
 
 const fsp = require("node:fs/promises");
 const path = require("node:path");
-const { ComponentError, InitialisedInstance, Instances, PACKAGE, initProperties, loadProto, run, serve, unary } = require("./lib/component");
+const { ComponentError, InitialisedInstance, Instances, PACKAGE, loadProto, run, serve, unary } = require("./lib/component");
 
 const KIND = "secretstores";
 const FEATURES = ["MULTIPLE_KEY_VALUES_PER_SECRET"];
@@ -128,22 +128,14 @@ async function main() {
   const instances = new Instances("secret store", (name) => new FileSecretStore(name));
   const implementation = {
     // Init is the only call that creates an instance.
-    Init: unary(async (req, call) => {
-      await instances.init(call, initProperties(req));
-      return {};
-    }),
+    Init: instances.initHandler(),
     // The features do not depend on Init: answered for any instance.
     Features: unary(() => ({ features: FEATURES })),
     // FAILED_PRECONDITION for an instance that is not initialised.
     Get: unary(async (req, call) => ({ data: await instances.of(call).get(req.key) })),
     BulkGet: unary(async (req, call) => ({ data: await instances.of(call).bulkGet() })),
-    // The process is alive: OK for an instance never initialised (`plugd inspect` pings one),
-    // which is not created; an initialised one also checks its file.
-    Ping: unary(async (req, call) => {
-      const instance = instances.find(call);
-      if (instance) await instance.ping();
-      return {};
-    }),
+    // OK for an instance never initialised; an initialised one also checks its file.
+    Ping: instances.pingHandler(),
   };
   await serve({
     kind: KIND,

@@ -273,6 +273,26 @@ class Instances {
     return instance && instance.initialised() ? instance : null;
   }
 
+  /** The Init handler: Init is the only call that creates an instance. */
+  initHandler() {
+    return unary(async (req, call) => {
+      await this.init(call, initProperties(req));
+      return {};
+    });
+  }
+
+  /**
+   * The Ping handler. The process is alive: OK for an instance never initialised (`plugd
+   * inspect` pings one), which is not created; an initialised one also runs its `ping()`.
+   */
+  pingHandler() {
+    return unary(async (req, call) => {
+      const instance = this.find(call);
+      if (instance) await instance.ping();
+      return {};
+    });
+  }
+
   /** The call's initialised instance; FAILED_PRECONDITION otherwise. */
   of(call) {
     const instance = this.find(call);
