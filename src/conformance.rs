@@ -968,6 +968,39 @@ async fn init_check<T>(
     }
 }
 
+/// Features for any kind, reported as the `features` check, with `features.unchecked` for the
+/// claimed ones not in `checked`. None when the call failed.
+async fn features_check(
+    rec: &mut Recorder,
+    checked: &[&str],
+    features: impl std::future::Future<
+        Output = Result<tonic::Response<crate::proto::components::FeaturesResponse>, tonic::Status>,
+    >,
+) -> Option<Vec<String>> {
+    let started = Instant::now();
+    match features.await {
+        Ok(r) => {
+            let features = r.into_inner().features;
+            let text = if features.is_empty() {
+                "none claimed".to_string()
+            } else {
+                features.join(", ")
+            };
+            rec.add("features", started, Verdict::pass(text));
+            unchecked_features(rec, &features, checked);
+            Some(features)
+        }
+        Err(s) => {
+            rec.add(
+                "features",
+                started,
+                Verdict::fail(format!("Features answered {}", describe(&s))),
+            );
+            None
+        }
+    }
+}
+
 /// Ping for any kind, reported as the `ping` check.
 async fn ping_check<T>(
     ctx: &Ctx,

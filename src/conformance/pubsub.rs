@@ -8,7 +8,10 @@ use std::{
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use super::{Ctx, Recorder, Verdict, describe, init_check, ping_check, request, show, verdict};
+use super::{
+    Ctx, Recorder, Verdict, describe, features_check, init_check, ping_check, request, show,
+    verdict,
+};
 use crate::{component::ComponentKind, proto::components as pb};
 
 type Client = pb::pub_sub_client::PubSubClient<Channel>;
@@ -239,34 +242,8 @@ pub(super) async fn check(ctx: &Ctx, rec: &mut Recorder) {
         return;
     }
 
-    let started = Instant::now();
-    let features = match ctx
-        .call(client.features(request(&ps.instance, pb::FeaturesRequest {})))
-        .await
-    {
-        Ok(r) => {
-            let features = r.into_inner().features;
-            rec.add(
-                "features",
-                started,
-                Verdict::pass(if features.is_empty() {
-                    "none claimed".to_string()
-                } else {
-                    features.join(", ")
-                }),
-            );
-            super::unchecked_features(rec, &features, &[BULK_PUBSUB]);
-            Some(features)
-        }
-        Err(s) => {
-            rec.add(
-                "features",
-                started,
-                Verdict::fail(format!("Features answered {}", describe(&s))),
-            );
-            None
-        }
-    };
+    let features = request(&ps.instance, pb::FeaturesRequest {});
+    let features = features_check(rec, &[BULK_PUBSUB], ctx.call(client.features(features))).await;
 
     let ping = client.ping(request(&ps.instance, pb::PingRequest {}));
     ping_check(ctx, rec, ping).await;

@@ -4,7 +4,7 @@ use std::{collections::HashMap, time::Instant};
 
 use tonic::{Code, transport::Channel};
 
-use super::{Ctx, Recorder, Verdict, describe, init_check, ping_check, request};
+use super::{Ctx, Recorder, Verdict, describe, features_check, init_check, ping_check, request};
 use crate::{component::ComponentKind, proto::components as pb};
 
 type Client = pb::secret_store_client::SecretStoreClient<Channel>;
@@ -36,26 +36,9 @@ pub(super) async fn check(ctx: &Ctx, rec: &mut Recorder) {
         return;
     }
 
-    let started = Instant::now();
-    let mut claimed: Vec<String> = Vec::new();
-    let verdict = match ctx
-        .call(client.features(request(&instance, pb::FeaturesRequest {})))
-        .await
-    {
-        Ok(r) => {
-            let features = r.into_inner().features;
-            claimed = features.clone();
-            Verdict::pass(if features.is_empty() {
-                "none claimed".to_string()
-            } else {
-                features.join(", ")
-            })
-        }
-        Err(s) => Verdict::fail(format!("Features answered {}", describe(&s))),
-    };
-    rec.add("features", started, verdict);
     // No check tells MULTIPLE_KEY_VALUES_PER_SECRET apart from one value per secret.
-    super::unchecked_features(rec, &claimed, &[]);
+    let features = request(&instance, pb::FeaturesRequest {});
+    features_check(rec, &[], ctx.call(client.features(features))).await;
 
     ping_check(
         ctx,

@@ -8,7 +8,10 @@ use std::{
 use tonic::{Code, Status, transport::Channel};
 use tonic_types::{ErrorDetail, StatusExt};
 
-use super::{Ctx, Recorder, Verdict, describe, init_check, ping_check, request, show, verdict};
+use super::{
+    Ctx, Recorder, Verdict, describe, features_check, init_check, ping_check, request, show,
+    verdict,
+};
 use crate::{component::ComponentKind, proto::components as pb};
 
 type Client = pb::state_store_client::StateStoreClient<Channel>;
@@ -240,27 +243,14 @@ pub(super) async fn check(ctx: &Ctx, rec: &mut Recorder) {
         return;
     }
 
-    let started = Instant::now();
     let mut client = store.client.clone();
-    let features = match ctx
-        .call(client.features(request(&store.instance, pb::FeaturesRequest {})))
-        .await
-    {
-        Ok(r) => {
-            let features = r.into_inner().features;
-            rec.add("features", started, Verdict::pass(features_text(&features)));
-            super::unchecked_features(rec, &features, &[ETAG, TRANSACTIONAL, TTL]);
-            Some(features)
-        }
-        Err(s) => {
-            rec.add(
-                "features",
-                started,
-                Verdict::fail(format!("Features answered {}", describe(&s))),
-            );
-            None
-        }
-    };
+    let features = request(&store.instance, pb::FeaturesRequest {});
+    let features = features_check(
+        rec,
+        &[ETAG, TRANSACTIONAL, TTL],
+        ctx.call(client.features(features)),
+    )
+    .await;
     let claims = |f: &str| {
         features
             .as_ref()
@@ -310,14 +300,6 @@ pub(super) async fn check(ctx: &Ctx, rec: &mut Recorder) {
     isolation(&mut store, rec).await;
     store.clean_up().await;
     rec.skip_rest(CHECKS, "not reached");
-}
-
-fn features_text(features: &[String]) -> String {
-    if features.is_empty() {
-        "none claimed".to_string()
-    } else {
-        features.join(", ")
-    }
 }
 
 /// get-missing, set-get, delete-missing, delete.
