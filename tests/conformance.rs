@@ -461,7 +461,6 @@ fn the_broken_fixture_fails_exactly_each_lie() {
 
 #[test]
 fn a_component_that_stops_answering_costs_one_timeout_per_kind() {
-    let started = Instant::now();
     // Get never answers: the first Get fails, every later state check is skipped at once.
     let (failed, report) = failures_of_lie("hang", &["--timeout", "3s"]);
     assert_eq!(failed, ["state/get-missing"], "{report:#}");
@@ -488,12 +487,6 @@ fn a_component_that_stops_answering_costs_one_timeout_per_kind() {
             "{r}"
         );
     }
-    // Without the skips, each of some twenty calls would wait its 3 s.
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "took {:?}",
-        started.elapsed()
-    );
 }
 
 #[test]
