@@ -16,7 +16,7 @@
 
 const { describe, it, before, after } = require("node:test");
 const assert = require("node:assert/strict");
-const { execFile, spawnSync } = require("node:child_process");
+const { execFile } = require("node:child_process");
 const crypto = require("node:crypto");
 const fs = require("node:fs");
 const net = require("node:net");
@@ -378,26 +378,6 @@ describe("the Node.js example components launched by plugd, used through DaprCli
   });
 });
 
-/**
- * Whether this plugd's conformance suite is still the placeholder that fails every socket with
- * "not implemented yet" (the suite was being written next to these tests). Asked of the binary,
- * so the conformance tests run for real, with no edit here, once the suite is in.
- */
-function conformanceIsPlaceholder() {
-  const r = spawnSync(path.join(BIN_DIR, "plugd"), ["conformance", "--socket", "/nonexistent/plugd-probe.sock", "--json"], {
-    encoding: "utf8",
-    timeout: 20_000,
-  });
-  try {
-    const { results } = JSON.parse(r.stdout);
-    return results.length === 1 && /^not implemented yet/.test(results[0].reason);
-  } catch {
-    return false;
-  }
-}
-const CONFORMANCE_TODO = conformanceIsPlaceholder()
-  ? "plugd conformance is still a placeholder that fails every socket (src/conformance.rs)"
-  : false;
 
 // ------------------------------------------------------------------------------------------
 // 2. On their own
@@ -801,6 +781,6 @@ describe("the Node.js example components on their own", () => {
       assert.equal(code, 0, `plugd conformance exit code\n${stderr}`);
       await stopCleanly(started);
     };
-    it(`plugd conformance passes on ${path.basename(script)}`, { timeout: CONFORMANCE_TIMEOUT_MS + 10_000, todo: CONFORMANCE_TODO }, CONFORMANCE_TODO ? body : withLogs(() => env, body));
+    it(`plugd conformance passes on ${path.basename(script)}`, { timeout: CONFORMANCE_TIMEOUT_MS + 10_000 }, withLogs(() => env, body));
   }
 });
