@@ -82,8 +82,9 @@ impl Logs {
 
 struct Plugd {
     guard: ChildGuard,
-    http_port: u16,
-    grpc_port: u16,
+    /// (gRPC, HTTP) ports plugd bound, read from its log: it binds port 0, so no other process
+    /// can take a port between the test choosing it and plugd binding it.
+    ports: std::sync::OnceLock<(u16, u16)>,
     logs: Logs,
     http: reqwest::Client,
 }
@@ -131,15 +132,13 @@ impl Plugd {
     /// arguments. Unlike `support::PlugdProcess`, nothing about managed components or metrics
     /// is defaulted: each test says what it wants.
     fn spawn(dirs: &TestDirs, start: Start<'_>) -> Self {
-        let (grpc_port, http_port) = (free_port(), free_port());
         let mut cmd = Command::new(binary("plugd"));
         cmd.args(["--log-as-json", "--log-level", "info"])
             .arg("--resources-path")
             .arg(&dirs.resources)
             .arg("--sockets-folder")
             .arg(&dirs.sockets)
-            .args(["--dapr-grpc-port", &grpc_port.to_string()])
-            .args(["--dapr-http-port", &http_port.to_string()])
+            .args(["--dapr-grpc-port", "0", "--dapr-http-port", "0"])
             .args(&start.args)
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
@@ -162,8 +161,7 @@ impl Plugd {
         });
         Self {
             guard,
-            http_port,
-            grpc_port,
+            ports: std::sync::OnceLock::new(),
             logs,
             http: reqwest::Client::new(),
         }
@@ -174,11 +172,48 @@ impl Plugd {
     }
 
     fn base(&self) -> String {
-        format!("http://127.0.0.1:{}/v1.0", self.http_port)
+        format!("http://127.0.0.1:{}/v1.0", self.http_port())
     }
 
-    /// Waits until the HTTP API answers (`/v1.0/healthz/outbound` is 204 once the APIs listen).
+    /// The port of `/metrics`, from plugd's log (tests pass `--metrics-port 0`).
+    fn metrics_port(&self) -> u16 {
+        self.logs
+            .json()
+            .iter()
+            .find(|l| l["message"] == "metrics served at /metrics")
+            .and_then(|l| l["addr"].as_str()?.rsplit(':').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no metrics line in plugd's log:\n{}", self.logs.tail()))
+    }
+
+    fn grpc_port(&self) -> u16 {
+        self.ports.get().expect("wait_listening() first").0
+    }
+
+    fn http_port(&self) -> u16 {
+        self.ports.get().expect("wait_listening() first").1
+    }
+
+    /// Waits for plugd's "serving" log line (which names the ports it bound), then until the
+    /// HTTP API answers (`/v1.0/healthz/outbound` is 204 once the APIs listen).
     async fn wait_listening(&self) {
+        let logs = self.logs.clone();
+        let ports = eventually(WAIT, "plugd to log the ports it serves on", || {
+            let logs = logs.clone();
+            async move {
+                let lines = logs.json();
+                if logs.lines().iter().any(|l| l.contains("could not start")) {
+                    panic!("plugd could not start:\n{}", logs.tail());
+                }
+                let port =
+                    |v: &Value| -> Option<u16> { v.as_str()?.rsplit(':').next()?.parse().ok() };
+                lines
+                    .iter()
+                    .find(|l| l["message"] == "plugd is serving the runtime API")
+                    .and_then(|l| Some((port(&l["grpc"])?, port(&l["http"])?)))
+            }
+        })
+        .await;
+        let _ = self.ports.set(ports);
         let url = format!("{}/healthz/outbound", self.base());
         let http = self.http.clone();
         let logs = self.logs.clone();
@@ -667,7 +702,6 @@ async fn a_killed_managed_component_is_restarted_and_counted() {
         ),
     );
     dirs.write_resource("memstore.yaml", IN_MEMORY_STATE);
-    let metrics_port = free_port();
     let plugd = Plugd::spawn(
         &dirs,
         Start::new(&[
@@ -675,10 +709,11 @@ async fn a_killed_managed_component_is_restarted_and_counted() {
             "restarts",
             "--managed-components=true",
             "--metrics-port",
-            &metrics_port.to_string(),
+            "0",
         ]),
     );
     plugd.wait_listening().await;
+    let metrics_port = plugd.metrics_port();
     plugd.wait_ready(&["statestore", "memstore"]).await;
     let series = "plugd_managed_component_restarts_total{socket=\"sqlite\"}";
     let text = scrape(&plugd.http, metrics_port).await.expect("/metrics");
@@ -942,7 +977,6 @@ async fn a_users_command_is_launched_for_its_socket_name() {
         "envstore.yaml",
         &component("envstore", "state.fromenv", " []"),
     );
-    let metrics_port = free_port();
     let direct = format!("mystore={} --socket-name mystore", memory.display());
     let via_env = format!(
         "fromenv=sh -c 'exec \"{}\" --socket-name \"$PLUGD_SOCKET_NAME\"'",
@@ -958,10 +992,11 @@ async fn a_users_command_is_launched_for_its_socket_name() {
             "--managed-component",
             &via_env,
             "--metrics-port",
-            &metrics_port.to_string(),
+            "0",
         ]),
     );
     plugd.wait_listening().await;
+    let metrics_port = plugd.metrics_port();
     plugd.wait_ready(&["mystore", "envstore"]).await;
     plugd.round_trip("mystore", "k").await;
     plugd.round_trip("envstore", "k").await;
@@ -1062,7 +1097,6 @@ async fn an_overlong_output_line_is_cut_and_the_output_goes_on() {
         "mystore.yaml",
         &component("mystore", "state.mystore", " []"),
     );
-    let metrics_port = free_port();
     let command = format!(
         "mystore=sh -c 'head -c 20000 /dev/zero | tr \"\\000\" x; echo; echo after-the-long-line; exec \"{}\" --socket-name mystore'",
         memory.display()
@@ -1075,12 +1109,13 @@ async fn an_overlong_output_line_is_cut_and_the_output_goes_on() {
             "--managed-component",
             &command,
             "--metrics-port",
-            &metrics_port.to_string(),
+            "0",
         ])
         .env("DAPR_API_TOKEN", "")
         .env("APP_API_TOKEN", "app-secret-token"),
     );
     plugd.wait_listening().await;
+    let metrics_port = plugd.metrics_port();
     plugd.wait_ready(&["mystore"]).await;
     plugd.round_trip("mystore", "k").await;
     until("the lines after the long one to be relayed", || {
@@ -1298,7 +1333,6 @@ async fn metrics_report_components_and_can_be_turned_off() {
     let dirs = TestDirs::new();
     dirs.write_resource("memstore.yaml", IN_MEMORY_STATE);
     dirs.write_resource("waiting.yaml", &component("nowhere", "state.nosuch", " []"));
-    let metrics_port = free_port();
     let plugd = Plugd::spawn(
         &dirs,
         Start::new(&[
@@ -1306,12 +1340,13 @@ async fn metrics_report_components_and_can_be_turned_off() {
             "metrics",
             "--managed-components=true",
             "--metrics-port",
-            &metrics_port.to_string(),
+            "0",
             "--component-wait",
             "5m",
         ]),
     );
     plugd.wait_listening().await;
+    let metrics_port = plugd.metrics_port();
     plugd.wait_ready(&["memstore"]).await;
     let resp = plugd
         .http
@@ -1413,19 +1448,22 @@ async fn several_listen_addresses_are_all_served() {
         ]),
     );
     plugd.wait_listening().await;
-    let mut urls = vec![format!("http://127.0.0.1:{}/v1.0/healthz", plugd.http_port)];
+    let mut urls = vec![format!(
+        "http://127.0.0.1:{}/v1.0/healthz",
+        plugd.http_port()
+    )];
     if ipv6 {
-        urls.push(format!("http://[::1]:{}/v1.0/healthz", plugd.http_port));
+        urls.push(format!("http://[::1]:{}/v1.0/healthz", plugd.http_port()));
     }
     for url in &urls {
         let resp = plugd.http.get(url).send().await.expect(url);
         assert_eq!(resp.status(), 204, "{url}");
     }
     // gRPC listens on the same addresses.
-    assert!(std::net::TcpStream::connect(("127.0.0.1", plugd.grpc_port)).is_ok());
+    assert!(std::net::TcpStream::connect(("127.0.0.1", plugd.grpc_port())).is_ok());
     if ipv6 {
         assert!(
-            std::net::TcpStream::connect(("::1", plugd.grpc_port)).is_ok(),
+            std::net::TcpStream::connect(("::1", plugd.grpc_port())).is_ok(),
             "gRPC on [::1]"
         );
     }
@@ -1444,7 +1482,6 @@ async fn a_crashing_command_is_restarted_with_growing_delays() {
         "crashy.yaml",
         "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: crashy\nspec:\n  type: state.crashy\n  version: v1\n  initTimeout: 1s\n  metadata: []\n",
     );
-    let metrics_port = free_port();
     let plugd = Plugd::spawn(
         &dirs,
         Start::new(&[
@@ -1453,12 +1490,13 @@ async fn a_crashing_command_is_restarted_with_growing_delays() {
             "--managed-component",
             "crashy=sh -c 'exit 3'",
             "--metrics-port",
-            &metrics_port.to_string(),
+            "0",
             "--component-wait",
             "5m",
         ]),
     );
     plugd.wait_listening().await;
+    let metrics_port = plugd.metrics_port();
     let logs = plugd.logs.clone();
     until("four starts of the crashing command", || {
         logs.started_pids("crashy").len() >= 4

@@ -6,20 +6,19 @@ mod support;
 use std::{
     io::Read,
     process::{Command, Stdio},
-    time::Duration,
 };
 
 use support::TestDirs;
 
-#[tokio::test]
-async fn managed_output_is_relayed_as_json_lines_marked_with_the_component() {
+#[test]
+fn managed_output_is_relayed_as_json_lines_marked_with_the_component() {
     let dirs = TestDirs::new();
     dirs.write_resource(
         "state.yaml",
         "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: cache\nspec:\n  type: state.in-memory\n  version: v1\n  metadata: []\n",
     );
-    let (grpc_port, http_port) = (support::free_port(), support::free_port());
-    let guard = support::ChildGuard::spawn(
+    // Port 0: plugd picks free ports itself, so no other test can take them first.
+    let mut guard = support::ChildGuard::spawn(
         "plugd",
         Command::new(support::binary("plugd"))
             .args([
@@ -27,32 +26,32 @@ async fn managed_output_is_relayed_as_json_lines_marked_with_the_component() {
                 "logs",
                 "--log-as-json",
                 "--enable-metrics=false",
+                "--dapr-grpc-port",
+                "0",
+                "--dapr-http-port",
+                "0",
             ])
             .arg("--resources-path")
             .arg(&dirs.resources)
             .arg("--sockets-folder")
             .arg(&dirs.sockets)
-            .args(["--dapr-grpc-port", &grpc_port.to_string()])
-            .args(["--dapr-http-port", &http_port.to_string()])
             .stderr(Stdio::piped()),
     );
-    let mut plugd = support::PlugdProcess {
-        guard,
-        grpc_port,
-        http_port,
-    };
-    plugd.wait_healthy(Duration::from_secs(30)).await;
-    let status = plugd.guard.terminate().expect("plugd stops after SIGTERM");
-    assert!(status.success(), "{status:?}");
+    // Read plugd's output as it comes, until it serves; then stop it and read the rest.
+    let mut reader = std::io::BufReader::new(guard.child.stderr.take().expect("piped stderr"));
     let mut stderr = String::new();
-    plugd
-        .guard
-        .child
-        .stderr
-        .take()
-        .expect("piped stderr")
-        .read_to_string(&mut stderr)
-        .expect("read stderr");
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut reader, &mut line).expect("read stderr");
+        assert!(n > 0, "plugd stopped before serving:\n{stderr}");
+        stderr.push_str(&line);
+        if line.contains("plugd is serving the runtime API") {
+            break;
+        }
+    }
+    let status = guard.terminate().expect("plugd stops after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    reader.read_to_string(&mut stderr).expect("read stderr");
 
     let lines: Vec<serde_json::Value> = stderr
         .lines()
