@@ -57,6 +57,10 @@ impl App {
     /// Fails only if the resources are invalid or a port cannot be bound: components that cannot
     /// be initialised are reported and retried.
     pub async fn build(config: Config, shutdown: CancellationToken) -> Result<Self, StartError> {
+        // Record from the start (the first scan's sockets count as discovery events).
+        if config.metrics_addr.is_some() {
+            crate::metrics::install();
+        }
         let started = Instant::now();
         let (docs, mut problems) = manifest::read_documents(&config.resources_paths);
         let loaded = match manifest::validate(&docs, &config.app_id, config.namespace.as_deref()) {
@@ -122,6 +126,7 @@ impl App {
         let mut scanner =
             discovery::Scanner::new(config.sockets_folder.clone(), config.discovery_timeout);
         let first = scanner.scan().await;
+        crate::metrics::discovery_changed(None, &first);
         let registry = Arc::new(Registry::default());
         registry.set_discovery(Arc::new(first.clone()));
         let sockets =
@@ -133,6 +138,7 @@ impl App {
         tokio::spawn(async move {
             while changes.changed().await.is_ok() {
                 let latest = changes.borrow_and_update().clone();
+                crate::metrics::discovery_changed(Some(&mirror.snapshot().discovery), &latest);
                 mirror.set_discovery(latest);
             }
         });
@@ -301,6 +307,7 @@ impl App {
                 .map(|l| tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true))),
         );
         let grpc_server = tonic::transport::Server::builder()
+            .layer(crate::metrics::GrpcMetricsLayer)
             .layer(api::gate::GrpcGateLayer::new(
                 config.api_token.as_deref().map(Arc::from),
             ))

@@ -325,6 +325,7 @@ async fn handle(
     event: pb::ReadResponse,
 ) {
     let metadata = event.metadata;
+    let started = std::time::Instant::now();
     let answer = {
         let _global = match &d.app_limit {
             Some(limit) => limit.clone().acquire_owned().await.ok(),
@@ -339,6 +340,7 @@ async fn handle(
             })
             .await
     };
+    crate::metrics::binding_event(name, answer.is_ok(), started.elapsed());
     let reply = match answer {
         Ok(reply) => {
             if !reply.to.is_empty() {

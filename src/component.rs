@@ -421,7 +421,33 @@ impl Connection {
     {
         let req = self.request(message, timeout);
         let started = tokio::time::Instant::now();
-        match tokio::time::timeout(timeout, f(self.channel(), req)).await {
+        let result = self
+            .bounded_call(method, timeout, started, f(self.channel(), req))
+            .await;
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(ComponentError::Status { status, .. }) if is_transport_failure(status) => {
+                tonic::Code::Unavailable
+            }
+            Err(ComponentError::Status { status, .. }) => status.code(),
+            Err(ComponentError::Timeout { .. }) => tonic::Code::DeadlineExceeded,
+            Err(ComponentError::Connect { .. }) => tonic::Code::Unavailable,
+        };
+        crate::metrics::component_call(&self.inner.instance, method, started.elapsed(), code);
+        result
+    }
+
+    async fn bounded_call<T, Fut>(
+        &self,
+        method: &'static str,
+        timeout: Duration,
+        started: tokio::time::Instant,
+        call: Fut,
+    ) -> Result<T, ComponentError>
+    where
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        match tokio::time::timeout(timeout, call).await {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
             // tonic enforces the request's grpc-timeout itself and answers CANCELLED.
             Ok(Err(status))

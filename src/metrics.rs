@@ -1,6 +1,6 @@
 //! The Prometheus endpoint (`GET /metrics` on `--metrics-port`).
 //!
-//! Metrics are read from the registry when scraped:
+//! Two sources feed it. State is read from the registry when scraped:
 //!
 //! | name | type | labels |
 //! |---|---|---|
@@ -10,19 +10,399 @@
 //! | `plugd_sockets_discovered` | gauge | |
 //! | `plugd_sockets_unusable` | gauge | |
 //! | `plugd_managed_component_restarts_total` | counter | `socket` |
+//!
+//! Events are recorded as they happen through the `metrics` facade (a no-op until [`install`]
+//! runs, so `--enable-metrics=false` costs nothing):
+//!
+//! | name | type | labels |
+//! |---|---|---|
+//! | `plugd_component_calls_total` | counter | `component`, `method`, `code` |
+//! | `plugd_component_call_errors_total` | counter | `component`, `method`, `code` |
+//! | `plugd_component_call_duration_seconds` | histogram | `component`, `method` |
+//! | `plugd_pubsub_published_total` | counter | `component`, `topic`, `outcome` |
+//! | `plugd_pubsub_delivered_total` | counter | `component`, `topic` |
+//! | `plugd_pubsub_acked_total` | counter | `component`, `topic` |
+//! | `plugd_pubsub_nacked_total` | counter | `component`, `topic` |
+//! | `plugd_pubsub_redelivered_total` | counter | `component`, `topic` |
+//! | `plugd_pubsub_dead_lettered_total` | counter | `component`, `topic` |
+//! | `plugd_pubsub_dropped_total` | counter | `component`, `topic` |
+//! | `plugd_pubsub_delivery_duration_seconds` | histogram | `component`, `topic` |
+//! | `plugd_input_binding_events_total` | counter | `component`, `outcome` |
+//! | `plugd_input_binding_event_duration_seconds` | histogram | `component` |
+//! | `plugd_discovery_events_total` | counter | `event` |
+//! | `plugd_http_requests_total` | counter | `method`, `route`, `status` |
+//! | `plugd_http_request_duration_seconds` | histogram | `method`, `route` |
+//! | `plugd_grpc_requests_total` | counter | `method`, `code` |
+//! | `plugd_grpc_request_duration_seconds` | histogram | `method` |
 
-use std::{fmt::Write, net::SocketAddr, sync::Arc};
+use std::{
+    collections::HashSet,
+    fmt::Write,
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
 
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use futures::future::BoxFuture;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{managed::Managed, registry::Registry};
+use crate::{discovery::Discovery, managed::Managed, registry::Registry};
 
 #[derive(Clone)]
 struct Sources {
     registry: Arc<Registry>,
     managed: Arc<Managed>,
+    recorded: Option<PrometheusHandle>,
+}
+
+/// Histogram buckets, in seconds: 50 µs to 10 s.
+const BUCKETS: [f64; 17] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder once and returns its handle; `None` if another recorder
+/// was installed first (metrics recorded through it then do not show here).
+pub fn install() -> Option<PrometheusHandle> {
+    RECORDER
+        .get_or_init(|| {
+            let recorder = match PrometheusBuilder::new().set_buckets(&BUCKETS) {
+                Ok(b) => b.build_recorder(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot set up the metrics recorder");
+                    return None;
+                }
+            };
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("another metrics recorder is installed; plugd's metrics are off");
+                return None;
+            }
+            describe();
+            Some(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_histogram};
+    describe_counter!(
+        COMPONENT_CALLS,
+        "Calls plugd made to components, by gRPC code."
+    );
+    describe_counter!(
+        COMPONENT_ERRORS,
+        "Component calls that failed, by gRPC code."
+    );
+    describe_histogram!(COMPONENT_DURATION, Unit::Seconds, "Component call latency.");
+    describe_counter!(PUBLISHED, "Messages published through plugd, by outcome.");
+    describe_counter!(DELIVERED, "Pub/sub messages handed to the app.");
+    describe_counter!(ACKED, "Pub/sub messages acknowledged to the component.");
+    describe_counter!(
+        NACKED,
+        "Pub/sub messages refused so that the component redelivers them."
+    );
+    describe_counter!(
+        REDELIVERED,
+        "Pub/sub messages received again after a refusal."
+    );
+    describe_counter!(
+        DEAD_LETTERED,
+        "Pub/sub messages sent to the dead-letter topic."
+    );
+    describe_counter!(DROPPED, "Pub/sub messages dropped (no dead-letter topic).");
+    describe_histogram!(
+        DELIVERY_DURATION,
+        Unit::Seconds,
+        "Time the app took per message."
+    );
+    describe_counter!(
+        BINDING_EVENTS,
+        "Input binding events handed to the app, by outcome."
+    );
+    describe_histogram!(
+        BINDING_DURATION,
+        Unit::Seconds,
+        "Time the app took per binding event."
+    );
+    describe_counter!(
+        DISCOVERY_EVENTS,
+        "Sockets added, removed or found unusable."
+    );
+    describe_counter!(HTTP_REQUESTS, "HTTP API requests, by route and status.");
+    describe_histogram!(HTTP_DURATION, Unit::Seconds, "HTTP API request latency.");
+    describe_counter!(GRPC_REQUESTS, "gRPC API requests, by method and code.");
+    describe_histogram!(GRPC_DURATION, Unit::Seconds, "gRPC API request latency.");
+}
+
+const COMPONENT_CALLS: &str = "plugd_component_calls_total";
+const COMPONENT_ERRORS: &str = "plugd_component_call_errors_total";
+const COMPONENT_DURATION: &str = "plugd_component_call_duration_seconds";
+const PUBLISHED: &str = "plugd_pubsub_published_total";
+const DELIVERED: &str = "plugd_pubsub_delivered_total";
+const ACKED: &str = "plugd_pubsub_acked_total";
+const NACKED: &str = "plugd_pubsub_nacked_total";
+const REDELIVERED: &str = "plugd_pubsub_redelivered_total";
+const DEAD_LETTERED: &str = "plugd_pubsub_dead_lettered_total";
+const DROPPED: &str = "plugd_pubsub_dropped_total";
+const DELIVERY_DURATION: &str = "plugd_pubsub_delivery_duration_seconds";
+const BINDING_EVENTS: &str = "plugd_input_binding_events_total";
+const BINDING_DURATION: &str = "plugd_input_binding_event_duration_seconds";
+const DISCOVERY_EVENTS: &str = "plugd_discovery_events_total";
+const HTTP_REQUESTS: &str = "plugd_http_requests_total";
+const HTTP_DURATION: &str = "plugd_http_request_duration_seconds";
+const GRPC_REQUESTS: &str = "plugd_grpc_requests_total";
+const GRPC_DURATION: &str = "plugd_grpc_request_duration_seconds";
+
+/// One finished call to a component. `code` is the gRPC code's name (`Ok` on success).
+pub fn component_call(component: &str, method: &'static str, elapsed: Duration, code: tonic::Code) {
+    let failed = code != tonic::Code::Ok;
+    let code = code_name(code);
+    let component = component.to_owned();
+    metrics::histogram!(COMPONENT_DURATION, "component" => component.clone(), "method" => method)
+        .record(elapsed.as_secs_f64());
+    if failed {
+        metrics::counter!(COMPONENT_ERRORS, "component" => component.clone(), "method" => method, "code" => code)
+            .increment(1);
+    }
+    metrics::counter!(COMPONENT_CALLS, "component" => component, "method" => method, "code" => code)
+        .increment(1);
+}
+
+/// What happened to a pub/sub message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PubSubEvent {
+    Delivered,
+    Acked,
+    Nacked,
+    Redelivered,
+    DeadLettered,
+    Dropped,
+}
+
+pub fn pubsub(event: PubSubEvent, component: &str, topic: &str) {
+    let name = match event {
+        PubSubEvent::Delivered => DELIVERED,
+        PubSubEvent::Acked => ACKED,
+        PubSubEvent::Nacked => NACKED,
+        PubSubEvent::Redelivered => REDELIVERED,
+        PubSubEvent::DeadLettered => DEAD_LETTERED,
+        PubSubEvent::Dropped => DROPPED,
+    };
+    metrics::counter!(name, "component" => component.to_owned(), "topic" => topic.to_owned())
+        .increment(1);
+}
+
+/// The time the app took to handle one message.
+pub fn pubsub_delivery_time(component: &str, topic: &str, elapsed: Duration) {
+    metrics::histogram!(DELIVERY_DURATION, "component" => component.to_owned(), "topic" => topic.to_owned())
+        .record(elapsed.as_secs_f64());
+}
+
+/// Messages published by the app (`outcome` is `ok` or `error`).
+pub fn published(component: &str, topic: &str, ok: bool, count: u64) {
+    let outcome = if ok { "ok" } else { "error" };
+    metrics::counter!(PUBLISHED, "component" => component.to_owned(), "topic" => topic.to_owned(), "outcome" => outcome)
+        .increment(count);
+}
+
+/// One input binding event handed to the app.
+pub fn binding_event(component: &str, ok: bool, elapsed: Duration) {
+    let outcome = if ok { "ok" } else { "error" };
+    metrics::histogram!(BINDING_DURATION, "component" => component.to_owned())
+        .record(elapsed.as_secs_f64());
+    metrics::counter!(BINDING_EVENTS, "component" => component.to_owned(), "outcome" => outcome)
+        .increment(1);
+}
+
+/// Counts the sockets that appeared, went away, or became (or stayed newly) unusable between
+/// two scans of the socket folder.
+pub fn discovery_changed(before: Option<&Discovery>, after: &Discovery) {
+    let usable = |d: Option<&Discovery>| -> HashSet<std::path::PathBuf> {
+        d.map(|d| d.sockets.iter().map(|s| s.path.clone()).collect())
+            .unwrap_or_default()
+    };
+    let unusable = |d: Option<&Discovery>| -> HashSet<std::path::PathBuf> {
+        d.map(|d| d.failures.iter().map(|f| f.path.clone()).collect())
+            .unwrap_or_default()
+    };
+    let (old_ok, new_ok) = (usable(before), usable(Some(after)));
+    let (old_bad, new_bad) = (unusable(before), unusable(Some(after)));
+    let count = |event: &'static str, n: usize| {
+        if n > 0 {
+            metrics::counter!(DISCOVERY_EVENTS, "event" => event).increment(n as u64);
+        }
+    };
+    count("added", new_ok.difference(&old_ok).count());
+    count("removed", old_ok.difference(&new_ok).count());
+    count("unusable", new_bad.difference(&old_bad).count());
+}
+
+/// A gRPC code's name, as go-grpc-prometheus spells it in its `grpc_code` label.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "Canceled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// Axum middleware (innermost, on matched routes): passes the route template outwards.
+pub async fn route_template(
+    path: axum::extract::MatchedPath,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(path);
+    response
+}
+
+/// Axum middleware (outermost): counts each HTTP API request by method, route template and
+/// status. Paths no route matched are counted under `route="unmatched"`, so a client cannot
+/// make the label set grow.
+pub async fn http_requests(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let method = match *request.method() {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::HEAD => "HEAD",
+        http::Method::PATCH => "PATCH",
+        _ => "other",
+    };
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let route = response
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    metrics::histogram!(HTTP_DURATION, "method" => method, "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route, "status" => response.status().as_u16().to_string())
+        .increment(1);
+    response
+}
+
+/// The gRPC methods a client may be counted under; anything else is `unknown`.
+fn known_grpc_methods() -> &'static HashSet<String> {
+    static KNOWN: OnceLock<HashSet<String>> = OnceLock::new();
+    KNOWN.get_or_init(|| {
+        let mut known: HashSet<String> = [
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        if let Ok(set) = <prost_types::FileDescriptorSet as prost::Message>::decode(
+            plugd_proto::FILE_DESCRIPTOR_SET,
+        ) {
+            for file in &set.file {
+                for service in &file.service {
+                    for method in &service.method {
+                        known.insert(format!(
+                            "/{}.{}/{}",
+                            file.package(),
+                            service.name(),
+                            method.name()
+                        ));
+                    }
+                }
+            }
+        }
+        known
+    })
+}
+
+/// A tower layer for the gRPC API server: counts requests by method and code, and times them.
+/// The code is read from the response headers (where tonic puts it for a failed unary call);
+/// a response whose status comes only in its trailers counts as `OK`.
+#[derive(Clone, Copy, Default)]
+pub struct GrpcMetricsLayer;
+
+impl<S> tower::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcMetrics { inner }
+    }
+}
+
+/// See [`GrpcMetricsLayer`].
+#[derive(Clone)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for GrpcMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>> + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+    R: Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path();
+        let method: metrics::SharedString = if known_grpc_methods().contains(path) {
+            path.to_owned().into()
+        } else {
+            "unknown".into()
+        };
+        let started = Instant::now();
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let result = call.await;
+            let code = match &result {
+                Ok(response) => response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or(tonic::Code::Ok, tonic::Code::from_i32),
+                Err(_) => tonic::Code::Internal,
+            };
+            metrics::histogram!(GRPC_DURATION, "method" => method.clone())
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!(GRPC_REQUESTS, "method" => method, "code" => code_name(code))
+                .increment(1);
+            result
+        })
+    }
 }
 
 /// Binds the metrics port and serves until `stop`. A port that cannot be bound is logged and
@@ -33,6 +413,7 @@ pub async fn serve(
     managed: Arc<Managed>,
     stop: CancellationToken,
 ) -> Option<SocketAddr> {
+    let recorded = install();
     let listener = match TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -44,7 +425,24 @@ pub async fn serve(
     let app = Router::new()
         .route("/metrics", get(render))
         .route("/", get(render))
-        .with_state(Sources { registry, managed });
+        .with_state(Sources {
+            registry,
+            managed,
+            recorded: recorded.clone(),
+        });
+    // Histograms keep raw samples until drained: drain them even when nobody scrapes.
+    if let Some(handle) = recorded {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => handle.run_upkeep(),
+                }
+            }
+        });
+    }
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())
@@ -60,10 +458,13 @@ pub async fn serve(
 }
 
 async fn render(State(s): State<Sources>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        exposition(&s.registry, &s.managed),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], {
+        let mut text = exposition(&s.registry, &s.managed);
+        if let Some(handle) = &s.recorded {
+            text.push_str(&handle.render());
+        }
+        text
+    })
 }
 
 fn exposition(registry: &Registry, managed: &Managed) -> String {
@@ -145,6 +546,16 @@ fn escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_known_grpc_methods_get_their_own_label() {
+        let known = known_grpc_methods();
+        assert!(known.contains("/dapr.proto.runtime.v1.Dapr/GetState"));
+        assert!(known.contains("/dapr.proto.runtime.v1.Dapr/PublishEvent"));
+        assert!(known.contains("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"));
+        assert!(!known.contains("/dapr.proto.runtime.v1.Dapr/MadeUp"));
+        assert!(!known.contains("/x/y"));
+    }
 
     #[test]
     fn label_values_are_escaped() {

@@ -105,12 +105,14 @@ pub fn router(
         // `bulk` is a sub-resource; a secret named "bulk" is reachable over gRPC only, as in
         // Dapr.
         .route("/v1.0/secrets/{store}/{key}", get(get_secret))
+        .route_layer(axum::middleware::from_fn(crate::metrics::route_template))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             api_token,
             super::gate::http_token,
         ))
+        .layer(axum::middleware::from_fn(crate::metrics::http_requests))
         .with_state(ctx)
 }
 

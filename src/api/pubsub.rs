@@ -149,11 +149,9 @@ impl PubSubApi {
         let entry = self.entry(pubsub, topic, &message.metadata)?;
         let raw = raw_payload(&message.metadata)?;
         let req = self.component_request(&entry, topic, message, raw, trace)?;
-        entry
-            .pubsub
-            .publish(req)
-            .await
-            .map_err(|e| publish_error(&entry, pubsub, topic, &e))
+        let result = entry.pubsub.publish(req).await;
+        crate::metrics::published(pubsub, topic, result.is_ok(), 1);
+        result.map_err(|e| publish_error(&entry, pubsub, topic, &e))
     }
 
     /// Publishes several messages; entries that fail are returned (the call itself succeeds).
@@ -212,11 +210,17 @@ impl PubSubApi {
                 topic: topic.to_string(),
                 metadata: metadata.clone(),
             };
-            let resp = entry
-                .pubsub
-                .bulk_publish(req)
-                .await
-                .map_err(|e| publish_error(&entry, pubsub, topic, &e))?;
+            let total = req.entries.len() as u64;
+            let resp = match entry.pubsub.bulk_publish(req).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    crate::metrics::published(pubsub, topic, false, total);
+                    return Err(publish_error(&entry, pubsub, topic, &e));
+                }
+            };
+            let failed = resp.failed_entries.len() as u64;
+            crate::metrics::published(pubsub, topic, true, total.saturating_sub(failed));
+            crate::metrics::published(pubsub, topic, false, failed);
             return Ok(resp
                 .failed_entries
                 .into_iter()
@@ -243,6 +247,9 @@ impl PubSubApi {
             .buffered(SPLIT_PARALLELISM)
             .collect()
             .await;
+        let failed = results.iter().filter(|r| r.is_some()).count() as u64;
+        crate::metrics::published(pubsub, topic, true, results.len() as u64 - failed);
+        crate::metrics::published(pubsub, topic, false, failed);
         Ok(results.into_iter().flatten().collect())
     }
 

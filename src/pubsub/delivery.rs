@@ -3,9 +3,9 @@
 //! app has answered.
 
 use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-    time::{Duration, SystemTime},
+    collections::{HashMap, HashSet, VecDeque},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
 };
 
 use tokio::sync::Semaphore;
@@ -81,6 +81,54 @@ pub fn start(
     });
 }
 
+/// The CloudEvent ids of messages the app refused lately, so that their redelivery can be counted
+/// (`plugd_pubsub_redelivered_total`). Bounded: the oldest ids are forgotten first.
+#[derive(Default)]
+struct Refused {
+    ids: Mutex<(HashSet<String>, VecDeque<String>)>,
+}
+
+impl Refused {
+    const CAPACITY: usize = 4096;
+
+    fn insert(&self, id: &str) {
+        let Ok(mut guard) = self.ids.lock() else {
+            return;
+        };
+        let (set, order) = &mut *guard;
+        if set.insert(id.to_owned()) {
+            order.push_back(id.to_owned());
+            if order.len() > Self::CAPACITY
+                && let Some(old) = order.pop_front()
+            {
+                set.remove(&old);
+            }
+        }
+    }
+
+    /// Whether `id` was refused before (and forgets it).
+    fn take(&self, id: &str) -> bool {
+        match self.ids.lock() {
+            Ok(mut guard) if !guard.0.is_empty() => {
+                let (set, order) = &mut *guard;
+                let found = set.remove(id);
+                if found {
+                    order.retain(|o| o != id);
+                }
+                found
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What one subscription's streams share: how many messages may be in flight at once, and the
+/// messages refused lately.
+struct Flow {
+    concurrency: usize,
+    refused: Arc<Refused>,
+}
+
 /// Why a stream ended.
 enum Ended {
     Stop,
@@ -98,6 +146,10 @@ async fn run(d: Arc<Deliverer>, sub: Arc<Subscription>) {
         .and_then(|c| c.parse::<usize>().ok())
         .filter(|c| *c > 0)
         .unwrap_or(d.concurrency);
+    let flow = Flow {
+        concurrency,
+        refused: Arc::new(Refused::default()),
+    };
     loop {
         // Wait for a ready instance of the component.
         let entry = loop {
@@ -133,16 +185,7 @@ async fn run(d: Arc<Deliverer>, sub: Arc<Subscription>) {
         let ended = match entry.pubsub.pull(topic).await {
             Ok(stream) => {
                 tracing::info!(socket = %entry.pubsub.connection().socket().display(), concurrency, "subscribed");
-                consume(
-                    &d,
-                    &sub,
-                    &entry,
-                    stream,
-                    concurrency,
-                    &mut backoff,
-                    &mut changes,
-                )
-                .await
+                consume(&d, &sub, &entry, stream, &flow, &mut backoff, &mut changes).await
             }
             Err(e) => Ended::Broken(e.to_string()),
         };
@@ -175,17 +218,17 @@ async fn pause(entry: &PubSubEntry) {
     }
 }
 
-/// Reads messages until the stream ends or plugd stops; at most `concurrency` in flight.
+/// Reads messages until the stream ends or plugd stops; at most `flow.concurrency` in flight.
 async fn consume(
     d: &Arc<Deliverer>,
     sub: &Arc<Subscription>,
     entry: &Arc<PubSubEntry>,
     mut stream: MessageStream,
-    concurrency: usize,
+    flow: &Flow,
     backoff: &mut Duration,
     changes: &mut tokio::sync::watch::Receiver<u64>,
 ) -> Ended {
-    let slots = Arc::new(Semaphore::new(concurrency));
+    let slots = Arc::new(Semaphore::new(flow.concurrency));
     let mut registry_open = true;
     loop {
         let next = tokio::select! {
@@ -223,9 +266,10 @@ async fn consume(
             },
         };
         let (d, sub, entry, acks) = (d.clone(), sub.clone(), entry.clone(), stream.acks.clone());
+        let refused = flow.refused.clone();
         tokio::spawn(
             async move {
-                handle(&d, &sub, &entry, &acks, message).await;
+                handle(&d, &sub, &entry, &acks, &refused, message).await;
                 drop(permit);
             }
             .in_current_span(),
@@ -239,10 +283,13 @@ async fn handle(
     sub: &Subscription,
     entry: &PubSubEntry,
     acks: &Acker,
+    refused: &Refused,
     message: pb::PullMessagesResponse,
 ) {
+    use crate::metrics::{PubSubEvent, pubsub as count};
     let id = message.id.clone();
-    let outcome = deliver(d, sub, &message).await;
+    let (pubsub, topic) = (sub.pubsub.as_str(), sub.topic.as_str());
+    let (outcome, event_id) = deliver(d, sub, refused, &message).await;
     // Shutting down: neither ack nor nack, so the component redelivers it (as daprd).
     if d.stop.is_cancelled() {
         return;
@@ -257,6 +304,7 @@ async fn handle(
             Some(dlq) => match dead_letter(entry, dlq, &message).await {
                 Ok(()) => {
                     tracing::warn!(message_id = %id, dead_letter_topic = %dlq, "event dropped to the dead-letter topic: {why}");
+                    count(PubSubEvent::DeadLettered, pubsub, topic);
                     None
                 }
                 Err(e) => {
@@ -266,11 +314,26 @@ async fn handle(
             },
             None => {
                 tracing::warn!(message_id = %id, "event dropped: {why}");
+                count(PubSubEvent::Dropped, pubsub, topic);
                 None
             }
         },
     };
-    if !acks.ack(id, error).await {
+    let nack = error.is_some();
+    if nack && let Some(event_id) = &event_id {
+        refused.insert(event_id);
+    }
+    if acks.ack(id, error).await {
+        count(
+            if nack {
+                PubSubEvent::Nacked
+            } else {
+                PubSubEvent::Acked
+            },
+            pubsub,
+            topic,
+        );
+    } else {
         tracing::debug!("the stream ended before the ack could be sent; the component redelivers");
     }
 }
@@ -298,7 +361,13 @@ async fn dead_letter(
         .map_err(|e| e.to_string())
 }
 
-async fn deliver(d: &Deliverer, sub: &Subscription, message: &pb::PullMessagesResponse) -> Outcome {
+/// Hands one message to the app; also returns the CloudEvent's id, when it has one.
+async fn deliver(
+    d: &Deliverer,
+    sub: &Subscription,
+    refused: &Refused,
+    message: &pb::PullMessagesResponse,
+) -> (Outcome, Option<String>) {
     let mut metadata: HashMap<String, String> = message.metadata.clone();
     metadata.insert("content-type".into(), message.content_type.clone());
     metadata.insert("pubsubName".into(), sub.pubsub.clone());
@@ -316,23 +385,44 @@ async fn deliver(d: &Deliverer, sub: &Subscription, message: &pb::PullMessagesRe
     ) {
         Ok(e) => e,
         // Retrying cannot make it readable: drop it (to the dead-letter topic, if any).
-        Err(e) => return Outcome::Drop(format!("the message is not a CloudEvent: {e}")),
+        Err(e) => {
+            return (
+                Outcome::Drop(format!("the message is not a CloudEvent: {e}")),
+                None,
+            );
+        }
     };
+    // The CloudEvent id stays the same across redeliveries (the stream's message id does not).
+    let event_id = event.str("id").filter(|i| !i.is_empty());
+    if event_id.as_deref().is_some_and(|i| refused.take(i)) {
+        crate::metrics::pubsub(
+            crate::metrics::PubSubEvent::Redelivered,
+            &sub.pubsub,
+            &sub.topic,
+        );
+    }
     if event.expired(SystemTime::now()) {
-        return Outcome::Drop("the event has expired".into());
+        return (Outcome::Drop("the event has expired".into()), event_id);
     }
     let Some(path) = sub.route(&event) else {
         tracing::debug!(event_id = ?event.str("id"), "no routing rule matches; event skipped");
-        return Outcome::Success;
+        return (Outcome::Success, event_id);
     };
     let _global = match &d.app_limit {
         Some(limit) => match limit.clone().acquire_owned().await {
             Ok(p) => Some(p),
-            Err(_) => return Outcome::Retry("plugd is stopping".into()),
+            Err(_) => return (Outcome::Retry("plugd is stopping".into()), event_id),
         },
         None => None,
     };
-    d.app
+    crate::metrics::pubsub(
+        crate::metrics::PubSubEvent::Delivered,
+        &sub.pubsub,
+        &sub.topic,
+    );
+    let started = Instant::now();
+    let outcome = d
+        .app
         .topic_event(TopicDelivery {
             event: &event,
             pubsub: &sub.pubsub,
@@ -340,5 +430,28 @@ async fn deliver(d: &Deliverer, sub: &Subscription, message: &pb::PullMessagesRe
             path,
             metadata: &metadata,
         })
-        .await
+        .await;
+    crate::metrics::pubsub_delivery_time(&sub.pubsub, &sub.topic, started.elapsed());
+    (outcome, event_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Refused;
+
+    #[test]
+    fn refused_ids_are_taken_once_and_bounded() {
+        let refused = Refused::default();
+        refused.insert("a");
+        refused.insert("a");
+        assert!(refused.take("a"));
+        assert!(!refused.take("a"), "taken once");
+        for i in 0..Refused::CAPACITY + 10 {
+            refused.insert(&i.to_string());
+        }
+        assert!(!refused.take("0"), "the oldest ids are forgotten");
+        assert!(refused.take(&(Refused::CAPACITY + 9).to_string()));
+        let guard = refused.ids.lock().expect("lock");
+        assert!(guard.0.len() <= Refused::CAPACITY && guard.1.len() <= Refused::CAPACITY);
+    }
 }
