@@ -162,7 +162,7 @@ fn yaml_loader_never_panics_on_arbitrary_input() {
                 bytes
             }),
     ];
-    check("arbitrary bytes", runner(400), input, |bytes| {
+    check("arbitrary bytes", runner(800), input, |bytes| {
         std::fs::write(&file, &bytes).expect("write input");
         let (docs, problems) = manifest::read_documents(&[dir.path().to_path_buf()]);
         load_all(&docs, &problems, &file);
@@ -244,7 +244,7 @@ fn yaml_loader_never_panics_on_arbitrary_structures() {
         prop_oneof![3 => resource_document(), 1 => yaml_value()],
         1..4,
     );
-    check("arbitrary structures", runner(300), docs, |values| {
+    check("arbitrary structures", runner(600), docs, |values| {
         let docs: Vec<SourceDocument> = values
             .iter()
             .enumerate()
@@ -497,7 +497,7 @@ fn generated_component() -> impl Strategy<Value = Generated> {
 #[test]
 fn valid_components_round_trip() {
     let file = PathBuf::from("/resources/generated.yaml");
-    check("round trip", runner(300), generated_component(), |g| {
+    check("round trip", runner(800), generated_component(), |g| {
         let text = g.yaml();
         let (mut docs, mut problems) = (Vec::new(), Vec::new());
         manifest::parse_documents(&file, &text, &mut docs, &mut problems);
@@ -754,6 +754,10 @@ struct HttpInput {
 }
 
 fn http_input() -> impl Strategy<Value = HttpInput> {
+    prop_oneof![random_input(), structured_input()]
+}
+
+fn random_input() -> impl Strategy<Value = HttpInput> {
     let method = prop_oneof![
         4 => proptest::sample::select(&["GET", "POST", "PUT", "DELETE"][..]).prop_map(str::to_string),
         1 => proptest::sample::select(&["PATCH", "HEAD", "OPTIONS", "TRACE"][..]).prop_map(str::to_string),
@@ -767,6 +771,146 @@ fn http_input() -> impl Strategy<Value = HttpInput> {
             headers,
             body,
         }
+    })
+}
+
+/// A key: a usual one, or anything that fits a path segment once encoded.
+fn key_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => proptest::sample::select(&["k1", "k2", "a||b", "", "bulk", "transaction", "x y", "ü"][..])
+            .prop_map(str::to_string),
+        1 => "\\PC{0,10}",
+    ]
+}
+
+/// Requests shaped like the ones each route takes, with odd values inside: they reach the
+/// components, where random bytes mostly stop at the first check.
+fn structured_input() -> impl Strategy<Value = HttpInput> {
+    use serde_json::{Value as J, json};
+    let item = (
+        key_text(),
+        json_value(),
+        proptest::option::of(json_value()),
+        proptest::option::of(json_value()),
+    )
+        .prop_map(|(key, value, etag, metadata)| {
+            let mut o = json!({"key": key, "value": value});
+            if let Some(e) = etag {
+                o["etag"] = e;
+            }
+            if let Some(m) = metadata {
+                o["metadata"] = m;
+            }
+            o
+        })
+        .boxed();
+    let op = proptest::sample::select(&["create", "get", "list", "delete", "explode", ""][..]);
+    let tx_op = proptest::sample::select(&["upsert", "delete", "merge"][..]);
+    let request = |method: &str, path: String, body: J| HttpInput {
+        method: method.into(),
+        path,
+        query: None,
+        headers: Vec::new(),
+        body: serde_json::to_vec(&body).unwrap_or_default(),
+    };
+    prop_oneof![
+        proptest::collection::vec(item.clone(), 0..4).prop_map(move |items| request(
+            "POST",
+            "/v1.0/state/statestore".into(),
+            J::Array(items)
+        )),
+        key_text().prop_map(move |k| request(
+            "GET",
+            format!("/v1.0/state/statestore/{}", percent_encode(k.as_bytes())),
+            J::Null
+        )),
+        (key_text(), proptest::option::of("\\PC{0,8}")).prop_map(move |(k, etag)| {
+            let mut r = request(
+                "DELETE",
+                format!("/v1.0/state/statestore/{}", percent_encode(k.as_bytes())),
+                J::Null,
+            );
+            r.body.clear();
+            if let Some(e) = etag {
+                r.headers.push(("if-match".into(), e.into_bytes()));
+            }
+            r
+        }),
+        proptest::collection::vec(key_text(), 0..4).prop_map(move |keys| request(
+            "POST",
+            "/v1.0/state/statestore/bulk".into(),
+            json!({"keys": keys})
+        )),
+        proptest::collection::vec((tx_op, item), 0..4).prop_map(move |ops| {
+            let ops: Vec<J> = ops
+                .into_iter()
+                .map(|(o, r)| json!({"operation": o, "request": r}))
+                .collect();
+            request(
+                "POST",
+                "/v1.0/state/statestore/transaction".into(),
+                json!({"operations": ops}),
+            )
+        }),
+        (
+            key_text(),
+            proptest::collection::vec(any::<u8>(), 0..64),
+            proptest::option::of(proptest::sample::select(
+                &[
+                    "application/json",
+                    "application/cloudevents+json",
+                    "application/octet-stream",
+                    "text/plain",
+                ][..]
+            ))
+        )
+            .prop_map(move |(topic, body, ct)| HttpInput {
+                method: "POST".into(),
+                path: format!("/v1.0/publish/pubsub/{}", percent_encode(topic.as_bytes())),
+                query: Some("metadata.rawPayload=true".into()).filter(|_| body.len() % 2 == 0),
+                headers: ct
+                    .map(|c| ("content-type".to_string(), c.as_bytes().to_vec()))
+                    .into_iter()
+                    .collect(),
+                body,
+            }),
+        proptest::collection::vec(
+            (
+                key_text(),
+                json_value(),
+                proptest::option::of("[a-z/+-]{0,24}")
+            ),
+            0..4
+        )
+        .prop_map(move |entries| {
+            let entries: Vec<J> = entries
+                .into_iter()
+                .map(|(id, event, ct)| json!({"entryId": id, "event": event, "contentType": ct}))
+                .collect();
+            request(
+                "POST",
+                "/v1.0-alpha1/publish/bulk/pubsub/orders".into(),
+                J::Array(entries),
+            )
+        }),
+        (op, json_value(), key_text()).prop_map(move |(op, data, file)| {
+            request(
+                "POST",
+                "/v1.0/bindings/files".into(),
+                json!({"operation": op, "data": data, "metadata": {"fileName": file}}),
+            )
+        }),
+        key_text().prop_map(move |k| request(
+            "GET",
+            format!("/v1.0/secrets/secrets/{}", percent_encode(k.as_bytes())),
+            J::Null
+        )),
+    ]
+    .prop_map(|mut r| {
+        if r.method == "GET" {
+            r.body.clear();
+        }
+        r
     })
 }
 
@@ -848,10 +992,17 @@ fn http_requests_always_get_success_or_a_dapr_error() {
     let service = tower::util::MapRequestLayer::new(plugd::api::gate::collapse_slashes)
         .layer(tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash().layer(router));
 
-    check("HTTP requests", runner(300), http_input(), |input| {
+    // How many generated inputs formed a request, and how many of those succeeded: a generator
+    // that never reaches the handlers would pass without testing anything.
+    let formed = std::sync::atomic::AtomicUsize::new(0);
+    let succeeded = std::sync::atomic::AtomicUsize::new(0);
+    let runner = runner(1000);
+    let cases = runner.config().cases as usize;
+    check("HTTP requests", runner, http_input(), |input| {
         let Some(request) = input.request() else {
             return Ok(());
         };
+        formed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let head = input.method == "HEAD";
         let (status, content_type, body) = rt.block_on(async {
             let response =
@@ -870,6 +1021,7 @@ fn http_requests_always_get_success_or_a_dapr_error() {
             Ok::<_, TestCaseError>((status, content_type, body))
         })?;
         if status.is_success() {
+            succeeded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if status == http::StatusCode::NO_CONTENT {
                 prop_assert!(body.is_empty(), "204 with a body: {body:?}");
             }
@@ -904,6 +1056,15 @@ fn http_requests_always_get_success_or_a_dapr_error() {
         );
         Ok(())
     });
+
+    let (formed, succeeded) = (formed.into_inner(), succeeded.into_inner());
+    eprintln!("{cases} cases: {formed} formed a request, {succeeded} of them succeeded");
+    if cases >= 100 {
+        assert!(
+            formed * 2 >= cases && succeeded > 0,
+            "the generator hardly reaches plugd: {formed} requests of {cases} cases, {succeeded} successes"
+        );
+    }
 
     // Still serving after all of it.
     rt.block_on(async {
