@@ -14,8 +14,10 @@ mod support;
 
 use std::{
     collections::{BTreeMap, HashMap},
+    ffi::OsString,
     io::{BufRead, BufReader},
     net::SocketAddr,
+    os::unix::ffi::OsStringExt,
     path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
     sync::{Arc, Mutex},
@@ -60,7 +62,7 @@ enum Outcome {
 struct YamlCase {
     name: String,
     /// (file name, contents) written into the resources folder.
-    files: Vec<(String, Vec<u8>)>,
+    files: Vec<(OsString, Vec<u8>)>,
     start: Outcome,
     reload: Outcome,
     /// Text in the log, at start and at reload (`{dir}` = the resources folder).
@@ -70,7 +72,7 @@ struct YamlCase {
 }
 
 impl YamlCase {
-    fn parse(name: &str, files: Vec<(String, Vec<u8>)>, spec: &str) -> Self {
+    fn parse(name: &str, files: Vec<(OsString, Vec<u8>)>, spec: &str) -> Self {
         let mut case = Self {
             name: name.to_string(),
             files,
@@ -113,8 +115,12 @@ impl YamlCase {
         case
     }
 
-    fn file_names(&self) -> Vec<&str> {
-        self.files.iter().map(|(n, _)| n.as_str()).collect()
+    /// The file names as plugd's messages show them (not UTF-8: lossily).
+    fn file_names(&self) -> Vec<String> {
+        self.files
+            .iter()
+            .map(|(n, _)| n.to_string_lossy().into_owned())
+            .collect()
     }
 
     fn write(&self, resources: &Path) {
@@ -150,19 +156,19 @@ fn yaml_cases() -> Vec<YamlCase> {
             .expect("case name")
             .to_string();
         let files = if path.is_dir() {
-            let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&path)
+            let mut files: Vec<(OsString, Vec<u8>)> = std::fs::read_dir(&path)
                 .expect("case folder")
                 .map(|e| {
                     let p = e.expect("case file").path();
-                    let file = p.file_name().and_then(|n| n.to_str()).expect("name");
-                    (file.to_string(), std::fs::read(&p).expect("read case file"))
+                    let file = p.file_name().expect("name").to_owned();
+                    (file, std::fs::read(&p).expect("read case file"))
                 })
                 .collect();
             files.sort();
             files
         } else {
-            let file = path.file_name().and_then(|n| n.to_str()).expect("name");
-            vec![(file.to_string(), std::fs::read(&path).expect("read case"))]
+            let file = path.file_name().expect("name").to_owned();
+            vec![(file, std::fs::read(&path).expect("read case"))]
         };
         let spec = std::fs::read_to_string(dir.join(format!("{name}.expect")))
             .unwrap_or_else(|e| panic!("{name}: no {name}.expect beside it: {e}"));
@@ -177,9 +183,20 @@ fn yaml_cases() -> Vec<YamlCase> {
     );
     cases.push(YamlCase::parse(
         "huge-file",
-        vec![("huge-file.yaml".into(), huge)],
+        vec![(OsString::from("huge-file.yaml"), huge)],
         "outcome: rejected\n\
          expect: {dir}/huge-file.yaml: component -: file is larger than 16 MiB, the limit for a resource file",
+    ));
+    // A file name that is not UTF-8 (not kept in the repository: not every checkout can hold
+    // it): named lossily, its problems reported as for any file.
+    cases.push(YamlCase::parse(
+        "file-name-not-utf8",
+        vec![(
+            OsString::from_vec(b"name-\xff\xfe.yaml".to_vec()),
+            b"apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: oddfile\nspec:\n  type: queue.thing\n".to_vec(),
+        )],
+        "outcome: rejected\n\
+         expect: {dir}/name-\u{fffd}\u{fffd}.yaml: component oddfile: field spec.type: unknown category",
     ));
     cases
 }
