@@ -510,6 +510,47 @@ fn valid_components_round_trip() {
     });
 }
 
+/// Routing-rule `match` expressions (Subscription resources, `ListTopicSubscriptions`) made of
+/// the subset's tokens and anything else: parsing never panics, and a parsed rule evaluated
+/// against an arbitrary broker message (read as plugd reads one) never panics either.
+#[test]
+fn match_expressions_never_panic() {
+    use plugd::pubsub::{cloudevents::Event, subscription::Matcher};
+    let token = prop_oneof![
+        3 => proptest::sample::select(&[
+            "event.", "event.type", "event.data.", "data", "a", "b.c", "id", "source", " == ",
+            " != ", " && ", "||", "\"", "'", "\\", "\"x\"", "'y'", "1", "-2.5e3", "true", "null",
+            "(", ")", "!", "has(", "ü", " ", ".", "==", "&", "=",
+        ][..]).prop_map(str::to_string),
+        1 => "\\PC{0,6}",
+    ];
+    let expression = proptest::collection::vec(token, 0..12).prop_map(|t| t.concat());
+    let message = prop_oneof![
+        json_value().prop_map(|v| serde_json::to_vec(&v).unwrap_or_default()),
+        json_value().prop_map(|data| {
+            serde_json::to_vec(&serde_json::json!({
+                "id": "1", "specversion": "1.0", "type": "t", "source": "s", "data": data,
+            }))
+            .unwrap_or_default()
+        }),
+        proptest::collection::vec(any::<u8>(), 0..64),
+    ];
+    check(
+        "match expressions",
+        runner(800),
+        (expression, message, any::<bool>()),
+        |(expression, message, raw)| {
+            if let (Ok(m), Ok(event)) = (
+                Matcher::parse(&expression),
+                Event::read(&message, raw, "orders", "pubsub", &Default::default()),
+            ) {
+                let _ = m.matches(&event);
+            }
+            Ok(())
+        },
+    );
+}
+
 // =============================================================================================
 // HTTP request handling
 
