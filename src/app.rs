@@ -63,21 +63,19 @@ impl App {
         }
         let started = Instant::now();
         let (docs, mut problems) = manifest::read_documents(&config.resources_paths);
-        let loaded = match manifest::validate(&docs, &config.app_id, config.namespace.as_deref()) {
-            Ok(loaded) if problems.is_empty() => loaded,
-            Ok(_) => return Err(manifest::Problems(problems).into()),
-            Err(manifest::Problems(more)) => {
-                problems.extend(more);
-                return Err(manifest::Problems(problems).into());
-            }
-        };
-        let subscriptions = match crate::pubsub::subscription::declarative(&docs, &config.app_id) {
-            Ok(subs) if problems.is_empty() => subs,
-            Ok(_) => return Err(manifest::Problems(problems).into()),
-            Err(more) => {
-                problems.extend(more);
-                return Err(manifest::Problems(problems).into());
-            }
+        // Components and Subscriptions are both checked, so every problem is reported at once.
+        let components = manifest::validate(&docs, &config.app_id, config.namespace.as_deref());
+        let subscriptions = crate::pubsub::subscription::declarative(&docs, &config.app_id);
+        if let Err(manifest::Problems(more)) = &components {
+            problems.extend(more.iter().cloned());
+        }
+        if let Err(more) = &subscriptions {
+            problems.extend(more.iter().cloned());
+        }
+        let (Ok(loaded), Ok(subscriptions), true) =
+            (components, subscriptions, problems.is_empty())
+        else {
+            return Err(manifest::Problems(problems).into());
         };
         for (file, name, why) in &loaded.skipped {
             tracing::info!(component = %name, file = %file.display(), "component skipped: {why}");

@@ -9,8 +9,8 @@ use std::{collections::HashMap, sync::Arc};
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, Path, Query, State},
-    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
+    extract::{DefaultBodyLimit, FromRequestParts, State},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
     routing::{get, post, put},
 };
@@ -48,6 +48,50 @@ struct Ctx {
 }
 
 type Params = Query<Vec<(String, String)>>;
+
+/// axum's `Path`, refusing as Dapr does: a path parameter that cannot be decoded (not UTF-8
+/// once percent-decoded) is a 400 `ERR_MALFORMED_REQUEST` JSON error, not axum's plain text.
+struct Path<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Self(v)),
+            Err(e) => Err(ApiError::malformed(format!(
+                "invalid request path {}: {}",
+                parts.uri.path(),
+                e.body_text()
+            ))),
+        }
+    }
+}
+
+/// axum's `Query`, with its rejection as a 400 `ERR_MALFORMED_REQUEST` JSON error.
+struct Query<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Self(v)),
+            Err(e) => Err(ApiError::malformed(format!(
+                "invalid query string: {}",
+                e.body_text()
+            ))),
+        }
+    }
+}
+
+impl<T> std::ops::Deref for Query<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
 
 /// The HTTP API router.
 pub fn router(
@@ -107,6 +151,7 @@ pub fn router(
         .route("/v1.0/secrets/{store}/{key}", get(get_secret))
         .route_layer(axum::middleware::from_fn(crate::metrics::route_template))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             api_token,
@@ -118,6 +163,16 @@ pub fn router(
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
     super::gate::http_unserved(uri.path()).unwrap_or_else(|| not_found_path(uri.path()))
+}
+
+/// A known path with a method it does not take: Dapr's JSON error rather than an empty 405.
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::plain(
+        Code::Unimplemented,
+        405,
+        "ERR_METHOD_NOT_ALLOWED",
+        format!("method {method} is not allowed for {}", uri.path()),
+    )
 }
 
 fn not_found_path(path: &str) -> ApiError {

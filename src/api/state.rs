@@ -101,6 +101,15 @@ impl StateApi {
         Ok(entry.key_prefix.apply(key))
     }
 
+    /// The key of a write: as [`Self::key`], and never empty (a write to the empty key would
+    /// land on the bare prefix, `<app id>||`).
+    fn write_key(entry: &StateEntry, key: &str) -> Result<String, ApiError> {
+        if key.is_empty() {
+            return Err(ApiError::malformed("state key cannot be empty"));
+        }
+        Self::key(entry, key)
+    }
+
     pub async fn get(
         &self,
         store: &str,
@@ -188,7 +197,7 @@ impl StateApi {
             .cloned()
             .unwrap_or_default();
         Ok(pb::SetRequest {
-            key: Self::key(entry, &item.key)?,
+            key: Self::write_key(entry, &item.key)?,
             value: item.value,
             etag: item.etag.map(|e| pb::Etag { value: e.value }),
             metadata: item.metadata,
@@ -202,7 +211,7 @@ impl StateApi {
         item: common::StateItem,
     ) -> Result<pb::DeleteRequest, ApiError> {
         Ok(pb::DeleteRequest {
-            key: Self::key(entry, &item.key)?,
+            key: Self::write_key(entry, &item.key)?,
             etag: item.etag.map(|e| pb::Etag { value: e.value }),
             metadata: item.metadata,
             options: Some(options(item.options)),

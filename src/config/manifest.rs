@@ -212,18 +212,46 @@ pub fn read_documents(paths: &[PathBuf]) -> (Vec<SourceDocument>, Vec<Problem>) 
         }
         files.sort();
         for file in files {
-            match std::fs::read_to_string(&file) {
+            match read_text(&file) {
                 Ok(text) => parse_documents(&file, &text, &mut docs, &mut problems),
-                Err(e) => problems.push(Problem {
+                Err(message) => problems.push(Problem {
                     file: file.clone(),
                     component: "-".into(),
                     field: String::new(),
-                    message: format!("cannot read file: {e}"),
+                    message,
                 }),
             }
         }
     }
     (docs, problems)
+}
+
+/// The largest resource file plugd reads. Kubernetes keeps a resource under about 1.5 MiB; a
+/// file far larger than that is a mistake (a log or a dump in the resources folder), and
+/// reading it whole would cost that much memory.
+pub const MAX_RESOURCE_FILE: u64 = 16 * 1024 * 1024;
+
+/// A resource file's text, or why it cannot be read: unreadable, over
+/// [`MAX_RESOURCE_FILE`], or not UTF-8 (naming the line of the first bad byte).
+fn read_text(file: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let f = std::fs::File::open(file).map_err(|e| format!("cannot read file: {e}"))?;
+    let mut bytes = Vec::new();
+    // Read one byte past the limit, so a file that grows while it is read is caught too.
+    f.take(MAX_RESOURCE_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read file: {e}"))?;
+    if bytes.len() as u64 > MAX_RESOURCE_FILE {
+        return Err(format!(
+            "file is larger than {} MiB, the limit for a resource file",
+            MAX_RESOURCE_FILE / (1024 * 1024)
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|b| **b == b'\n').count() + 1;
+        format!("file is not valid UTF-8: invalid byte at line {line} (byte offset {at})")
+    })
 }
 
 /// Splits one file's text into YAML documents.
@@ -489,10 +517,26 @@ fn validate_component(
         .and_then(|m| m.get("namespace"))
         .and_then(Value::as_str)
         .map(str::to_string);
-    let Some(spec) = v.get("spec") else {
-        problems.push(problem(doc, label, "spec", "is required".into()));
-        return None;
+    let spec = match v.get("spec") {
+        None | Some(Value::Null) => {
+            problems.push(problem(doc, label, "spec", "is required".into()));
+            return None;
+        }
+        Some(spec @ Value::Mapping(_)) => spec,
+        Some(other) => {
+            problems.push(problem(
+                doc,
+                label,
+                "spec",
+                format!(
+                    "must be a mapping with type, version and metadata, found {}",
+                    type_of(other)
+                ),
+            ));
+            return None;
+        }
     };
+    warn_unknown_fields(doc, label, v, spec);
 
     let ty = match spec.get("type") {
         Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_ascii_lowercase()),
@@ -665,6 +709,72 @@ fn validate_component(
         secret_store,
         scopes,
     }))
+}
+
+/// The fields of a Component plugd reads or knows to be harmless, per level.
+const KNOWN_TOP_LEVEL: [&str; 7] = [
+    "apiVersion",
+    "kind",
+    "metadata",
+    "spec",
+    "auth",
+    "scopes",
+    "status",
+];
+const KNOWN_SPEC: [&str; 5] = ["type", "version", "ignoreErrors", "initTimeout", "metadata"];
+const KNOWN_METADATA_ITEM: [&str; 4] = ["name", "value", "secretKeyRef", "envRef"];
+
+/// Fields plugd does not know are ignored, as Dapr ignores them, but a misspelt one (say
+/// `spec.metdata`) silently changes what a component gets: each is named in a warning.
+fn warn_unknown_fields(doc: &SourceDocument, label: &str, v: &Value, spec: &Value) {
+    let unknown = |map: &Value, known: &[&str], prefix: &str| -> Vec<String> {
+        map.as_mapping()
+            .map(|m| {
+                m.keys()
+                    .map(scalar_to_string)
+                    .filter(|k| !known.contains(&k.as_str()))
+                    .map(|k| format!("{prefix}{k}"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut fields = unknown(v, &KNOWN_TOP_LEVEL, "");
+    fields.extend(unknown(spec, &KNOWN_SPEC, "spec."));
+    if let Some(items) = spec.get("metadata").and_then(Value::as_sequence) {
+        for (i, item) in items.iter().enumerate() {
+            let at = match item.get("name").and_then(Value::as_str) {
+                Some(name) if !name.is_empty() => name.to_string(),
+                _ => i.to_string(),
+            };
+            fields.extend(unknown(
+                item,
+                &KNOWN_METADATA_ITEM,
+                &format!("spec.metadata[{at}]."),
+            ));
+        }
+    }
+    for field in fields {
+        tracing::warn!(
+            file = %doc.file.display(),
+            component = label,
+            field = %field,
+            "unknown field {field} in component {label} ({}); it is ignored",
+            doc.file.display()
+        );
+    }
+}
+
+/// What kind of YAML value `v` is, for messages.
+fn type_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
 }
 
 fn parse_metadata(
