@@ -173,6 +173,26 @@ pub struct Args {
     )]
     pub subscription_concurrency: usize,
 
+    /// Largest request body (HTTP) and request message (gRPC) the APIs accept: bytes, or a
+    /// quantity such as `4Mi`, `16Mi`, `1Gi` (as daprd takes it). Larger requests are answered
+    /// HTTP 413 / gRPC RESOURCE_EXHAUSTED. Default 4Mi.
+    #[arg(long = "max-body-size", env = "PLUGD_MAX_BODY_SIZE",
+          value_parser = crate::limits::parse_size)]
+    pub max_body_size: Option<usize>,
+
+    /// daprd's deprecated spelling of --max-body-size, in MB; --max-body-size wins.
+    #[arg(long = "dapr-http-max-request-size", hide = true)]
+    pub dapr_http_max_request_size: Option<usize>,
+
+    /// Component sockets must be served by one of these uids (comma-separated), checked with
+    /// the socket's peer credentials; others are refused. Empty: any uid.
+    #[arg(
+        long = "allowed-component-uids",
+        env = "PLUGD_ALLOWED_COMPONENT_UIDS",
+        value_delimiter = ','
+    )]
+    pub allowed_component_uids: Vec<u32>,
+
     /// Bound on each call to the app (delivering one event, listing subscriptions).
     #[arg(long = "app-call-timeout", env = "PLUGD_APP_CALL_TIMEOUT", default_value = "60s",
           value_parser = humantime::parse_duration)]
@@ -276,7 +296,6 @@ pub const IGNORED_DAPRD_FLAGS: &[(&str, bool)] = &[
     ("control-plane-address", true),
     ("control-plane-trust-domain", true),
     ("dapr-block-shutdown-duration", true),
-    ("dapr-http-max-request-size", true),
     ("dapr-http-read-buffer-size", true),
     ("dapr-internal-grpc-listen-address", true),
     ("dapr-internal-grpc-port", true),
@@ -288,7 +307,6 @@ pub const IGNORED_DAPRD_FLAGS: &[(&str, bool)] = &[
     ("enable-mtls", false),
     ("enable-profiling", false),
     ("kubeconfig", true),
-    ("max-body-size", true),
     ("metrics-listen-address", true),
     ("mode", true),
     ("placement-host-address", true),

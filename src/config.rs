@@ -52,6 +52,10 @@ pub struct Config {
     /// Every API call must carry it as `dapr-api-token` (`DAPR_API_TOKEN`), except the health
     /// endpoints.
     pub api_token: Option<String>,
+    /// Largest HTTP request body / gRPC request message the APIs accept, in bytes.
+    pub max_body_size: usize,
+    /// Uids allowed to serve component sockets; empty: any.
+    pub allowed_component_uids: Vec<u32>,
 }
 
 /// How plugd reaches the app.
@@ -156,6 +160,19 @@ impl Config {
                 reason: "must be at least 1".into(),
             });
         }
+        let max_body_size = match (args.max_body_size, args.dapr_http_max_request_size) {
+            (Some(bytes), _) => bytes,
+            (None, Some(mb)) => {
+                mb.checked_mul(1 << 20)
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| ConfigError {
+                        flag: "--dapr-http-max-request-size",
+                        value: mb.to_string(),
+                        reason: "must be a number of MB, more than 0".into(),
+                    })?
+            }
+            (None, None) => crate::limits::DEFAULT_MAX_BODY_SIZE,
+        };
         let sockets_folder = args
             .sockets_folder
             .unwrap_or_else(|| sockets_folder_from_env(|k| std::env::var(k).ok()));
@@ -192,6 +209,8 @@ impl Config {
             api_token: std::env::var("DAPR_API_TOKEN")
                 .ok()
                 .filter(|t| !t.is_empty()),
+            max_body_size,
+            allowed_component_uids: args.allowed_component_uids,
         })
     }
 
@@ -218,6 +237,8 @@ impl Config {
             app: None,
             subscription_concurrency: 1,
             api_token: None,
+            max_body_size: crate::limits::DEFAULT_MAX_BODY_SIZE,
+            allowed_component_uids: Vec::new(),
         }
     }
 }

@@ -33,9 +33,6 @@ use crate::{
     registry::Registry,
 };
 
-/// Dapr's default request body limit.
-pub const MAX_BODY: usize = 4 * 1024 * 1024;
-
 #[derive(Clone)]
 struct Ctx {
     state: StateApi,
@@ -55,6 +52,7 @@ pub fn router(
     app_id: String,
     shutdown: CancellationToken,
     api_token: Option<Arc<str>>,
+    max_body: usize,
 ) -> Router {
     let ctx = Ctx {
         state: StateApi::new(registry.clone(), app_id.clone()),
@@ -106,7 +104,11 @@ pub fn router(
         // Dapr.
         .route("/v1.0/secrets/{store}/{key}", get(get_secret))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            max_body,
+            crate::limits::http_body_limit,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             api_token,
             super::gate::http_token,

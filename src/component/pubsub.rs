@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{ComponentError, Connection, forward_stream};
+use super::{ComponentError, Connection, Limited, forward_stream};
 use crate::proto::components::{self as pb, pub_sub_client::PubSubClient};
 
 /// The feature a pub/sub component reports when it implements `BulkPublish`.
@@ -76,7 +76,7 @@ impl GrpcPubSub {
             metadata: Some(pb::MetadataRequest { properties }),
         };
         conn.call_with_timeout("Init", left(), req, |ch, r| async move {
-            PubSubClient::new(ch).init(r).await
+            PubSubClient::new(ch).limited(&r).init(r).await
         })
         .await?;
         let features = conn
@@ -84,7 +84,7 @@ impl GrpcPubSub {
                 "Features",
                 left(),
                 pb::FeaturesRequest {},
-                |ch, r| async move { PubSubClient::new(ch).features(r).await },
+                |ch, r| async move { PubSubClient::new(ch).limited(&r).features(r).await },
             )
             .await?
             .features;
@@ -97,7 +97,7 @@ impl PubSub for GrpcPubSub {
     async fn publish(&self, req: pb::PublishRequest) -> Result<(), ComponentError> {
         self.conn
             .call("Publish", req, |ch, r| async move {
-                PubSubClient::new(ch).publish(r).await
+                PubSubClient::new(ch).limited(&r).publish(r).await
             })
             .await?;
         Ok(())
@@ -109,7 +109,7 @@ impl PubSub for GrpcPubSub {
     ) -> Result<pb::BulkPublishResponse, ComponentError> {
         self.conn
             .call("BulkPublish", req, |ch, r| async move {
-                PubSubClient::new(ch).bulk_publish(r).await
+                PubSubClient::new(ch).limited(&r).bulk_publish(r).await
             })
             .await
     }
@@ -131,7 +131,7 @@ impl PubSub for GrpcPubSub {
             });
         }
         let req = self.conn.stream_request(ReceiverStream::new(rx));
-        let mut client = PubSubClient::new(self.conn.channel());
+        let mut client = PubSubClient::new(self.conn.channel()).limited(&req);
         // The stream is open as far as plugd is concerned once the first request is queued, as
         // in daprd.
         let messages = forward_stream(async move { client.pull_messages(req).await });
@@ -144,7 +144,7 @@ impl PubSub for GrpcPubSub {
     async fn pause(&self, timeout: Duration) -> Result<(), ComponentError> {
         self.conn
             .call_with_timeout("Pause", timeout, pb::PauseRequest {}, |ch, r| async move {
-                PubSubClient::new(ch).pause(r).await
+                PubSubClient::new(ch).limited(&r).pause(r).await
             })
             .await?;
         Ok(())
@@ -153,7 +153,7 @@ impl PubSub for GrpcPubSub {
     async fn ping(&self) -> Result<(), ComponentError> {
         self.conn
             .call("Ping", pb::PingRequest {}, |ch, r| async move {
-                PubSubClient::new(ch).ping(r).await
+                PubSubClient::new(ch).limited(&r).ping(r).await
             })
             .await?;
         Ok(())
