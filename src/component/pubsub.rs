@@ -42,20 +42,33 @@ pub struct MessageStream {
     pub acks: Acker,
 }
 
-/// Sends acks on one stream; cheap to clone. Sends are serialised by the channel.
+/// Sends acks on one stream; cheap to clone. Sends are serialised by the channel, and each is
+/// bounded by the component call timeout: a component that stops reading its acks cannot
+/// hold plugd's delivery tasks.
 #[derive(Clone)]
-pub struct Acker(mpsc::Sender<pb::PullMessagesRequest>);
+pub struct Acker {
+    tx: mpsc::Sender<pb::PullMessagesRequest>,
+    timeout: std::time::Duration,
+}
 
 impl Acker {
+    pub fn new(tx: mpsc::Sender<pb::PullMessagesRequest>, timeout: std::time::Duration) -> Self {
+        Self { tx, timeout }
+    }
+
     /// Acknowledges a message (`error` = `None`) or rejects it so the component redelivers it.
-    /// Returns false when the stream has ended (the component will redeliver anyway).
+    /// Returns false when the stream has ended or the ack could not be queued in time (the
+    /// component will redeliver anyway).
     pub async fn ack(&self, id: String, error: Option<String>) -> bool {
         let req = pb::PullMessagesRequest {
             topic: None,
             ack_message_id: id,
             ack_error: error.map(|message| pb::AckMessageError { message }),
         };
-        self.0.send(req).await.is_ok()
+        matches!(
+            tokio::time::timeout(self.timeout, self.tx.send(req)).await,
+            Ok(Ok(()))
+        )
     }
 }
 
@@ -137,7 +150,7 @@ impl PubSub for GrpcPubSub {
         let messages = forward_stream(async move { client.pull_messages(req).await });
         Ok(MessageStream {
             messages,
-            acks: Acker(tx),
+            acks: Acker::new(tx, self.conn.call_timeout()),
         })
     }
 
@@ -161,5 +174,27 @@ impl PubSub for GrpcPubSub {
 
     fn connection(&self) -> &Connection {
         &self.conn
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A component that stops reading its acks: once the queue is full, an ack gives up after
+    /// the call timeout instead of waiting for ever.
+    #[tokio::test]
+    async fn acks_to_a_component_that_stops_reading_give_up() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let acker = Acker::new(tx, std::time::Duration::from_millis(50));
+        assert!(acker.ack("1".into(), None).await, "room for one");
+        assert!(
+            !acker.ack("2".into(), None).await,
+            "full: bounded, then false"
+        );
+        assert_eq!(rx.recv().await.map(|r| r.ack_message_id), Some("1".into()));
+        assert!(acker.ack("3".into(), Some("retry".into())).await);
+        drop(rx);
+        assert!(!acker.ack("4".into(), None).await, "stream ended");
     }
 }
