@@ -189,9 +189,9 @@ pub struct Args {
     #[arg(
         long = "allowed-component-uids",
         env = "PLUGD_ALLOWED_COMPONENT_UIDS",
-        value_delimiter = ','
+        default_value = ""
     )]
-    pub allowed_component_uids: Vec<u32>,
+    pub allowed_component_uids: String,
 
     /// Bound on each call to the app (delivering one event, listing subscriptions).
     #[arg(long = "app-call-timeout", env = "PLUGD_APP_CALL_TIMEOUT", default_value = "60s",
@@ -497,6 +497,45 @@ mod tests {
         assert!(matches!(args.command, Some(Tool::Inspect(i)) if i.socket.is_some()));
         assert!(Args::try_parse_from(["plugd", "conformance", "--metadata", "novalue"]).is_err());
         assert!(Args::try_parse_from(["plugd", "--app-id", "x", "inspect"]).is_err());
+    }
+
+    #[test]
+    fn limits_and_security_flags_parse() {
+        let (out, warnings) = normalize(&[
+            "plugd",
+            "-max-body-size=16Mi",
+            "--allowed-component-uids",
+            "0, 1000",
+        ]);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let args = Args::try_parse_from(out).expect("parses");
+        assert_eq!(args.max_body_size, Some(16 << 20));
+        let config = crate::config::Config::from_args(args).expect("valid");
+        assert_eq!(config.max_body_size, 16 << 20);
+        assert_eq!(config.allowed_component_uids, [0, 1000]);
+
+        let args = Args::try_parse_from(["plugd", "--max-body-size", "4194304"]).expect("bytes");
+        assert_eq!(args.max_body_size, Some(4 << 20));
+        let err = Args::try_parse_from(["plugd", "--max-body-size", "4MB"]).expect_err("MB");
+        assert!(err.to_string().contains("--max-body-size"), "{err}");
+
+        // daprd's deprecated flag, in MB; the default; an empty uid list.
+        let args =
+            Args::try_parse_from(["plugd", "--dapr-http-max-request-size", "8"]).expect("parses");
+        let config = crate::config::Config::from_args(args).expect("valid");
+        assert_eq!(config.max_body_size, 8 << 20);
+        let config = crate::config::Config::from_args(Args::try_parse_from(["plugd"]).expect("p"))
+            .expect("valid");
+        assert_eq!(config.max_body_size, crate::limits::DEFAULT_MAX_BODY_SIZE);
+        assert!(config.allowed_component_uids.is_empty());
+
+        let args =
+            Args::try_parse_from(["plugd", "--allowed-component-uids", "0,root"]).expect("parses");
+        let err = crate::config::Config::from_args(args).expect_err("not a uid");
+        assert!(
+            err.to_string().contains("--allowed-component-uids")
+                && err.to_string().contains("root")
+        );
     }
 
     #[test]

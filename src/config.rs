@@ -173,6 +173,12 @@ impl Config {
             }
             (None, None) => crate::limits::DEFAULT_MAX_BODY_SIZE,
         };
+        let allowed_component_uids =
+            parse_uids(&args.allowed_component_uids).map_err(|reason| ConfigError {
+                flag: "--allowed-component-uids",
+                value: args.allowed_component_uids.clone(),
+                reason,
+            })?;
         let sockets_folder = args
             .sockets_folder
             .unwrap_or_else(|| sockets_folder_from_env(|k| std::env::var(k).ok()));
@@ -210,7 +216,7 @@ impl Config {
                 .ok()
                 .filter(|t| !t.is_empty()),
             max_body_size,
-            allowed_component_uids: args.allowed_component_uids,
+            allowed_component_uids,
         })
     }
 
@@ -266,6 +272,18 @@ pub fn parse_listen_addresses(text: &str) -> Result<Vec<IpAddr>, String> {
         return Err("no address given".into());
     }
     Ok(ips)
+}
+
+/// Parses a comma-separated list of uids; empty means none (any uid is allowed).
+pub fn parse_uids(text: &str) -> Result<Vec<u32>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<u32>()
+                .map_err(|e| format!("{p:?} is not a numeric uid: {e}"))
+        })
+        .collect()
 }
 
 /// The socket folder named by the first set environment variable, else the default.
