@@ -497,6 +497,61 @@ async fn sockets_served_by_unexpected_uids_are_refused() {
     plugd.stop().await;
 }
 
+/// A component really running as another user (only root can start one): refused when that
+/// uid is not allowed, used when it is.
+#[tokio::test]
+async fn a_component_running_as_another_user_is_refused() {
+    use std::os::unix::{fs::PermissionsExt, process::CommandExt};
+    let me = own_uid();
+    if me != 0 {
+        eprintln!("skipped: starting a component as another uid needs root");
+        return;
+    }
+    let other = 4242;
+    let dirs = TestDirs::new();
+    // The other user must reach the socket folder and write its socket and database there.
+    std::fs::set_permissions(dirs.root.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod root");
+    std::fs::set_permissions(&dirs.sockets, std::fs::Permissions::from_mode(0o1777))
+        .expect("chmod sockets");
+    let _sqlite = ChildGuard::spawn(
+        "plugd-sqlite as 4242",
+        Command::new(binary("plugd-sqlite"))
+            .arg("--socket-name")
+            .arg("sqlite")
+            .arg("--socket-folder")
+            .arg(&dirs.sockets)
+            .env("RUST_LOG", "warn")
+            .uid(other)
+            .gid(other),
+    );
+    support::wait_for_socket(&dirs.sockets.join("sqlite.sock"), WAIT);
+    let db = dirs.sockets.join("store.db");
+    dirs.write_resource(
+        "store.yaml",
+        &format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: store\nspec:\n  type: state.sqlite\n  version: v1\n  metadata:\n  - name: connectionString\n    value: {}\n",
+            db.display()
+        ),
+    );
+
+    let plugd = Plugd::start(&dirs, &["--allowed-component-uids", "0"]).await;
+    let statuses = eventually(WAIT, "the refusal to be reported", || async {
+        let statuses = plugd.statuses().await;
+        statuses
+            .get("store")
+            .filter(|(_, error)| error.contains(&format!("uid {other}")))
+            .map(|_| statuses.clone())
+    })
+    .await;
+    assert_ne!(statuses["store"].0, "READY");
+    plugd.stop().await;
+
+    let plugd = Plugd::start(&dirs, &["--allowed-component-uids", &format!("0,{other}")]).await;
+    plugd.wait_ready("store").await;
+    plugd.stop().await;
+}
+
 #[tokio::test]
 async fn an_insecure_socket_folder_is_warned_about() {
     use std::os::unix::fs::PermissionsExt;
