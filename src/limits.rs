@@ -25,10 +25,12 @@ pub const DEFAULT_MAX_BODY_SIZE: usize = 4 << 20;
 const COMPONENT_MESSAGE_MARGIN: usize = 1 << 20;
 
 /// The largest message plugd exchanges with a component when the API accepts bodies of
-/// `max_body` bytes: never below tonic's 4 MiB default, and at least the body limit plus a
-/// margin, so a value the API accepted can be stored and read back.
+/// `max_body` bytes: never below tonic's 4 MiB default, and twice the body limit plus a
+/// margin, so a value the API accepted can be stored and read back, and a binary payload
+/// still fits once base64-encoded into its CloudEvent (4/3 of its size, plus the envelope).
 pub fn component_message_limit(max_body: usize) -> usize {
     max_body
+        .saturating_mul(2)
         .saturating_add(COMPONENT_MESSAGE_MARGIN)
         .max(DEFAULT_MAX_BODY_SIZE)
 }
@@ -272,7 +274,7 @@ mod tests {
     #[test]
     fn component_limit_covers_the_body_limit() {
         assert!(component_message_limit(1) >= DEFAULT_MAX_BODY_SIZE);
-        assert!(component_message_limit(64 << 20) > 64 << 20);
+        assert!(component_message_limit(64 << 20) > (64 << 20) * 4 / 3);
         assert_eq!(component_message_limit(usize::MAX), usize::MAX);
     }
 
