@@ -403,6 +403,91 @@ async fn a_raised_limit_stores_and_reads_back_large_values() {
     plugd.stop().await;
 }
 
+/// A 6 MiB binary event (8 MiB once base64-encoded into its CloudEvent) goes through the
+/// component and reaches the app whole under a 12 MiB limit.
+#[tokio::test]
+async fn a_large_event_is_delivered_under_a_raised_limit() {
+    use axum::{Router, extract::DefaultBodyLimit, routing::get, routing::post};
+    use base64::Engine;
+    let dirs = TestDirs::new();
+    let _memory = spawn_component("plugd-memory", &dirs.sockets, "memory", &[]);
+    dirs.write_resource(
+        "pubsub.yaml",
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: pubsub\nspec:\n  type: pubsub.memory\n  version: v1\n",
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind app");
+    let port = listener.local_addr().expect("addr").port();
+    let router = Router::new()
+        .route(
+            "/dapr/subscribe",
+            get(|| async {
+                axum::Json(json!([{"pubsubname": "pubsub", "topic": "big", "route": "/big"}]))
+            }),
+        )
+        .route(
+            "/big",
+            post(move |body: axum::body::Bytes| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(body.to_vec()).await;
+                    axum::Json(json!({"status": "SUCCESS"}))
+                }
+            }),
+        )
+        .layer(DefaultBodyLimit::disable());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    let plugd = Plugd::start(
+        &dirs,
+        &["--app-port", &port.to_string(), "--max-body-size", "12Mi"],
+    )
+    .await;
+    plugd.wait_ready("pubsub").await;
+    eventually(WAIT, "the subscription to be listed", || async {
+        let meta: Value = plugd
+            .client
+            .get(plugd.url("/v1.0/metadata"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        meta["subscriptions"]
+            .as_array()
+            .filter(|s| !s.is_empty())
+            .map(|_| ())
+    })
+    .await;
+    let payload: Vec<u8> = (0..6u32 << 20).map(|i| (i % 251) as u8).collect();
+    plugd
+        .grpc_client()
+        .await
+        .publish_event(rt::PublishEventRequest {
+            pubsub_name: "pubsub".into(),
+            topic: "big".into(),
+            data: payload.clone(),
+            data_content_type: "application/octet-stream".into(),
+            metadata: HashMap::new(),
+        })
+        .await
+        .expect("publish 6 MiB");
+    let body = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("the event within the wait")
+        .expect("the event");
+    let event: Value = serde_json::from_slice(&body).expect("CloudEvent JSON");
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(event["data_base64"].as_str().expect("data_base64"))
+        .expect("base64");
+    assert!(data == payload, "the payload arrived changed");
+    plugd.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // --allowed-component-uids, socket folder, listeners
 
