@@ -134,8 +134,9 @@ pub struct Scanner {
     timeout: Duration,
     /// Uids allowed to serve sockets (`--allowed-component-uids`); empty: any.
     allowed_uids: Arc<[u32]>,
-    /// The folder (device, inode) whose permissions were last checked.
-    checked_folder: Option<(u64, u64)>,
+    /// The folder (device, inode, mode, owner) last checked: checked again when it is
+    /// recreated or its permissions or owner change.
+    checked_folder: Option<(u64, u64, u32, u32)>,
     known: HashMap<PathBuf, (Identity, DiscoveredSocket)>,
     failed: HashMap<PathBuf, (Identity, String)>,
     warned: std::collections::HashSet<PathBuf>,
@@ -164,14 +165,14 @@ impl Scanner {
         &self.folder
     }
 
-    /// Warns once per folder (and again when it is recreated) about permissions that let
-    /// other users replace component sockets.
+    /// Warns once per folder (and again when it is recreated, or its mode or owner change)
+    /// about permissions that let other users replace component sockets.
     pub fn check_folder(&mut self) {
         use std::os::unix::fs::MetadataExt;
         let Ok(meta) = std::fs::metadata(&self.folder) else {
             return;
         };
-        let id = (meta.dev(), meta.ino());
+        let id = (meta.dev(), meta.ino(), meta.mode(), meta.uid());
         if self.checked_folder == Some(id) {
             return;
         }

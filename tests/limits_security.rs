@@ -677,6 +677,31 @@ async fn an_insecure_socket_folder_is_warned_about() {
     let logs = plugd.stop().await;
     assert!(!logs.text().contains("insecure socket folder"));
 
+    // Recreated while plugd runs, world-writable: warned about at the next scan.
+    std::fs::set_permissions(&dirs.sockets, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let plugd = Plugd::start(&dirs, &["--component-health-interval", "100ms"]).await;
+    std::fs::remove_dir(&dirs.sockets).expect("remove the socket folder");
+    std::fs::create_dir(&dirs.sockets).expect("recreate it");
+    std::fs::set_permissions(&dirs.sockets, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let logs = plugd.logs.clone();
+    eventually(WAIT, "the warning about the recreated folder", || {
+        let logs = logs.clone();
+        let folder = folder.clone();
+        async move {
+            logs.json()
+                .iter()
+                .any(|l| {
+                    l["folder"] == folder.as_str()
+                        && l["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("world-writable"))
+                })
+                .then_some(())
+        }
+    })
+    .await;
+    plugd.stop().await;
+
     // Owned by another user (only root can arrange that).
     if own_uid() == 0 {
         std::fs::set_permissions(&dirs.sockets, std::fs::Permissions::from_mode(0o755))
