@@ -122,7 +122,8 @@ impl App {
         let launched = managed.reconcile(&loaded.components).await;
         managed.ready(&launched, longest_init, &shutdown).await;
         let mut scanner =
-            discovery::Scanner::new(config.sockets_folder.clone(), config.discovery_timeout);
+            discovery::Scanner::new(config.sockets_folder.clone(), config.discovery_timeout)
+                .with_allowed_uids(&config.allowed_component_uids);
         let first = scanner.scan().await;
         crate::metrics::discovery_changed(None, &first);
         let registry = Arc::new(Registry::default());
@@ -297,7 +298,8 @@ impl App {
             .build_v1alpha()?;
         let dapr =
             api::grpc::DaprApi::new(registry.clone(), config.app_id.clone(), shutdown.clone())
-                .into_server();
+                .into_server()
+                .max_decoding_message_size(config.max_body_size);
         let grpc_token = shutdown.clone();
         let grpc_incoming = futures::stream::select_all(
             std::iter::once(grpc)
@@ -309,6 +311,7 @@ impl App {
             .layer(api::gate::GrpcGateLayer::new(
                 config.api_token.as_deref().map(Arc::from),
             ))
+            .layer(crate::limits::GrpcBodyLimitLayer::new(config.max_body_size))
             .add_service(dapr)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -322,6 +325,7 @@ impl App {
             config.app_id.clone(),
             shutdown.clone(),
             api_token.clone(),
+            config.max_body_size,
         );
         // As daprd: `//` inside a path and a trailing `/` are tolerated (before routing, so the
         // token check sees the same path as the router).

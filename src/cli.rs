@@ -173,6 +173,26 @@ pub struct Args {
     )]
     pub subscription_concurrency: usize,
 
+    /// Largest request body (HTTP) and request message (gRPC) the APIs accept: bytes, or a
+    /// quantity such as `4Mi`, `16Mi`, `1Gi` (as daprd takes it). Larger requests are answered
+    /// HTTP 413 / gRPC RESOURCE_EXHAUSTED. Default 4Mi.
+    #[arg(long = "max-body-size", env = "PLUGD_MAX_BODY_SIZE",
+          value_parser = crate::limits::parse_size)]
+    pub max_body_size: Option<usize>,
+
+    /// daprd's deprecated spelling of --max-body-size, in MB; --max-body-size wins.
+    #[arg(long = "dapr-http-max-request-size", hide = true)]
+    pub dapr_http_max_request_size: Option<usize>,
+
+    /// Component sockets must be served by one of these uids (comma-separated), checked with
+    /// the socket's peer credentials; others are refused. Empty: any uid.
+    #[arg(
+        long = "allowed-component-uids",
+        env = "PLUGD_ALLOWED_COMPONENT_UIDS",
+        default_value = ""
+    )]
+    pub allowed_component_uids: String,
+
     /// Bound on each call to the app (delivering one event, listing subscriptions).
     #[arg(long = "app-call-timeout", env = "PLUGD_APP_CALL_TIMEOUT", default_value = "60s",
           value_parser = humantime::parse_duration)]
@@ -276,7 +296,6 @@ pub const IGNORED_DAPRD_FLAGS: &[(&str, bool)] = &[
     ("control-plane-address", true),
     ("control-plane-trust-domain", true),
     ("dapr-block-shutdown-duration", true),
-    ("dapr-http-max-request-size", true),
     ("dapr-http-read-buffer-size", true),
     ("dapr-internal-grpc-listen-address", true),
     ("dapr-internal-grpc-port", true),
@@ -288,7 +307,6 @@ pub const IGNORED_DAPRD_FLAGS: &[(&str, bool)] = &[
     ("enable-mtls", false),
     ("enable-profiling", false),
     ("kubeconfig", true),
-    ("max-body-size", true),
     ("metrics-listen-address", true),
     ("mode", true),
     ("placement-host-address", true),
@@ -479,6 +497,45 @@ mod tests {
         assert!(matches!(args.command, Some(Tool::Inspect(i)) if i.socket.is_some()));
         assert!(Args::try_parse_from(["plugd", "conformance", "--metadata", "novalue"]).is_err());
         assert!(Args::try_parse_from(["plugd", "--app-id", "x", "inspect"]).is_err());
+    }
+
+    #[test]
+    fn limits_and_security_flags_parse() {
+        let (out, warnings) = normalize(&[
+            "plugd",
+            "-max-body-size=16Mi",
+            "--allowed-component-uids",
+            "0, 1000",
+        ]);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let args = Args::try_parse_from(out).expect("parses");
+        assert_eq!(args.max_body_size, Some(16 << 20));
+        let config = crate::config::Config::from_args(args).expect("valid");
+        assert_eq!(config.max_body_size, 16 << 20);
+        assert_eq!(config.allowed_component_uids, [0, 1000]);
+
+        let args = Args::try_parse_from(["plugd", "--max-body-size", "4194304"]).expect("bytes");
+        assert_eq!(args.max_body_size, Some(4 << 20));
+        let err = Args::try_parse_from(["plugd", "--max-body-size", "4MB"]).expect_err("MB");
+        assert!(err.to_string().contains("--max-body-size"), "{err}");
+
+        // daprd's deprecated flag, in MB; the default; an empty uid list.
+        let args =
+            Args::try_parse_from(["plugd", "--dapr-http-max-request-size", "8"]).expect("parses");
+        let config = crate::config::Config::from_args(args).expect("valid");
+        assert_eq!(config.max_body_size, 8 << 20);
+        let config = crate::config::Config::from_args(Args::try_parse_from(["plugd"]).expect("p"))
+            .expect("valid");
+        assert_eq!(config.max_body_size, crate::limits::DEFAULT_MAX_BODY_SIZE);
+        assert!(config.allowed_component_uids.is_empty());
+
+        let args =
+            Args::try_parse_from(["plugd", "--allowed-component-uids", "0,root"]).expect("parses");
+        let err = crate::config::Config::from_args(args).expect_err("not a uid");
+        assert!(
+            err.to_string().contains("--allowed-component-uids")
+                && err.to_string().contains("root")
+        );
     }
 
     #[test]

@@ -289,6 +289,7 @@ pub struct Connection {
     inner: Arc<ConnInner>,
 }
 
+#[derive(Clone)]
 struct ConnInner {
     channel: Channel,
     instance: String,
@@ -296,6 +297,7 @@ struct ConnInner {
     socket: PathBuf,
     call_timeout: Duration,
     closed: CancellationToken,
+    message_limit: usize,
 }
 
 impl fmt::Debug for Connection {
@@ -345,8 +347,18 @@ impl Connection {
                 socket,
                 call_timeout,
                 closed,
+                message_limit: crate::limits::component_message_limit(
+                    crate::limits::DEFAULT_MAX_BODY_SIZE,
+                ),
             }),
         })
+    }
+
+    /// Sets the largest message sent to or accepted from the component (see
+    /// [`crate::limits::component_message_limit`]).
+    pub fn with_message_limit(mut self, limit: usize) -> Self {
+        Arc::make_mut(&mut self.inner).message_limit = limit;
+        self
     }
 
     /// Whether the connection has closed.
@@ -381,6 +393,8 @@ impl Connection {
         req.metadata_mut()
             .insert(INSTANCE_HEADER, self.inner.header.clone());
         req.set_timeout(timeout);
+        req.extensions_mut()
+            .insert(MessageLimit(self.inner.message_limit));
         req
     }
 
@@ -389,6 +403,8 @@ impl Connection {
         let mut req = Request::new(message);
         req.metadata_mut()
             .insert(INSTANCE_HEADER, self.inner.header.clone());
+        req.extensions_mut()
+            .insert(MessageLimit(self.inner.message_limit));
         req
     }
 
@@ -475,6 +491,45 @@ impl Connection {
         }
     }
 }
+
+/// The largest message plugd sends to or accepts from a component, carried by each request
+/// so that the client built for it applies it ([`Limited`]).
+#[derive(Debug, Clone, Copy)]
+pub struct MessageLimit(pub usize);
+
+use crate::proto::components as pb;
+
+/// A generated component client, with the message limit of the request it will send applied
+/// (tonic's default would refuse replies over 4 MiB whatever `--max-body-size` allows).
+pub trait Limited: Sized {
+    fn limited<M>(self, request: &Request<M>) -> Self;
+}
+
+macro_rules! limited_clients {
+    ($($client:ty),* $(,)?) => {$(
+        impl Limited for $client {
+            fn limited<M>(self, request: &Request<M>) -> Self {
+                match request.extensions().get::<MessageLimit>() {
+                    Some(MessageLimit(n)) => {
+                        self.max_decoding_message_size(*n).max_encoding_message_size(*n)
+                    }
+                    None => self,
+                }
+            }
+        }
+    )*};
+}
+
+limited_clients!(
+    pb::state_store_client::StateStoreClient<Channel>,
+    pb::transactional_state_store_client::TransactionalStateStoreClient<Channel>,
+    pb::transactional_store_multi_max_size_client::TransactionalStoreMultiMaxSizeClient<Channel>,
+    pb::queriable_state_store_client::QueriableStateStoreClient<Channel>,
+    pb::pub_sub_client::PubSubClient<Channel>,
+    pb::input_binding_client::InputBindingClient<Channel>,
+    pb::output_binding_client::OutputBindingClient<Channel>,
+    pb::secret_store_client::SecretStoreClient<Channel>,
+);
 
 /// Runs a server-streaming (or bidi) call in the background and forwards what it yields to the
 /// returned channel: its messages in order, then its error status if it ends with one. The call

@@ -52,6 +52,10 @@ pub struct Config {
     /// Every API call must carry it as `dapr-api-token` (`DAPR_API_TOKEN`), except the health
     /// endpoints.
     pub api_token: Option<String>,
+    /// Largest HTTP request body / gRPC request message the APIs accept, in bytes.
+    pub max_body_size: usize,
+    /// Uids allowed to serve component sockets; empty: any.
+    pub allowed_component_uids: Vec<u32>,
 }
 
 /// How plugd reaches the app.
@@ -156,6 +160,25 @@ impl Config {
                 reason: "must be at least 1".into(),
             });
         }
+        let max_body_size = match (args.max_body_size, args.dapr_http_max_request_size) {
+            (Some(bytes), _) => bytes,
+            (None, Some(mb)) => {
+                mb.checked_mul(1 << 20)
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| ConfigError {
+                        flag: "--dapr-http-max-request-size",
+                        value: mb.to_string(),
+                        reason: "must be a number of MB, more than 0".into(),
+                    })?
+            }
+            (None, None) => crate::limits::DEFAULT_MAX_BODY_SIZE,
+        };
+        let allowed_component_uids =
+            parse_uids(&args.allowed_component_uids).map_err(|reason| ConfigError {
+                flag: "--allowed-component-uids",
+                value: args.allowed_component_uids.clone(),
+                reason,
+            })?;
         let sockets_folder = args
             .sockets_folder
             .unwrap_or_else(|| sockets_folder_from_env(|k| std::env::var(k).ok()));
@@ -192,6 +215,8 @@ impl Config {
             api_token: std::env::var("DAPR_API_TOKEN")
                 .ok()
                 .filter(|t| !t.is_empty()),
+            max_body_size,
+            allowed_component_uids,
         })
     }
 
@@ -218,6 +243,8 @@ impl Config {
             app: None,
             subscription_concurrency: 1,
             api_token: None,
+            max_body_size: crate::limits::DEFAULT_MAX_BODY_SIZE,
+            allowed_component_uids: Vec::new(),
         }
     }
 }
@@ -245,6 +272,18 @@ pub fn parse_listen_addresses(text: &str) -> Result<Vec<IpAddr>, String> {
         return Err("no address given".into());
     }
     Ok(ips)
+}
+
+/// Parses a comma-separated list of uids; empty means none (any uid is allowed).
+pub fn parse_uids(text: &str) -> Result<Vec<u32>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<u32>()
+                .map_err(|e| format!("{p:?} is not a numeric uid: {e}"))
+        })
+        .collect()
 }
 
 /// The socket folder named by the first set environment variable, else the default.

@@ -132,6 +132,11 @@ pub async fn scan(folder: &Path, timeout: Duration) -> Discovery {
 pub struct Scanner {
     folder: PathBuf,
     timeout: Duration,
+    /// Uids allowed to serve sockets (`--allowed-component-uids`); empty: any.
+    allowed_uids: Arc<[u32]>,
+    /// The folder (device, inode, mode, owner) last checked: checked again when it is
+    /// recreated or its permissions or owner change.
+    checked_folder: Option<(u64, u64, u32, u32)>,
     known: HashMap<PathBuf, (Identity, DiscoveredSocket)>,
     failed: HashMap<PathBuf, (Identity, String)>,
     warned: std::collections::HashSet<PathBuf>,
@@ -142,17 +147,43 @@ impl Scanner {
         Self {
             folder,
             timeout,
+            allowed_uids: Arc::from([]),
+            checked_folder: None,
             known: HashMap::new(),
             failed: HashMap::new(),
             warned: Default::default(),
         }
     }
 
+    /// Refuses sockets whose server runs as a uid not in `uids` (empty: any uid).
+    pub fn with_allowed_uids(mut self, uids: &[u32]) -> Self {
+        self.allowed_uids = Arc::from(uids);
+        self
+    }
+
     pub fn folder(&self) -> &Path {
         &self.folder
     }
 
+    /// Warns once per folder (and again when it is recreated, or its mode or owner change)
+    /// about permissions that let other users replace component sockets.
+    pub fn check_folder(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(meta) = std::fs::metadata(&self.folder) else {
+            return;
+        };
+        let id = (meta.dev(), meta.ino(), meta.mode(), meta.uid());
+        if self.checked_folder == Some(id) {
+            return;
+        }
+        self.checked_folder = Some(id);
+        for problem in folder_problems(meta.mode(), meta.uid(), own_uid()) {
+            tracing::warn!(folder = %self.folder.display(), "insecure socket folder: {problem}");
+        }
+    }
+
     pub async fn scan(&mut self) -> Discovery {
+        self.check_folder();
         let Listing {
             sockets: listed,
             skipped,
@@ -165,6 +196,7 @@ impl Scanner {
             }
         }
         let timeout = self.timeout;
+        let allowed = &self.allowed_uids;
         let probes = listed.into_iter().map(|(path, identity)| {
             let cached = self
                 .known
@@ -176,6 +208,17 @@ impl Scanner {
                     return (identity, Ok(socket));
                 }
                 let name = type_name(&path);
+                if let Err(reason) = check_peer_uid(&path, allowed, timeout).await {
+                    return (
+                        identity,
+                        Err(SocketFailure {
+                            path,
+                            name,
+                            reason,
+                            identity,
+                        }),
+                    );
+                }
                 let result = match probe(&path, timeout).await {
                     Ok((services, reflection)) => {
                         let kinds: Vec<ComponentKind> = services
@@ -263,6 +306,7 @@ pub fn watch_folder(
     if let Err(e) = std::fs::create_dir_all(&folder) {
         tracing::warn!(folder = %folder.display(), error = %e, "cannot create the socket folder");
     }
+    scanner.check_folder();
     // Only changes count: scans open the folder themselves, and opens must not trigger scans.
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if res.is_ok_and(|e| !e.kind.is_access()) {
@@ -337,6 +381,56 @@ fn fingerprint(d: &Discovery) -> Vec<(PathBuf, Identity, bool)> {
         .collect();
     out.sort();
     out
+}
+
+/// plugd's effective uid.
+pub fn own_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// What is wrong with a socket folder of `mode` owned by `owner`, for a plugd running as
+/// `me`: world-writable without the sticky bit (anyone may replace sockets), or owned by
+/// another user (not root), who may change it.
+pub fn folder_problems(mode: u32, owner: u32, me: u32) -> Vec<String> {
+    let mut problems = Vec::new();
+    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+        problems.push(format!(
+            "it is world-writable (mode {:o}) without the sticky bit: any local user can replace \
+             component sockets (chmod o-w or chmod +t)",
+            mode & 0o7777
+        ));
+    }
+    if owner != me && owner != 0 {
+        problems.push(format!(
+            "it is owned by uid {owner}, not by plugd's uid {me} or root: that user can replace \
+             component sockets"
+        ));
+    }
+    problems
+}
+
+/// With allowed uids, connects to the socket and checks the uid of the process serving it
+/// (its peer credentials). `Err` says why the socket is refused.
+async fn check_peer_uid(path: &Path, allowed: &[u32], timeout: Duration) -> Result<(), String> {
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let stream = match tokio::time::timeout(timeout, tokio::net::UnixStream::connect(path)).await {
+        Ok(Ok(stream)) => stream,
+        // Not connectable: the probe says why.
+        Ok(Err(_)) | Err(_) => return Ok(()),
+    };
+    let uid = stream
+        .peer_cred()
+        .map_err(|e| format!("cannot read the peer credentials of the socket: {e}"))?
+        .uid();
+    if allowed.contains(&uid) {
+        Ok(())
+    } else {
+        Err(format!(
+            "refused: the socket is served by uid {uid}, which is not in --allowed-component-uids {allowed:?}"
+        ))
+    }
 }
 
 /// Dials one socket and lists its services: v1alpha reflection, then v1.
@@ -444,6 +538,19 @@ list_services_with!(list_v1, tonic_reflection::pb::v1);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn folder_problems_name_mode_and_owner() {
+        assert!(folder_problems(0o40755, 1000, 1000).is_empty());
+        assert!(folder_problems(0o41777, 0, 1000).is_empty(), "/tmp style");
+        let p = folder_problems(0o40777, 1000, 1000);
+        assert_eq!(p.len(), 1);
+        assert!(p[0].contains("world-writable") && p[0].contains("777"));
+        let p = folder_problems(0o40755, 1234, 1000);
+        assert_eq!(p.len(), 1);
+        assert!(p[0].contains("uid 1234") && p[0].contains("1000"));
+        assert_eq!(folder_problems(0o40777, 1234, 1000).len(), 2);
+    }
 
     #[test]
     fn type_names_drop_the_last_extension_and_lower_case() {

@@ -17,12 +17,14 @@ pub mod conformance;
 pub mod discovery;
 pub mod inspect;
 pub mod lifecycle;
+pub mod limits;
 pub mod managed;
 pub mod metrics;
 pub mod proto;
 pub mod pubsub;
 pub mod registry;
 pub mod reload;
+pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
 

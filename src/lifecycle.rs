@@ -28,6 +28,7 @@ use crate::{
     },
     discovery::{DiscoveredSocket, Discovery, Identity},
     registry::{BindingLive, ComponentInfo, ComponentStatus, Live, Publish, Registry, TopicScopes},
+    secret::{ExposeSecret, InitProperties, SecretData, SecretString},
 };
 
 /// Why one component could not be brought up.
@@ -91,7 +92,7 @@ pub trait SecretSource: Send + Sync {
         store: &str,
         name: &str,
         key: Option<&str>,
-    ) -> Result<String, SecretError>;
+    ) -> Result<SecretString, SecretError>;
 }
 
 /// Resolves references through the secret stores in the registry. Each secret is fetched once
@@ -99,7 +100,7 @@ pub trait SecretSource: Send + Sync {
 pub struct RegistrySecrets {
     registry: Arc<Registry>,
     namespace: Option<String>,
-    cache: tokio::sync::Mutex<HashMap<(String, String), HashMap<String, String>>>,
+    cache: tokio::sync::Mutex<HashMap<(String, String), SecretData>>,
 }
 
 impl RegistrySecrets {
@@ -119,7 +120,7 @@ impl SecretSource for RegistrySecrets {
         store: &str,
         name: &str,
         key: Option<&str>,
-    ) -> Result<String, SecretError> {
+    ) -> Result<SecretString, SecretError> {
         let mut cache = self.cache.lock().await;
         let cache_key = (store.to_string(), name.to_string());
         if !cache.contains_key(&cache_key) {
@@ -189,7 +190,7 @@ pub async fn resolve_properties(
     ctx: &TemplateContext,
     secrets: &dyn SecretSource,
     env: &(dyn Fn(&str) -> Option<String> + Sync),
-) -> Result<HashMap<String, String>, InitError> {
+) -> Result<InitProperties, InitError> {
     let mut props = HashMap::new();
     for item in &m.metadata {
         let value = match &item.value {
@@ -220,7 +221,8 @@ pub async fn resolve_properties(
                     None => format!("secretKeyRef {name:?} from secret store {store:?}"),
                 };
                 match secrets.secret(store, name, key.as_deref()).await {
-                    Ok(value) => value,
+                    // Passed on to Init; held as InitProperties from here.
+                    Ok(value) => value.expose_secret().to_string(),
                     Err(SecretError::NotReady(reason)) => {
                         return Err(InitError::SecretNotReady {
                             field: item.name.clone(),
@@ -240,7 +242,7 @@ pub async fn resolve_properties(
         };
         props.insert(item.name.clone(), value);
     }
-    Ok(props)
+    Ok(props.into())
 }
 
 fn env_value(var: &str, env: &(dyn Fn(&str) -> Option<String> + Sync)) -> Result<String, String> {
@@ -301,6 +303,8 @@ pub struct Settings {
     /// own `initTimeout`. It keeps waiting (and starts when the socket appears) either way.
     pub component_wait: Option<Duration>,
     pub pod_name: Option<String>,
+    /// Largest message exchanged with a component (from `--max-body-size`).
+    pub message_limit: usize,
 }
 
 impl Settings {
@@ -313,6 +317,7 @@ impl Settings {
             health_failures: config.health_failures.max(1),
             component_wait: config.component_wait,
             pod_name: std::env::var("POD_NAME").ok(),
+            message_limit: crate::limits::component_message_limit(config.max_body_size),
         }
     }
 
@@ -576,7 +581,7 @@ impl Supervisor {
     /// The Init properties, once every `secretKeyRef` resolves: waits for the secret stores
     /// they name (reported failed after `initTimeout`, still waiting), and retries stores that
     /// answered without the value. `None` if stopped first, or on an error no wait can mend.
-    async fn properties(&mut self) -> Option<HashMap<String, String>> {
+    async fn properties(&mut self) -> Option<InitProperties> {
         let templates = self.settings.templates();
         let env = |k: &str| std::env::var(k).ok();
         let started = tokio::time::Instant::now();
@@ -1052,7 +1057,7 @@ pub fn topic_scopes(props: &HashMap<String, String>, app_id: &str) -> TopicScope
 async fn init_component(
     m: &ComponentManifest,
     socket: &DiscoveredSocket,
-    properties: HashMap<String, String>,
+    properties: InitProperties,
     sides: Sides,
     settings: &Settings,
 ) -> Result<(Initialized, Vec<String>), InitError> {
@@ -1066,19 +1071,26 @@ async fn init_component(
             &m.name,
             socket.path.clone(),
             settings.call_timeout,
-        )?;
+        )?
+        .with_message_limit(settings.message_limit);
         let (component, features) = match m.category {
             Category::PubSub => {
-                let (p, f) = GrpcPubSub::init(conn, properties, deadline).await?;
+                let (p, f) = GrpcPubSub::init(conn, properties.into_inner(), deadline).await?;
                 (Initialized::PubSub(Arc::new(p)), f)
             }
             Category::State => {
-                let (s, f) = GrpcStateStore::init(conn, properties, deadline).await?;
+                let (s, f) = GrpcStateStore::init(conn, properties.into_inner(), deadline).await?;
                 (Initialized::State(Arc::new(s)), f)
             }
             Category::Bindings => {
-                let init = GrpcBinding::init(conn, properties, sides.input, sides.output, deadline)
-                    .await?;
+                let init = GrpcBinding::init(
+                    conn,
+                    properties.into_inner(),
+                    sides.input,
+                    sides.output,
+                    deadline,
+                )
+                .await?;
                 // daprd's metadata API lists a binding's sides as its capabilities.
                 let mut sides_served = Vec::new();
                 if sides.input {
@@ -1093,7 +1105,7 @@ async fn init_component(
                 )
             }
             Category::SecretStores => {
-                let (s, f) = GrpcSecretStore::init(conn, properties, deadline).await?;
+                let (s, f) = GrpcSecretStore::init(conn, properties.into_inner(), deadline).await?;
                 (Initialized::SecretStore(Arc::new(s)), f)
             }
         };

@@ -1029,6 +1029,7 @@ fn http_requests_always_get_success_or_a_dapr_error() {
         "testapp".into(),
         tokio_util::sync::CancellationToken::new(),
         None,
+        plugd::limits::DEFAULT_MAX_BODY_SIZE,
     );
     let service = tower::util::MapRequestLayer::new(plugd::api::gate::collapse_slashes)
         .layer(tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash().layer(router));

@@ -33,9 +33,6 @@ use crate::{
     registry::Registry,
 };
 
-/// Dapr's default request body limit.
-pub const MAX_BODY: usize = 4 * 1024 * 1024;
-
 #[derive(Clone)]
 struct Ctx {
     state: StateApi,
@@ -99,6 +96,7 @@ pub fn router(
     app_id: String,
     shutdown: CancellationToken,
     api_token: Option<Arc<str>>,
+    max_body: usize,
 ) -> Router {
     let ctx = Ctx {
         state: StateApi::new(registry.clone(), app_id.clone()),
@@ -152,7 +150,11 @@ pub fn router(
         .route_layer(axum::middleware::from_fn(crate::metrics::route_template))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            max_body,
+            crate::limits::http_body_limit,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             api_token,
             super::gate::http_token,

@@ -63,7 +63,8 @@ impl SecretsApi {
     ) -> Result<HashMap<String, String>, ApiError> {
         let entry = self.store(store)?;
         match entry.store.get(key.to_string(), metadata).await {
-            Ok(data) => Ok(data),
+            // Exposed here only to be sent to the app.
+            Ok(data) => Ok(crate::secret::expose(&data)),
             Err(e) if e.is_connection_failure() => Err(unavailable(&entry.info, &e.detail())),
             Err(e) => Err(ApiError::plain(
                 Code::Internal,
@@ -85,7 +86,10 @@ impl SecretsApi {
     ) -> Result<Secrets, ApiError> {
         let entry = self.store(store)?;
         match entry.store.bulk_get(metadata).await {
-            Ok(data) => Ok(data),
+            Ok(data) => Ok(data
+                .iter()
+                .map(|(name, values)| (name.clone(), crate::secret::expose(values)))
+                .collect()),
             Err(e) if e.is_connection_failure() => Err(unavailable(&entry.info, &e.detail())),
             Err(e) => Err(ApiError::plain(
                 Code::Internal,

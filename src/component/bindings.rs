@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{ComponentError, Connection, forward_stream};
+use super::{ComponentError, Connection, Limited, forward_stream};
 use crate::proto::components::{
     self as pb, input_binding_client::InputBindingClient,
     output_binding_client::OutputBindingClient,
@@ -105,7 +105,7 @@ impl GrpcBinding {
                 }),
             };
             conn.call_with_timeout("InputBinding/Init", left(), req, |ch, r| async move {
-                InputBindingClient::new(ch).init(r).await
+                InputBindingClient::new(ch).limited(&r).init(r).await
             })
             .await?;
         }
@@ -115,7 +115,7 @@ impl GrpcBinding {
                 metadata: Some(pb::MetadataRequest { properties }),
             };
             conn.call_with_timeout("OutputBinding/Init", left(), req, |ch, r| async move {
-                OutputBindingClient::new(ch).init(r).await
+                OutputBindingClient::new(ch).limited(&r).init(r).await
             })
             .await?;
             operations = conn
@@ -123,7 +123,12 @@ impl GrpcBinding {
                     "ListOperations",
                     left(),
                     pb::ListOperationsRequest {},
-                    |ch, r| async move { OutputBindingClient::new(ch).list_operations(r).await },
+                    |ch, r| async move {
+                        OutputBindingClient::new(ch)
+                            .limited(&r)
+                            .list_operations(r)
+                            .await
+                    },
                 )
                 .await?
                 .operations;
@@ -159,7 +164,7 @@ impl OutputBinding for GrpcBinding {
     async fn invoke(&self, req: pb::InvokeRequest) -> Result<pb::InvokeResponse, ComponentError> {
         self.conn
             .call("Invoke", req, |ch, r| async move {
-                OutputBindingClient::new(ch).invoke(r).await
+                OutputBindingClient::new(ch).limited(&r).invoke(r).await
             })
             .await
     }
@@ -169,7 +174,7 @@ impl OutputBinding for GrpcBinding {
             .call(
                 "OutputBinding/Ping",
                 pb::PingRequest {},
-                |ch, r| async move { OutputBindingClient::new(ch).ping(r).await },
+                |ch, r| async move { OutputBindingClient::new(ch).limited(&r).ping(r).await },
             )
             .await?;
         Ok(())
@@ -185,7 +190,7 @@ impl InputBinding for GrpcBinding {
     async fn read(&self) -> Result<EventStream, ComponentError> {
         let (tx, rx) = mpsc::channel(REPLY_QUEUE);
         let req = self.conn.stream_request(ReceiverStream::new(rx));
-        let mut client = InputBindingClient::new(self.conn.channel());
+        let mut client = InputBindingClient::new(self.conn.channel()).limited(&req);
         // As for pub/sub: plugd sends nothing first and waits.
         let events = forward_stream(async move { client.read(req).await });
         Ok(EventStream {
@@ -202,7 +207,7 @@ impl InputBinding for GrpcBinding {
             .call(
                 "InputBinding/Ping",
                 pb::PingRequest {},
-                |ch, r| async move { InputBindingClient::new(ch).ping(r).await },
+                |ch, r| async move { InputBindingClient::new(ch).limited(&r).ping(r).await },
             )
             .await?;
         Ok(())

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{ComponentError, Connection, forward_stream};
+use super::{ComponentError, Connection, Limited, forward_stream};
 use crate::proto::components::{self as pb, pub_sub_client::PubSubClient};
 
 /// The feature a pub/sub component reports when it implements `BulkPublish`.
@@ -42,20 +42,33 @@ pub struct MessageStream {
     pub acks: Acker,
 }
 
-/// Sends acks on one stream; cheap to clone. Sends are serialised by the channel.
+/// Sends acks on one stream; cheap to clone. Sends are serialised by the channel, and each is
+/// bounded by the component call timeout: a component that stops reading its acks cannot
+/// hold plugd's delivery tasks.
 #[derive(Clone)]
-pub struct Acker(mpsc::Sender<pb::PullMessagesRequest>);
+pub struct Acker {
+    tx: mpsc::Sender<pb::PullMessagesRequest>,
+    timeout: std::time::Duration,
+}
 
 impl Acker {
+    pub fn new(tx: mpsc::Sender<pb::PullMessagesRequest>, timeout: std::time::Duration) -> Self {
+        Self { tx, timeout }
+    }
+
     /// Acknowledges a message (`error` = `None`) or rejects it so the component redelivers it.
-    /// Returns false when the stream has ended (the component will redeliver anyway).
+    /// Returns false when the stream has ended or the ack could not be queued in time (the
+    /// component will redeliver anyway).
     pub async fn ack(&self, id: String, error: Option<String>) -> bool {
         let req = pb::PullMessagesRequest {
             topic: None,
             ack_message_id: id,
             ack_error: error.map(|message| pb::AckMessageError { message }),
         };
-        self.0.send(req).await.is_ok()
+        matches!(
+            tokio::time::timeout(self.timeout, self.tx.send(req)).await,
+            Ok(Ok(()))
+        )
     }
 }
 
@@ -76,7 +89,7 @@ impl GrpcPubSub {
             metadata: Some(pb::MetadataRequest { properties }),
         };
         conn.call_with_timeout("Init", left(), req, |ch, r| async move {
-            PubSubClient::new(ch).init(r).await
+            PubSubClient::new(ch).limited(&r).init(r).await
         })
         .await?;
         let features = conn
@@ -84,7 +97,7 @@ impl GrpcPubSub {
                 "Features",
                 left(),
                 pb::FeaturesRequest {},
-                |ch, r| async move { PubSubClient::new(ch).features(r).await },
+                |ch, r| async move { PubSubClient::new(ch).limited(&r).features(r).await },
             )
             .await?
             .features;
@@ -97,7 +110,7 @@ impl PubSub for GrpcPubSub {
     async fn publish(&self, req: pb::PublishRequest) -> Result<(), ComponentError> {
         self.conn
             .call("Publish", req, |ch, r| async move {
-                PubSubClient::new(ch).publish(r).await
+                PubSubClient::new(ch).limited(&r).publish(r).await
             })
             .await?;
         Ok(())
@@ -109,7 +122,7 @@ impl PubSub for GrpcPubSub {
     ) -> Result<pb::BulkPublishResponse, ComponentError> {
         self.conn
             .call("BulkPublish", req, |ch, r| async move {
-                PubSubClient::new(ch).bulk_publish(r).await
+                PubSubClient::new(ch).limited(&r).bulk_publish(r).await
             })
             .await
     }
@@ -131,20 +144,20 @@ impl PubSub for GrpcPubSub {
             });
         }
         let req = self.conn.stream_request(ReceiverStream::new(rx));
-        let mut client = PubSubClient::new(self.conn.channel());
+        let mut client = PubSubClient::new(self.conn.channel()).limited(&req);
         // The stream is open as far as plugd is concerned once the first request is queued, as
         // in daprd.
         let messages = forward_stream(async move { client.pull_messages(req).await });
         Ok(MessageStream {
             messages,
-            acks: Acker(tx),
+            acks: Acker::new(tx, self.conn.call_timeout()),
         })
     }
 
     async fn pause(&self, timeout: Duration) -> Result<(), ComponentError> {
         self.conn
             .call_with_timeout("Pause", timeout, pb::PauseRequest {}, |ch, r| async move {
-                PubSubClient::new(ch).pause(r).await
+                PubSubClient::new(ch).limited(&r).pause(r).await
             })
             .await?;
         Ok(())
@@ -153,7 +166,7 @@ impl PubSub for GrpcPubSub {
     async fn ping(&self) -> Result<(), ComponentError> {
         self.conn
             .call("Ping", pb::PingRequest {}, |ch, r| async move {
-                PubSubClient::new(ch).ping(r).await
+                PubSubClient::new(ch).limited(&r).ping(r).await
             })
             .await?;
         Ok(())
@@ -161,5 +174,27 @@ impl PubSub for GrpcPubSub {
 
     fn connection(&self) -> &Connection {
         &self.conn
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A component that stops reading its acks: once the queue is full, an ack gives up after
+    /// the call timeout instead of waiting for ever.
+    #[tokio::test]
+    async fn acks_to_a_component_that_stops_reading_give_up() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let acker = Acker::new(tx, std::time::Duration::from_millis(50));
+        assert!(acker.ack("1".into(), None).await, "room for one");
+        assert!(
+            !acker.ack("2".into(), None).await,
+            "full: bounded, then false"
+        );
+        assert_eq!(rx.recv().await.map(|r| r.ack_message_id), Some("1".into()));
+        assert!(acker.ack("3".into(), Some("retry".into())).await);
+        drop(rx);
+        assert!(!acker.ack("4".into(), None).await, "stream ended");
     }
 }

@@ -5,8 +5,9 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 
-use super::{ComponentError, Connection};
+use super::{ComponentError, Connection, Limited};
 use crate::proto::components::{self as pb, secret_store_client::SecretStoreClient};
+use crate::secret::{SecretData, wrap};
 
 /// The feature a secret store reports when one secret may hold several key/value pairs.
 pub const FEATURE_MULTIPLE_KEY_VALUES: &str = "MULTIPLE_KEY_VALUES_PER_SECRET";
@@ -14,17 +15,17 @@ pub const FEATURE_MULTIPLE_KEY_VALUES: &str = "MULTIPLE_KEY_VALUES_PER_SECRET";
 /// What plugd needs from a secret store.
 #[async_trait]
 pub trait SecretStore: Send + Sync {
-    /// The key/value pairs of secret `key`.
+    /// The key/value pairs of secret `key` (values wrapped: never in logs).
     async fn get(
         &self,
         key: String,
         metadata: HashMap<String, String>,
-    ) -> Result<HashMap<String, String>, ComponentError>;
+    ) -> Result<SecretData, ComponentError>;
     /// Every secret: name → its key/value pairs.
     async fn bulk_get(
         &self,
         metadata: HashMap<String, String>,
-    ) -> Result<HashMap<String, HashMap<String, String>>, ComponentError>;
+    ) -> Result<HashMap<String, SecretData>, ComponentError>;
     async fn ping(&self) -> Result<(), ComponentError>;
     fn connection(&self) -> &Connection;
 }
@@ -46,7 +47,7 @@ impl GrpcSecretStore {
             metadata: Some(pb::MetadataRequest { properties }),
         };
         conn.call_with_timeout("Init", left(), req, |ch, r| async move {
-            SecretStoreClient::new(ch).init(r).await
+            SecretStoreClient::new(ch).limited(&r).init(r).await
         })
         .await?;
         let features = conn
@@ -54,7 +55,7 @@ impl GrpcSecretStore {
                 "Features",
                 left(),
                 pb::FeaturesRequest {},
-                |ch, r| async move { SecretStoreClient::new(ch).features(r).await },
+                |ch, r| async move { SecretStoreClient::new(ch).limited(&r).features(r).await },
             )
             .await?
             .features;
@@ -68,38 +69,39 @@ impl SecretStore for GrpcSecretStore {
         &self,
         key: String,
         metadata: HashMap<String, String>,
-    ) -> Result<HashMap<String, String>, ComponentError> {
+    ) -> Result<SecretData, ComponentError> {
         let req = pb::GetSecretRequest { key, metadata };
-        Ok(self
-            .conn
-            .call("Get", req, |ch, r| async move {
-                SecretStoreClient::new(ch).get(r).await
-            })
-            .await?
-            .data)
+        Ok(wrap(
+            self.conn
+                .call("Get", req, |ch, r| async move {
+                    SecretStoreClient::new(ch).limited(&r).get(r).await
+                })
+                .await?
+                .data,
+        ))
     }
 
     async fn bulk_get(
         &self,
         metadata: HashMap<String, String>,
-    ) -> Result<HashMap<String, HashMap<String, String>>, ComponentError> {
+    ) -> Result<HashMap<String, SecretData>, ComponentError> {
         let req = pb::BulkGetSecretRequest { metadata };
         Ok(self
             .conn
             .call("BulkGet", req, |ch, r| async move {
-                SecretStoreClient::new(ch).bulk_get(r).await
+                SecretStoreClient::new(ch).limited(&r).bulk_get(r).await
             })
             .await?
             .data
             .into_iter()
-            .map(|(name, s)| (name, s.secrets))
+            .map(|(name, s)| (name, wrap(s.secrets)))
             .collect())
     }
 
     async fn ping(&self) -> Result<(), ComponentError> {
         self.conn
             .call("Ping", pb::PingRequest {}, |ch, r| async move {
-                SecretStoreClient::new(ch).ping(r).await
+                SecretStoreClient::new(ch).limited(&r).ping(r).await
             })
             .await?;
         Ok(())

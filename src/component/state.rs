@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
-use super::{ComponentError, Connection};
+use super::{ComponentError, Connection, Limited};
 use crate::proto::components::{
     self as pb, queriable_state_store_client::QueriableStateStoreClient,
     state_store_client::StateStoreClient,
@@ -55,7 +55,7 @@ impl GrpcStateStore {
             metadata: Some(pb::MetadataRequest { properties }),
         };
         conn.call_with_timeout("Init", left(), req, |ch, r| async move {
-            StateStoreClient::new(ch).init(r).await
+            StateStoreClient::new(ch).limited(&r).init(r).await
         })
         .await?;
         let features = conn
@@ -63,7 +63,7 @@ impl GrpcStateStore {
                 "Features",
                 left(),
                 pb::FeaturesRequest {},
-                |ch, r| async move { StateStoreClient::new(ch).features(r).await },
+                |ch, r| async move { StateStoreClient::new(ch).limited(&r).features(r).await },
             )
             .await?
             .features;
@@ -82,7 +82,7 @@ impl StateStore for GrpcStateStore {
     async fn get(&self, req: pb::GetRequest) -> Result<pb::GetResponse, ComponentError> {
         self.conn
             .call("Get", req, |ch, r| async move {
-                StateStoreClient::new(ch).get(r).await
+                StateStoreClient::new(ch).limited(&r).get(r).await
             })
             .await
     }
@@ -90,7 +90,7 @@ impl StateStore for GrpcStateStore {
     async fn set(&self, req: pb::SetRequest) -> Result<(), ComponentError> {
         self.conn
             .call("Set", req, |ch, r| async move {
-                StateStoreClient::new(ch).set(r).await
+                StateStoreClient::new(ch).limited(&r).set(r).await
             })
             .await?;
         Ok(())
@@ -99,7 +99,7 @@ impl StateStore for GrpcStateStore {
     async fn delete(&self, req: pb::DeleteRequest) -> Result<(), ComponentError> {
         self.conn
             .call("Delete", req, |ch, r| async move {
-                StateStoreClient::new(ch).delete(r).await
+                StateStoreClient::new(ch).limited(&r).delete(r).await
             })
             .await?;
         Ok(())
@@ -111,7 +111,7 @@ impl StateStore for GrpcStateStore {
     ) -> Result<pb::BulkGetResponse, ComponentError> {
         self.conn
             .call("BulkGet", req, |ch, r| async move {
-                StateStoreClient::new(ch).bulk_get(r).await
+                StateStoreClient::new(ch).limited(&r).bulk_get(r).await
             })
             .await
     }
@@ -119,7 +119,7 @@ impl StateStore for GrpcStateStore {
     async fn bulk_set(&self, req: pb::BulkSetRequest) -> Result<(), ComponentError> {
         self.conn
             .call("BulkSet", req, |ch, r| async move {
-                StateStoreClient::new(ch).bulk_set(r).await
+                StateStoreClient::new(ch).limited(&r).bulk_set(r).await
             })
             .await?;
         Ok(())
@@ -128,7 +128,7 @@ impl StateStore for GrpcStateStore {
     async fn bulk_delete(&self, req: pb::BulkDeleteRequest) -> Result<(), ComponentError> {
         self.conn
             .call("BulkDelete", req, |ch, r| async move {
-                StateStoreClient::new(ch).bulk_delete(r).await
+                StateStoreClient::new(ch).limited(&r).bulk_delete(r).await
             })
             .await?;
         Ok(())
@@ -137,7 +137,10 @@ impl StateStore for GrpcStateStore {
     async fn transact(&self, req: pb::TransactionalStateRequest) -> Result<(), ComponentError> {
         self.conn
             .call("Transact", req, |ch, r| async move {
-                TransactionalStateStoreClient::new(ch).transact(r).await
+                TransactionalStateStoreClient::new(ch)
+                    .limited(&r)
+                    .transact(r)
+                    .await
             })
             .await?;
         Ok(())
@@ -152,7 +155,7 @@ impl StateStore for GrpcStateStore {
                 match self
                     .conn
                     .call_with_timeout("MultiMaxSize", limit, pb::MultiMaxSizeRequest {}, |ch, r| async move {
-                        TransactionalStoreMultiMaxSizeClient::new(ch).multi_max_size(r).await
+                        TransactionalStoreMultiMaxSizeClient::new(ch).limited(&r).multi_max_size(r).await
                     })
                     .await
                 {
@@ -170,7 +173,10 @@ impl StateStore for GrpcStateStore {
     async fn query(&self, req: pb::QueryRequest) -> Result<pb::QueryResponse, ComponentError> {
         self.conn
             .call("Query", req, |ch, r| async move {
-                QueriableStateStoreClient::new(ch).query(r).await
+                QueriableStateStoreClient::new(ch)
+                    .limited(&r)
+                    .query(r)
+                    .await
             })
             .await
     }
@@ -178,7 +184,7 @@ impl StateStore for GrpcStateStore {
     async fn ping(&self) -> Result<(), ComponentError> {
         self.conn
             .call("Ping", pb::PingRequest {}, |ch, r| async move {
-                StateStoreClient::new(ch).ping(r).await
+                StateStoreClient::new(ch).limited(&r).ping(r).await
             })
             .await?;
         Ok(())

@@ -667,7 +667,9 @@ impl ComponentServer {
             mux: Arc::new(Multiplexer::new(factory)),
             stopping: self.stopping(),
         };
-        self.routes_mut().add_service(PubSubServer::new(service));
+        self.routes_mut().add_service(
+            PubSubServer::new(service).max_decoding_message_size(crate::server::MAX_MESSAGE_SIZE),
+        );
         self.advertise(<PubSubServer<PubSubService<P>> as NamedService>::NAME);
         self
     }

@@ -216,8 +216,10 @@ impl ComponentServer {
         let service = SecretStoreService {
             mux: Arc::new(Multiplexer::new(factory)),
         };
-        self.routes_mut()
-            .add_service(SecretStoreServer::new(service));
+        self.routes_mut().add_service(
+            SecretStoreServer::new(service)
+                .max_decoding_message_size(crate::server::MAX_MESSAGE_SIZE),
+        );
         self.advertise(<SecretStoreServer<SecretStoreService<S>> as NamedService>::NAME);
         self
     }

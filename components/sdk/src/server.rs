@@ -25,6 +25,11 @@ pub const SOCKET_FOLDER_ENV_VARS: [&str; 3] = [
 /// The socket folder used when none of [`SOCKET_FOLDER_ENV_VARS`] is set.
 pub const DEFAULT_SOCKET_FOLDER: &str = "/tmp/dapr-components-sockets";
 
+/// The largest message a component built with this crate accepts. Its only client is the
+/// host, over the component's own socket, and the host already bounds what apps may send
+/// (`--max-body-size` in plugd); tonic's 4 MiB default would refuse values the host accepted.
+pub const MAX_MESSAGE_SIZE: usize = usize::MAX;
+
 /// File name extension of the socket: `<name>.sock`.
 pub const SOCKET_EXTENSION: &str = "sock";
 

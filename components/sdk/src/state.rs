@@ -585,17 +585,23 @@ impl ComponentServer {
             mux: Arc::new(Multiplexer::new(factory)),
         };
         if S::TRANSACTIONAL {
-            self.routes_mut()
-                .add_service(TransactionalStateStoreServer::new(service.clone()));
+            self.routes_mut().add_service(
+                TransactionalStateStoreServer::new(service.clone())
+                    .max_decoding_message_size(crate::server::MAX_MESSAGE_SIZE),
+            );
             self.advertise(<TransactionalStateStoreServer<StateService<S>> as NamedService>::NAME);
         }
         if S::QUERY_API {
-            self.routes_mut()
-                .add_service(QueriableStateStoreServer::new(service.clone()));
+            self.routes_mut().add_service(
+                QueriableStateStoreServer::new(service.clone())
+                    .max_decoding_message_size(crate::server::MAX_MESSAGE_SIZE),
+            );
             self.advertise(<QueriableStateStoreServer<StateService<S>> as NamedService>::NAME);
         }
-        self.routes_mut()
-            .add_service(StateStoreServer::new(service));
+        self.routes_mut().add_service(
+            StateStoreServer::new(service)
+                .max_decoding_message_size(crate::server::MAX_MESSAGE_SIZE),
+        );
         self.advertise(<StateStoreServer<StateService<S>> as NamedService>::NAME);
         self
     }

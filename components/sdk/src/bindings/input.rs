@@ -245,8 +245,10 @@ impl ComponentServer {
             })),
             stopping: self.stopping(),
         };
-        self.routes_mut()
-            .add_service(InputBindingServer::new(service));
+        self.routes_mut().add_service(
+            InputBindingServer::new(service)
+                .max_decoding_message_size(crate::server::MAX_MESSAGE_SIZE),
+        );
         self.advertise(<InputBindingServer<InputService<B>> as NamedService>::NAME);
         self
     }

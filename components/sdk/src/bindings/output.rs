@@ -99,8 +99,10 @@ impl ComponentServer {
         let service = OutputService {
             mux: Arc::new(Multiplexer::new(factory)),
         };
-        self.routes_mut()
-            .add_service(OutputBindingServer::new(service));
+        self.routes_mut().add_service(
+            OutputBindingServer::new(service)
+                .max_decoding_message_size(crate::server::MAX_MESSAGE_SIZE),
+        );
         self.advertise(<OutputBindingServer<OutputService<B>> as NamedService>::NAME);
         self
     }
