@@ -304,6 +304,7 @@ impl App {
             .layer(api::gate::GrpcGateLayer::new(
                 config.api_token.as_deref().map(Arc::from),
             ))
+            .layer(crate::telemetry::trace::ApiTraceLayer::grpc())
             .add_service(dapr)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

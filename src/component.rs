@@ -26,6 +26,7 @@ use tonic::{
     metadata::{AsciiMetadataValue, MetadataValue},
     transport::{Channel, Endpoint, Uri},
 };
+use tracing::Instrument as _;
 
 /// The header that tells a component which instance a call is for.
 pub const INSTANCE_HEADER: &str = "x-component-instance";
@@ -384,12 +385,30 @@ impl Connection {
         req
     }
 
-    /// Wraps the request of a long-lived stream: the instance header, no deadline.
-    pub fn stream_request<T>(&self, message: T) -> Request<T> {
+    /// Wraps the request of a long-lived stream: the instance header, the trace context of a
+    /// span for the stream's opening, no deadline.
+    pub fn stream_request<T>(&self, method: &'static str, message: T) -> Request<T> {
         let mut req = Request::new(message);
         req.metadata_mut()
             .insert(INSTANCE_HEADER, self.inner.header.clone());
+        let span = self.call_span(method);
+        crate::telemetry::trace::inject_grpc(&span, req.metadata_mut());
         req
+    }
+
+    /// The span of one call to the component; its context travels in the call's metadata.
+    fn call_span(&self, method: &'static str) -> tracing::Span {
+        let span = tracing::error_span!(
+            "component_call",
+            otel.name = method,
+            otel.kind = "client",
+            component = %self.inner.instance,
+            socket = %self.inner.socket.display(),
+            method,
+            trace_id = tracing::field::Empty,
+        );
+        crate::telemetry::trace::start(&span, opentelemetry::Context::new());
+        span
     }
 
     /// Runs one unary call with the default deadline.
@@ -419,9 +438,14 @@ impl Connection {
         F: FnOnce(Channel, Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let req = self.request(message, timeout);
+        let mut req = self.request(message, timeout);
+        let span = self.call_span(method);
+        crate::telemetry::trace::inject_grpc(&span, req.metadata_mut());
         let started = tokio::time::Instant::now();
-        match tokio::time::timeout(timeout, f(self.channel(), req)).await {
+        match tokio::time::timeout(timeout, f(self.channel(), req))
+            .instrument(span)
+            .await
+        {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
             // tonic enforces the request's grpc-timeout itself and answers CANCELLED.
             Ok(Err(status))

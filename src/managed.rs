@@ -794,19 +794,25 @@ fn strip_ansi(line: &str) -> String {
     out
 }
 
-/// Level and text of a `tracing-subscriber` JSON line: the message, then the other fields.
+/// Level and text of a JSON log line — `tracing-subscriber`'s (`level`, `fields.message`) or
+/// Dapr's schema (`level` `warning`/`fatal`, `msg`): the message, then the other fields.
 fn parse_json_line(line: &str) -> Option<(tracing::Level, String)> {
     let value: serde_json::Value = serde_json::from_str(line).ok()?;
     let obj = value.as_object()?;
     let level = obj
         .get("level")
         .and_then(|l| l.as_str())
-        .and_then(|l| l.parse().ok())
+        .and_then(|l| match l.to_ascii_lowercase().as_str() {
+            "warning" => Some(tracing::Level::WARN),
+            "fatal" | "panic" => Some(tracing::Level::ERROR),
+            other => other.parse().ok(),
+        })
         .unwrap_or(tracing::Level::INFO);
     let fields = obj.get("fields").and_then(|f| f.as_object());
     let message = fields
         .and_then(|f| f.get("message"))
         .or_else(|| obj.get("message"))
+        .or_else(|| obj.get("msg"))
         .and_then(|m| m.as_str())
         .unwrap_or("");
     let mut text = message.to_string();
@@ -892,5 +898,10 @@ mod tests {
         assert_eq!(level, tracing::Level::WARN);
         assert_eq!(text, "slow ms=12");
         assert!(parse_json_line("plain text").is_none());
+        let (level, text) = parse_json_line(
+            r#"{"time":"t","level":"warning","type":"log","msg":"slow","scope":"x"}"#,
+        )
+        .expect("dapr json");
+        assert_eq!((level, text.as_str()), (tracing::Level::WARN, "slow"));
     }
 }

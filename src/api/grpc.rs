@@ -83,14 +83,9 @@ impl DaprApi {
     }
 }
 
-/// The W3C trace context a gRPC request carries.
-fn trace_of<T>(req: &Request<T>) -> crate::pubsub::cloudevents::Trace {
-    publish::trace_from(|k| {
-        req.metadata()
-            .get(k)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    })
+/// The publish span's trace context (the request's span, child of the caller's context).
+fn trace_of<T>(_req: &Request<T>) -> crate::pubsub::cloudevents::Trace {
+    crate::telemetry::trace::current()
 }
 
 fn unserved(method: &str) -> Status {

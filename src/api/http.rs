@@ -105,6 +105,7 @@ pub fn router(
         // `bulk` is a sub-resource; a secret named "bulk" is reachable over gRPC only, as in
         // Dapr.
         .route("/v1.0/secrets/{store}/{key}", get(get_secret))
+        .route_layer(crate::telemetry::trace::ApiTraceLayer::http())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
@@ -611,13 +612,9 @@ async fn query_state(
     Ok(Json(body).into_response())
 }
 
-fn trace_of(headers: &HeaderMap) -> crate::pubsub::cloudevents::Trace {
-    publish::trace_from(|k| {
-        headers
-            .get(k)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    })
+/// The publish span's trace context (the request's span, child of the caller's context).
+fn trace_of(_headers: &HeaderMap) -> crate::pubsub::cloudevents::Trace {
+    crate::telemetry::trace::current()
 }
 
 /// `POST /v1.0/publish/{pubsub}/{topic}`: the body is the payload, `Content-Type` its type.
