@@ -69,6 +69,7 @@ pub fn init(settings: &Settings) -> anyhow::Result<Telemetry> {
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_context_activation(false)
+        .with_tracked_inactivity(false)
         .with_location(false)
         .with_threads(false)
         .with_level(false)

@@ -1507,7 +1507,7 @@ async fn a_crashing_command_is_restarted_with_growing_delays() {
         .with_message("managed component started")
         .iter()
         .filter(|l| l["component"] == "crashy")
-        .map(|l| chrono_free::parse(l["timestamp"].as_str().expect("timestamp")))
+        .map(|l| chrono_free::parse(l["time"].as_str().expect("time")))
         .collect();
     // Each gap holds at least the restart delay: 100 ms · 2^(k-1), less the 20 % jitter.
     for (k, pair) in starts.windows(2).take(3).enumerate() {

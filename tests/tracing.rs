@@ -707,3 +707,41 @@ async fn spans_are_exported_over_otlp() {
             .any(|s| s == APP_ID)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Input bindings: each event reaches the app with a trace context of its own.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_binding_events_reach_the_app_with_a_traceparent() {
+    let dirs = TestDirs::new();
+    let _cron = spawn_component("plugd-cron", &dirs.sockets, "cron", &[]);
+    dirs.write_resource(
+        "cron.yaml",
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: tick\nspec:\n  type: bindings.cron\n  version: v1\n  metadata:\n  - name: schedule\n    value: \"@every 50ms\"\n  - name: route\n    value: /ticks\n",
+    );
+    let app = apps::http_app(serde_json::json!([]), apps::always(apps::Answer::Success)).await;
+    let port = app.port.to_string();
+    let _plugd = Plugd::start(&dirs, &["--app-port", &port, "--app-protocol", "http"], &[]).await;
+    let ticks = |events: &[apps::Received]| {
+        events
+            .iter()
+            .filter(|e| e.path == "/ticks" && !e.body.is_empty())
+            .count()
+    };
+    let events = app
+        .recorder
+        .wait_for(WAIT, "two ticks", |e| ticks(e) >= 2)
+        .await;
+    let traces: Vec<String> = events
+        .iter()
+        .filter(|e| e.path == "/ticks" && !e.body.is_empty())
+        .map(|e| {
+            let tp = e
+                .headers
+                .get("traceparent")
+                .unwrap_or_else(|| panic!("no traceparent: {:?}", e.headers));
+            parse_traceparent(tp).0
+        })
+        .collect();
+    assert_ne!(traces[0], traces[1], "each event starts its own trace");
+}

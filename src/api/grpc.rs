@@ -53,7 +53,7 @@ impl DaprApi {
         &self,
         req: Request<rt::BulkPublishRequest>,
     ) -> Reply<rt::BulkPublishResponse> {
-        let trace = trace_of(&req);
+        let trace = crate::telemetry::trace::current();
         let r = req.into_inner();
         let entries = r
             .entries
@@ -81,11 +81,6 @@ impl DaprApi {
                 .collect(),
         }))
     }
-}
-
-/// The publish span's trace context (the request's span, child of the caller's context).
-fn trace_of<T>(_req: &Request<T>) -> crate::pubsub::cloudevents::Trace {
-    crate::telemetry::trace::current()
 }
 
 fn unserved(method: &str) -> Status {
@@ -197,7 +192,7 @@ impl rt::dapr_server::Dapr for DaprApi {
     }
 
     async fn publish_event(&self, req: Request<rt::PublishEventRequest>) -> Reply<()> {
-        let trace = trace_of(&req);
+        let trace = crate::telemetry::trace::current();
         let r = req.into_inner();
         let message = publish::Message {
             data: r.data,

@@ -612,11 +612,6 @@ async fn query_state(
     Ok(Json(body).into_response())
 }
 
-/// The publish span's trace context (the request's span, child of the caller's context).
-fn trace_of(_headers: &HeaderMap) -> crate::pubsub::cloudevents::Trace {
-    crate::telemetry::trace::current()
-}
-
 /// `POST /v1.0/publish/{pubsub}/{topic}`: the body is the payload, `Content-Type` its type.
 async fn publish_event(
     State(ctx): State<Ctx>,
@@ -636,7 +631,12 @@ async fn publish_event(
         metadata: query_metadata(&params),
     };
     ctx.pubsub
-        .publish(&pubsub, &topic, message, &trace_of(&headers))
+        .publish(
+            &pubsub,
+            &topic,
+            message,
+            &crate::telemetry::trace::current(),
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -691,7 +691,6 @@ async fn bulk_publish(
     State(ctx): State<Ctx>,
     Path((pubsub, topic)): Path<(String, String)>,
     Query(params): Params,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let Ok(Value::Array(items)) = serde_json::from_slice::<Value>(&body) else {
@@ -746,7 +745,7 @@ async fn bulk_publish(
             &topic,
             entries,
             query_metadata(&params),
-            &trace_of(&headers),
+            &crate::telemetry::trace::current(),
         )
         .await?;
     if failed.is_empty() {
