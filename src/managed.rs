@@ -463,7 +463,12 @@ const TAIL_LINES: usize = 20;
 
 impl Supervisor {
     async fn run(self) {
-        let span = tracing::info_span!("managed", component = %self.name);
+        let socket = self
+            .settings
+            .sockets_folder
+            .join(format!("{}.sock", self.name));
+        let span =
+            tracing::info_span!("managed", component = %self.name, socket = %socket.display());
         let _ = tracing::Instrument::instrument(self.supervise(), span).await;
     }
 
@@ -606,14 +611,16 @@ impl Supervisor {
             json_plugd: self.settings.log_as_json,
             tail: tail.clone(),
         };
-        let out = child
-            .stdout
-            .take()
-            .map(|o| tokio::spawn(relay.clone().forward(o, "stdout")));
-        let err = child
-            .stderr
-            .take()
-            .map(|e| tokio::spawn(relay.forward(e, "stderr")));
+        let out = child.stdout.take().map(|o| {
+            tokio::spawn(tracing::Instrument::in_current_span(
+                relay.clone().forward(o, "stdout"),
+            ))
+        });
+        let err = child.stderr.take().map(|e| {
+            tokio::spawn(tracing::Instrument::in_current_span(
+                relay.forward(e, "stderr"),
+            ))
+        });
         let relays = async move {
             for handle in [out, err].into_iter().flatten() {
                 let _ = handle.await;

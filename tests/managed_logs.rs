@@ -61,9 +61,11 @@ fn managed_output_is_relayed_as_json_lines_marked_with_the_component() {
     let from_component: Vec<&serde_json::Value> =
         lines.iter().filter(|l| l["scope"] == "component").collect();
     assert!(
-        from_component
-            .iter()
-            .all(|l| l["component"] == "in-memory" && l["stream"] == "stderr"),
+        from_component.iter().all(|l| l["component"] == "in-memory"
+            && l["stream"] == "stderr"
+            && l["socket"]
+                .as_str()
+                .is_some_and(|s| s.ends_with("in-memory.sock"))),
         "{from_component:#?}"
     );
     // The component's own start-up line, level kept, text not prefixed in JSON mode.

@@ -32,10 +32,13 @@ const APP_ID: &str = "traceapp";
 // ---------------------------------------------------------------------------------------------
 // The recording state store.
 
+/// A key and the trace metadata of the `Get` that asked for it.
+type Seen = (String, HashMap<String, String>);
+
 /// The `traceparent` / `tracestate` metadata of every `Get` the store received, by key.
 #[derive(Clone, Default)]
 struct RecordingStore {
-    gets: Arc<Mutex<Vec<(String, HashMap<String, String>)>>>,
+    gets: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl RecordingStore {
@@ -503,10 +506,11 @@ async fn publish_reaches_the_app(protocol: &str) {
         .await,
     };
     let port = app.port.to_string();
+    // Only the start-up lines are logged: the trace spans exist whatever the log filter says.
     let plugd = Plugd::start(
         &dirs,
         &["--app-port", &port, "--app-protocol", protocol],
-        &[],
+        &[("RUST_LOG", "plugd::app=info")],
     )
     .await;
     let http = reqwest::Client::new();
@@ -721,7 +725,12 @@ async fn input_binding_events_reach_the_app_with_a_traceparent() {
     );
     let app = apps::http_app(serde_json::json!([]), apps::always(apps::Answer::Success)).await;
     let port = app.port.to_string();
-    let _plugd = Plugd::start(&dirs, &["--app-port", &port, "--app-protocol", "http"], &[]).await;
+    let _plugd = Plugd::start(
+        &dirs,
+        &["--app-port", &port, "--app-protocol", "http"],
+        &[("RUST_LOG", "plugd::app=info")],
+    )
+    .await;
     let ticks = |events: &[apps::Received]| {
         events
             .iter()
@@ -744,4 +753,26 @@ async fn input_binding_events_reach_the_app_with_a_traceparent() {
         })
         .collect();
     assert_ne!(traces[0], traces[1], "each event starts its own trace");
+}
+
+#[test]
+fn a_bad_otlp_endpoint_or_log_level_stops_start_up_with_64() {
+    for (flag, value) in [("--otlp-endpoint", "not a uri"), ("--log-level", "plugd=[")] {
+        let out = Command::new(binary("plugd"))
+            .args([
+                flag,
+                value,
+                "--dapr-grpc-port",
+                "0",
+                "--dapr-http-port",
+                "0",
+            ])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run plugd");
+        assert_eq!(out.status.code(), Some(64), "{flag} {value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(flag) && stderr.contains(value), "{stderr}");
+    }
 }
