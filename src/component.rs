@@ -400,14 +400,14 @@ impl Connection {
     fn call_span(&self, method: &'static str) -> tracing::Span {
         let span = tracing::error_span!(
             "component_call",
-            otel.name = method,
-            otel.kind = "client",
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
             component = %self.inner.instance,
             socket = %self.inner.socket.display(),
             method,
             trace_id = tracing::field::Empty,
         );
-        crate::telemetry::trace::start(&span, opentelemetry::Context::new());
+        crate::telemetry::trace::start(&span, opentelemetry::Context::new(), method, "client");
         span
     }
 

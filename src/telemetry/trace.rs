@@ -181,13 +181,19 @@ fn with_data<T>(
 }
 
 /// Gives `span` its parent — `parent` when it has a valid span context, else the enclosing
-/// trace span, else none (a new trace) — and records its trace id in its `trace_id` field.
-pub fn start(span: &Span, parent: Context) {
+/// trace span, else none (a new trace) — and records its trace id in its `trace_id` field when
+/// no enclosing span shows it already. `name` and `kind` (`server`, `client`) are the
+/// OpenTelemetry span's name and kind, recorded only when spans are exported (the span must
+/// declare `otel.name`, `otel.kind` and `trace_id` as empty fields): a log line then pays for
+/// no field it does not show.
+pub fn start(span: &Span, parent: Context, name: &str, kind: &'static str) {
     if span.is_disabled() {
         return;
     }
     let remote = parent.span().span_context().clone();
     let trace_id = if exporting() {
+        span.record("otel.name", name);
+        span.record(super::TRACE_MARKER, kind);
         if remote.is_valid() {
             let _ = span.set_parent(parent);
         }
@@ -196,22 +202,26 @@ pub fn start(span: &Span, parent: Context) {
         sc.is_valid().then(|| sc.trace_id())
     } else {
         with_data(span, |data| {
-            let light = if remote.is_valid() {
-                Light::child_of(
+            let (light, shown) = if remote.is_valid() {
+                let light = Light::child_of(
                     remote.trace_id(),
                     remote.trace_flags(),
                     remote.trace_state().clone(),
-                )
+                );
+                (light, false)
             } else {
-                data.scope()
+                match data
+                    .scope()
                     .skip(1)
                     .find_map(|s| s.extensions().get::<Light>().cloned())
-                    .map(|p| Light::child_of(p.trace_id, p.flags, p.state))
-                    .unwrap_or_else(Light::root)
+                {
+                    Some(p) => (Light::child_of(p.trace_id, p.flags, p.state), true),
+                    None => (Light::root(), false),
+                }
             };
             let trace_id = light.trace_id;
             data.extensions_mut().replace(light);
-            Some(trace_id)
+            (!shown).then_some(trace_id)
         })
     };
     if let Some(trace_id) = trace_id {
@@ -261,11 +271,12 @@ fn insert_ascii(metadata: &mut MetadataMap, key: &'static str, value: String) {
 pub fn app_span(name: &'static str, traceparent: Option<&str>, tracestate: Option<&str>) -> Span {
     let span = tracing::error_span!(
         "app_call",
-        otel.name = name,
-        otel.kind = "client",
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
+        call = name,
         trace_id = tracing::field::Empty,
     );
-    start(&span, extract_w3c(traceparent, tracestate));
+    start(&span, extract_w3c(traceparent, tracestate), name, "client");
     span
 }
 
@@ -373,14 +384,17 @@ where
             // every log level; spans themselves print nothing.
             let span = tracing::error_span!(
                 "api",
-                otel.name = route,
-                otel.kind = "server",
-                protocol = if self.grpc { "grpc" } else { "http" },
-                method = %req.method(),
+                otel.name = tracing::field::Empty,
+                otel.kind = tracing::field::Empty,
                 route,
                 trace_id = tracing::field::Empty,
             );
-            start(&span, extract_headers(req.headers(), self.grpc));
+            start(
+                &span,
+                extract_headers(req.headers(), self.grpc),
+                route,
+                "server",
+            );
             tracing::debug!(parent: &span, "api request");
             span
         };
