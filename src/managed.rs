@@ -719,27 +719,15 @@ struct Relay {
 
 impl Relay {
     async fn forward<R: tokio::io::AsyncRead + Unpin>(self, out: R, stream: &'static str) {
-        let mut lines = FramedRead::new(out, LinesCodec::new_with_max_length(MAX_LINE));
-        let mut after_error = false;
-        loop {
-            match lines.next().await {
-                Some(Ok(line)) => self.emit(&line, stream),
-                Some(Err(tokio_util::codec::LinesCodecError::MaxLineLengthExceeded)) => {
-                    self.emit(
-                        &format!("(a line longer than {MAX_LINE} bytes was cut)"),
-                        stream,
-                    );
-                    // The codec skips the rest of that line; the stream goes on.
-                    after_error = true;
-                    continue;
-                }
-                Some(Err(tokio_util::codec::LinesCodecError::Io(_))) => break,
-                // Right after an error the reader pauses once with `None`; only a second `None`
-                // is the end of the output.
-                None if after_error => {}
-                None => break,
+        let mut lines = FramedRead::new(out, CutLines(LinesCodec::new_with_max_length(MAX_LINE)));
+        while let Some(Ok(line)) = lines.next().await {
+            match line {
+                Line::Whole(line) => self.emit(&line, stream),
+                Line::Cut => self.emit(
+                    &format!("(a line longer than {MAX_LINE} bytes was cut)"),
+                    stream,
+                ),
             }
-            after_error = false;
         }
     }
 
@@ -775,6 +763,38 @@ impl Relay {
             tracing::Level::DEBUG => at!(debug),
             tracing::Level::TRACE => at!(trace),
             _ => at!(info),
+        }
+    }
+}
+
+/// One line of a child's output, or the mark of an overlong line whose rest is skipped.
+enum Line {
+    Whole(String),
+    Cut,
+}
+
+/// `LinesCodec` with an overlong line as an item rather than an error: after a decoder error
+/// `FramedRead` pauses and then waits for new input before decoding what it already holds, so
+/// the lines right after a long one would stay unread until the child wrote again.
+struct CutLines(LinesCodec);
+
+impl tokio_util::codec::Decoder for CutLines {
+    type Item = Line;
+    type Error = tokio_util::codec::LinesCodecError;
+
+    fn decode(&mut self, buf: &mut bytes::BytesMut) -> Result<Option<Line>, Self::Error> {
+        match self.0.decode(buf) {
+            Ok(line) => Ok(line.map(Line::Whole)),
+            Err(tokio_util::codec::LinesCodecError::MaxLineLengthExceeded) => Ok(Some(Line::Cut)),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn decode_eof(&mut self, buf: &mut bytes::BytesMut) -> Result<Option<Line>, Self::Error> {
+        match self.0.decode_eof(buf) {
+            Ok(line) => Ok(line.map(Line::Whole)),
+            Err(tokio_util::codec::LinesCodecError::MaxLineLengthExceeded) => Ok(Some(Line::Cut)),
+            Err(e) => Err(e),
         }
     }
 }
