@@ -103,8 +103,8 @@ pub struct Args {
           value_parser = clap::builder::BoolishValueParser::new())]
     pub log_as_json: bool,
 
-    /// Export spans over OTLP/gRPC to this endpoint (e.g. `http://localhost:4317`); no export
-    /// when unset.
+    /// Export spans over OTLP/gRPC (no TLS) to this endpoint (`http://localhost:4317` or
+    /// `localhost:4317`); no export when unset.
     #[arg(long = "otlp-endpoint", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 

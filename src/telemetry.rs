@@ -32,7 +32,8 @@ pub struct Settings {
     pub json: bool,
     /// `app_id` on JSON log lines and the OTLP `service.name`.
     pub app_id: String,
-    /// Where to export spans (OTLP/gRPC, e.g. `http://localhost:4317`); none: no export.
+    /// Where to export spans (OTLP/gRPC without TLS, `http://host:4317` or `host:4317`);
+    /// none: no export.
     pub otlp_endpoint: Option<String>,
 }
 
@@ -154,9 +155,15 @@ fn tracer_provider(settings: &Settings) -> anyhow::Result<(SdkTracerProvider, bo
     match settings.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
         None => Ok((builder.build(), false)),
         Some(endpoint) => {
+            // `host:port` as Dapr's OpenTelemetry settings take it: plain (no TLS) gRPC.
+            let url = if endpoint.contains("://") {
+                endpoint.to_string()
+            } else {
+                format!("http://{endpoint}")
+            };
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
-                .with_endpoint(endpoint)
+                .with_endpoint(url)
                 .with_timeout(Duration::from_secs(10))
                 .build()
                 .map_err(|e| anyhow::anyhow!("invalid --otlp-endpoint {endpoint:?}: {e}"))?;

@@ -650,7 +650,8 @@ async fn spans_are_exported_over_otlp() {
     );
 
     let (dirs, store) = setup_store();
-    let endpoint = format!("http://{addr}");
+    // `host:port` without a scheme is plain gRPC.
+    let endpoint = addr.to_string();
     let plugd = Plugd::start(
         &dirs,
         &["--otlp-endpoint", &endpoint],
