@@ -312,6 +312,7 @@ impl App {
                 config.api_token.as_deref().map(Arc::from),
             ))
             .layer(crate::limits::GrpcBodyLimitLayer::new(config.max_body_size))
+            .layer(crate::telemetry::trace::ApiTraceLayer::grpc())
             .add_service(dapr)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

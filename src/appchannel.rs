@@ -10,6 +10,7 @@ use tonic::{
     metadata::{AsciiMetadataKey, AsciiMetadataValue},
     transport::{Channel, Endpoint},
 };
+use tracing::Instrument as _;
 
 use crate::{
     config::AppProtocol,
@@ -22,6 +23,7 @@ use crate::{
         cloudevents::{CLOUDEVENTS_JSON, Event},
         subscription::{self, Subscription},
     },
+    telemetry::trace,
 };
 
 /// The header carrying the app token (`APP_API_TOKEN`) on every call to the app.
@@ -227,16 +229,10 @@ impl AppChannel for GrpcApp {
         };
         let mut req = self.request(message);
         Self::add_metadata(&mut req, d.metadata);
-        if let Some(tp) = d
-            .event
-            .str("traceparent")
-            .filter(|t| !t.is_empty())
-            .and_then(|t| AsciiMetadataValue::try_from(t).ok())
-        {
-            req.metadata_mut().insert("traceparent", tp);
-        }
+        let span = delivery_span(d.event);
+        trace::inject_grpc(&span, req.metadata_mut());
         let mut client = AppCallbackClient::new(self.channel.clone());
-        match client.on_topic_event(req).await {
+        match client.on_topic_event(req).instrument(span).await {
             Ok(resp) => match TopicEventResponseStatus::try_from(resp.into_inner().status) {
                 Ok(TopicEventResponseStatus::Success) => Outcome::Success,
                 Ok(TopicEventResponseStatus::Retry) => {
@@ -284,18 +280,11 @@ impl AppChannel for GrpcApp {
             metadata: d.metadata.clone(),
         });
         // The event's own metadata travels in the message; only the trace context goes as
-        // call metadata too.
-        let trace: HashMap<String, String> = d
-            .metadata
-            .iter()
-            .filter(|(k, _)| {
-                k.eq_ignore_ascii_case("traceparent") || k.eq_ignore_ascii_case("tracestate")
-            })
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        Self::add_metadata(&mut req, &trace);
+        // call metadata too: a span that continues the event's context when it has one.
+        let span = binding_span(d.name, d.metadata);
+        trace::inject_grpc(&span, req.metadata_mut());
         let mut client = AppCallbackClient::new(self.channel.clone());
-        match client.on_binding_event(req).await {
+        match client.on_binding_event(req).instrument(span).await {
             Ok(resp) => {
                 let r = resp.into_inner();
                 Ok(BindingReply {
@@ -394,13 +383,13 @@ impl AppChannel for HttpApp {
             .post(self.url(d.path))
             .header(http::header::CONTENT_TYPE, CLOUDEVENTS_JSON);
         req = with_headers(req, d.metadata);
-        if let Some(tp) = d.event.str("traceparent").filter(|t| !t.is_empty()) {
-            req = req.header("traceparent", tp);
-        }
+        let span = delivery_span(d.event);
+        req = with_trace(req, &span);
         let resp = match self
             .with_token(req)
             .body(d.event.bytes.clone())
             .send()
+            .instrument(span)
             .await
         {
             Ok(r) => r,
@@ -450,10 +439,13 @@ impl AppChannel for HttpApp {
             .post(self.url(d.route))
             .header(http::header::CONTENT_TYPE, "application/json");
         req = with_headers(req, d.metadata);
+        let span = binding_span(d.name, d.metadata);
+        req = with_trace(req, &span);
         let resp = self
             .with_token(req)
             .body(d.data.to_vec())
             .send()
+            .instrument(span)
             .await
             .map_err(|e| format!("POST {} failed: {e}", d.route))?;
         let status = resp.status();
@@ -482,6 +474,52 @@ impl HttpApp {
             .await
             .map(|r| r.status())
             .map_err(|e| e.to_string())
+    }
+}
+
+/// The span of a topic event's delivery: child of the CloudEvent's `traceparent` when it has a
+/// valid one.
+fn delivery_span(event: &Event) -> tracing::Span {
+    trace::app_span(
+        "pubsub_delivery",
+        event.str("traceparent").as_deref(),
+        event.str("tracestate").as_deref(),
+    )
+}
+
+/// The span of an input-binding event's delivery: child of the event's `traceparent` metadata
+/// when the component gave a valid one, else a new trace.
+fn binding_span(name: &str, metadata: &HashMap<String, String>) -> tracing::Span {
+    let get = |key: &str| {
+        metadata
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.as_str())
+    };
+    let span = trace::app_span("binding_event", get("traceparent"), get("tracestate"));
+    tracing::debug!(parent: &span, binding = name, "delivering an input-binding event");
+    span
+}
+
+/// Sets `traceparent` (and `tracestate` when there is one) naming `span` as the parent,
+/// replacing what the metadata put there.
+fn with_trace(req: reqwest::RequestBuilder, span: &tracing::Span) -> reqwest::RequestBuilder {
+    let headers = trace::headers_of(span);
+    let mut map = http::HeaderMap::new();
+    for (name, value) in [
+        (trace::TRACEPARENT, headers.traceparent),
+        (trace::TRACESTATE, headers.tracestate),
+    ] {
+        if let Ok(value) = http::HeaderValue::try_from(value)
+            && !value.is_empty()
+        {
+            map.insert(name, value);
+        }
+    }
+    if map.is_empty() {
+        req
+    } else {
+        req.headers(map)
     }
 }
 

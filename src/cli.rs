@@ -103,6 +103,11 @@ pub struct Args {
           value_parser = clap::builder::BoolishValueParser::new())]
     pub log_as_json: bool,
 
+    /// Export spans over OTLP/gRPC (no TLS) to this endpoint (`http://localhost:4317` or
+    /// `localhost:4317`); no export when unset.
+    #[arg(long = "otlp-endpoint", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
     /// Bound on dialling a component socket and on its reflection call at discovery.
     #[arg(long = "discovery-timeout", env = "PLUGD_DISCOVERY_TIMEOUT", default_value = "2s",
           value_parser = humantime::parse_duration)]

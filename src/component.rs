@@ -26,6 +26,7 @@ use tonic::{
     metadata::{AsciiMetadataValue, MetadataValue},
     transport::{Channel, Endpoint, Uri},
 };
+use tracing::Instrument as _;
 
 /// The header that tells a component which instance a call is for.
 pub const INSTANCE_HEADER: &str = "x-component-instance";
@@ -398,14 +399,32 @@ impl Connection {
         req
     }
 
-    /// Wraps the request of a long-lived stream: the instance header, no deadline.
-    pub fn stream_request<T>(&self, message: T) -> Request<T> {
+    /// Wraps the request of a long-lived stream: the instance header, the trace context of a
+    /// span for the stream's opening, no deadline.
+    pub fn stream_request<T>(&self, method: &'static str, message: T) -> Request<T> {
         let mut req = Request::new(message);
         req.metadata_mut()
             .insert(INSTANCE_HEADER, self.inner.header.clone());
         req.extensions_mut()
             .insert(MessageLimit(self.inner.message_limit));
+        let span = self.call_span(method);
+        crate::telemetry::trace::inject_grpc(&span, req.metadata_mut());
         req
+    }
+
+    /// The span of one call to the component; its context travels in the call's metadata.
+    fn call_span(&self, method: &'static str) -> tracing::Span {
+        let span = tracing::error_span!(
+            "component_call",
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+            component = %self.inner.instance,
+            socket = %self.inner.socket.display(),
+            method,
+            trace_id = tracing::field::Empty,
+        );
+        crate::telemetry::trace::start(&span, opentelemetry::Context::new(), method, "client");
+        span
     }
 
     /// Runs one unary call with the default deadline.
@@ -435,10 +454,13 @@ impl Connection {
         F: FnOnce(Channel, Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let req = self.request(message, timeout);
+        let mut req = self.request(message, timeout);
+        let span = self.call_span(method);
+        crate::telemetry::trace::inject_grpc(&span, req.metadata_mut());
         let started = tokio::time::Instant::now();
         let result = self
             .bounded_call(method, timeout, started, f(self.channel(), req))
+            .instrument(span)
             .await;
         let code = match &result {
             Ok(_) => tonic::Code::Ok,

@@ -380,7 +380,9 @@ impl Manager {
             self.registry
                 .publish(Publish::Info(supervisor.info.clone()));
         }
-        let span = tracing::info_span!("component", name = %m.name, r#type = %m.type_name());
+        // `socket` is filled in once the component's socket is found.
+        let span = tracing::info_span!("component", component = %m.name, r#type = %m.type_name(),
+            socket = tracing::field::Empty);
         tokio::spawn(supervisor.run().instrument(span));
         Running {
             manifest: m,
@@ -728,6 +730,8 @@ impl Supervisor {
                 }
             };
             self.info.socket = Some(socket.path.clone());
+            tracing::Span::current()
+                .record("socket", tracing::field::display(socket.path.display()));
             let init = tokio::select! {
                 _ = self.stop.cancelled() => return,
                 r = init_component(&self.m, &socket, properties.clone(), sides, &self.settings) => r,

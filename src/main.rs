@@ -27,10 +27,30 @@ fn main() -> ExitCode {
     if let Some(tool) = args.command {
         return run_tool(tool);
     }
-    if let Err(err) = telemetry::init(&args.log_level, args.log_as_json) {
-        eprintln!("plugd: {err}");
-        return ExitCode::from(64);
-    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("plugd: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The OTLP exporter's channel is made inside the runtime.
+    let telemetry = {
+        let _entered = runtime.enter();
+        telemetry::init(&telemetry::Settings {
+            level: args.log_level.clone(),
+            json: args.log_as_json,
+            app_id: args.app_id.clone(),
+            otlp_endpoint: args.otlp_endpoint.clone(),
+        })
+    };
+    let telemetry = match telemetry {
+        Ok(t) => t,
+        Err(err) => {
+            eprintln!("plugd: {err}");
+            return ExitCode::from(64);
+        }
+    };
     for warning in ignored {
         tracing::warn!("{warning}");
     }
@@ -41,14 +61,7 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot start the async runtime");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let shutdown = plugd::shutdown::on_signal();
         match App::build(config, shutdown.clone()).await {
             Ok(app) => match app.run().await {
@@ -63,14 +76,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // Flush the spans not yet exported while the runtime still runs.
+    let _entered = runtime.enter();
+    telemetry.shutdown();
+    code
 }
 
 /// `plugd conformance` and `plugd inspect`: output on stdout, exit 0 when all is well, 1 when a
 /// check failed or a socket is unusable, 2 when they could not run at all.
 fn run_tool(tool: Tool) -> ExitCode {
     // Quiet by default: the tools print their own results.
-    let _ = telemetry::init("warn", false);
+    let _ = telemetry::init_plain("warn");
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -463,7 +463,12 @@ const TAIL_LINES: usize = 20;
 
 impl Supervisor {
     async fn run(self) {
-        let span = tracing::info_span!("managed", component = %self.name);
+        let socket = self
+            .settings
+            .sockets_folder
+            .join(format!("{}.sock", self.name));
+        let span =
+            tracing::info_span!("managed", component = %self.name, socket = %socket.display());
         let _ = tracing::Instrument::instrument(self.supervise(), span).await;
     }
 
@@ -606,14 +611,16 @@ impl Supervisor {
             json_plugd: self.settings.log_as_json,
             tail: tail.clone(),
         };
-        let out = child
-            .stdout
-            .take()
-            .map(|o| tokio::spawn(relay.clone().forward(o, "stdout")));
-        let err = child
-            .stderr
-            .take()
-            .map(|e| tokio::spawn(relay.forward(e, "stderr")));
+        let out = child.stdout.take().map(|o| {
+            tokio::spawn(tracing::Instrument::in_current_span(
+                relay.clone().forward(o, "stdout"),
+            ))
+        });
+        let err = child.stderr.take().map(|e| {
+            tokio::spawn(tracing::Instrument::in_current_span(
+                relay.forward(e, "stderr"),
+            ))
+        });
         let relays = async move {
             for handle in [out, err].into_iter().flatten() {
                 let _ = handle.await;
@@ -712,27 +719,15 @@ struct Relay {
 
 impl Relay {
     async fn forward<R: tokio::io::AsyncRead + Unpin>(self, out: R, stream: &'static str) {
-        let mut lines = FramedRead::new(out, LinesCodec::new_with_max_length(MAX_LINE));
-        let mut after_error = false;
-        loop {
-            match lines.next().await {
-                Some(Ok(line)) => self.emit(&line, stream),
-                Some(Err(tokio_util::codec::LinesCodecError::MaxLineLengthExceeded)) => {
-                    self.emit(
-                        &format!("(a line longer than {MAX_LINE} bytes was cut)"),
-                        stream,
-                    );
-                    // The codec skips the rest of that line; the stream goes on.
-                    after_error = true;
-                    continue;
-                }
-                Some(Err(tokio_util::codec::LinesCodecError::Io(_))) => break,
-                // Right after an error the reader pauses once with `None`; only a second `None`
-                // is the end of the output.
-                None if after_error => {}
-                None => break,
+        let mut lines = FramedRead::new(out, CutLines(LinesCodec::new_with_max_length(MAX_LINE)));
+        while let Some(Ok(line)) = lines.next().await {
+            match line {
+                Line::Whole(line) => self.emit(&line, stream),
+                Line::Cut => self.emit(
+                    &format!("(a line longer than {MAX_LINE} bytes was cut)"),
+                    stream,
+                ),
             }
-            after_error = false;
         }
     }
 
@@ -772,6 +767,38 @@ impl Relay {
     }
 }
 
+/// One line of a child's output, or the mark of an overlong line whose rest is skipped.
+enum Line {
+    Whole(String),
+    Cut,
+}
+
+/// `LinesCodec` with an overlong line as an item rather than an error: after a decoder error
+/// `FramedRead` pauses and then waits for new input before decoding what it already holds, so
+/// the lines right after a long one would stay unread until the child wrote again.
+struct CutLines(LinesCodec);
+
+impl tokio_util::codec::Decoder for CutLines {
+    type Item = Line;
+    type Error = tokio_util::codec::LinesCodecError;
+
+    fn decode(&mut self, buf: &mut bytes::BytesMut) -> Result<Option<Line>, Self::Error> {
+        match self.0.decode(buf) {
+            Ok(line) => Ok(line.map(Line::Whole)),
+            Err(tokio_util::codec::LinesCodecError::MaxLineLengthExceeded) => Ok(Some(Line::Cut)),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn decode_eof(&mut self, buf: &mut bytes::BytesMut) -> Result<Option<Line>, Self::Error> {
+        match self.0.decode_eof(buf) {
+            Ok(line) => Ok(line.map(Line::Whole)),
+            Err(tokio_util::codec::LinesCodecError::MaxLineLengthExceeded) => Ok(Some(Line::Cut)),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// Removes terminal escape sequences (`ESC [ ... final`), which programs print for colours.
 fn strip_ansi(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
@@ -794,19 +821,25 @@ fn strip_ansi(line: &str) -> String {
     out
 }
 
-/// Level and text of a `tracing-subscriber` JSON line: the message, then the other fields.
+/// Level and text of a JSON log line — `tracing-subscriber`'s (`level`, `fields.message`) or
+/// Dapr's schema (`level` `warning`/`fatal`, `msg`): the message, then the other fields.
 fn parse_json_line(line: &str) -> Option<(tracing::Level, String)> {
     let value: serde_json::Value = serde_json::from_str(line).ok()?;
     let obj = value.as_object()?;
     let level = obj
         .get("level")
         .and_then(|l| l.as_str())
-        .and_then(|l| l.parse().ok())
+        .and_then(|l| match l.to_ascii_lowercase().as_str() {
+            "warning" => Some(tracing::Level::WARN),
+            "fatal" | "panic" => Some(tracing::Level::ERROR),
+            other => other.parse().ok(),
+        })
         .unwrap_or(tracing::Level::INFO);
     let fields = obj.get("fields").and_then(|f| f.as_object());
     let message = fields
         .and_then(|f| f.get("message"))
         .or_else(|| obj.get("message"))
+        .or_else(|| obj.get("msg"))
         .and_then(|m| m.as_str())
         .unwrap_or("");
     let mut text = message.to_string();
@@ -892,5 +925,10 @@ mod tests {
         assert_eq!(level, tracing::Level::WARN);
         assert_eq!(text, "slow ms=12");
         assert!(parse_json_line("plain text").is_none());
+        let (level, text) = parse_json_line(
+            r#"{"time":"t","level":"warning","type":"log","msg":"slow","scope":"x"}"#,
+        )
+        .expect("dapr json");
+        assert_eq!((level, text.as_str()), (tracing::Level::WARN, "slow"));
     }
 }

@@ -1,27 +1,173 @@
-//! Logging set-up: plain or JSON lines, filtered by `--log-level` or `RUST_LOG`.
+//! Logs, trace context and optional OTLP export.
+//!
+//! Logs are plain text or, with `--log-as-json`, one JSON object per line in Dapr's schema
+//! ([`json`]), filtered by `--log-level` or `RUST_LOG`. Every API request and every component
+//! call runs in a span whose OpenTelemetry context comes from the caller's `traceparent` (or
+//! `grpc-trace-bin`) and travels on to components and the app ([`trace`]). With an OTLP
+//! endpoint the spans are exported over OTLP/gRPC; without one they are dropped when they end.
 
-use tracing_subscriber::{EnvFilter, fmt};
+pub mod json;
+pub mod trace;
 
-/// Installs the global subscriber. `level` is a daprd level name (`debug`, `info`, `warn`,
-/// `error`, `fatal`) or any `tracing` filter directive.
-pub fn init(level: &str, json: bool) -> anyhow::Result<()> {
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::{
+    Resource,
+    trace::{Sampler, SdkTracerProvider},
+};
+use tracing_subscriber::{
+    EnvFilter, Layer as _, filter::filter_fn, fmt, layer::SubscriberExt as _,
+    util::SubscriberInitExt as _,
+};
+
+/// How logs and traces are set up.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// A daprd level name (`debug`, `info`, `warn`, `error`, `fatal`) or any `tracing` filter
+    /// directive; `RUST_LOG` wins when it is set.
+    pub level: String,
+    /// Dapr's JSON log schema instead of plain text.
+    pub json: bool,
+    /// `app_id` on JSON log lines and the OTLP `service.name`.
+    pub app_id: String,
+    /// Where to export spans (OTLP/gRPC without TLS, `http://host:4317` or `host:4317`);
+    /// none: no export.
+    pub otlp_endpoint: Option<String>,
+}
+
+/// Keeps the tracer provider; [`Telemetry::shutdown`] flushes the spans not yet exported.
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+    exporting: bool,
+}
+
+impl Telemetry {
+    /// Exports what is left (bounded), then stops exporting.
+    pub fn shutdown(self) {
+        if self.exporting
+            && let Err(e) = self.provider.shutdown_with_timeout(Duration::from_secs(5))
+        {
+            tracing::warn!(error = %e, "the last spans could not be exported");
+        }
+    }
+}
+
+/// The field that marks a span as a trace span (exported, carrying a trace context). Its value
+/// is the OpenTelemetry span kind (`server`, `client`, `consumer`, `producer`).
+pub const TRACE_MARKER: &str = "otel.kind";
+
+/// Installs the global subscriber. Call it inside a Tokio runtime when `otlp_endpoint` is set
+/// (the exporter's channel needs one).
+pub fn init(settings: &Settings) -> anyhow::Result<Telemetry> {
+    let filter = env_filter(&settings.level)?;
+    let (provider, exporting) = tracer_provider(settings)?;
+    // With export, the spans that carry a trace context go to OpenTelemetry, at any log level
+    // (context activation on every poll is not needed: the context is read from the span).
+    // Without, `trace` keeps their context itself, at a fraction of the cost.
+    let otel = exporting.then(|| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("plugd"))
+            .with_context_activation(false)
+            .with_tracked_inactivity(false)
+            .with_location(false)
+            .with_threads(false)
+            .with_level(false)
+            .with_target(false)
+            .with_filter(filter_fn(|meta| {
+                meta.is_span() && meta.fields().field(TRACE_MARKER).is_some()
+            }))
+    });
+    trace::set_exporting(exporting);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = if settings.json {
+        fmt::layer()
+            .with_writer(std::io::stderr)
+            .fmt_fields(fmt::format::JsonFields::new())
+            .event_format(json::DaprJson::new(&settings.app_id))
+            .with_filter(filter)
+            .boxed()
+    } else {
+        fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .with_filter(filter)
+            .boxed()
+    };
+    // Trace spans exist whatever the log filter says, so their context always travels on.
+    let keep_trace_spans =
+        tracing_subscriber::layer::Identity::new().with_filter(filter_fn(|meta| {
+            meta.is_span() && meta.fields().field(TRACE_MARKER).is_some()
+        }));
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(otel)
+        .with(keep_trace_spans)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))?;
+    Ok(Telemetry {
+        provider,
+        exporting,
+    })
+}
+
+/// Plain logs only, no trace context: for the `plugd conformance` / `plugd inspect` tools.
+pub fn init_plain(level: &str) -> anyhow::Result<()> {
+    fmt()
+        .with_env_filter(env_filter(level)?)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
+}
+
+fn env_filter(level: &str) -> anyhow::Result<EnvFilter> {
     let directive = match level.to_ascii_lowercase().as_str() {
         "fatal" => "error".to_string(),
+        "warning" => "warn".to_string(),
         other => other.to_string(),
     };
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(env) if !env.is_empty() => EnvFilter::try_new(env)?,
+    Ok(match std::env::var("RUST_LOG") {
+        Ok(env) if !env.is_empty() => EnvFilter::try_new(&env)
+            .map_err(|e| anyhow::anyhow!("invalid RUST_LOG {env:?}: {e}"))?,
         _ => EnvFilter::try_new(&directive)
             .map_err(|e| anyhow::anyhow!("invalid --log-level {level:?}: {e}"))?,
-    };
-    let builder = fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let result = if json {
-        builder.json().flatten_event(true).try_init()
-    } else {
-        builder.try_init()
-    };
-    result.map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
+    })
+}
+
+/// The provider every trace span goes through. The sampler follows the caller's sampled flag
+/// and samples new traces, so the flag the caller chose travels on unchanged. Without an
+/// exporter it has no processor: ended spans are dropped.
+fn tracer_provider(settings: &Settings) -> anyhow::Result<(SdkTracerProvider, bool)> {
+    let builder = SdkTracerProvider::builder()
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
+        .with_resource(
+            Resource::builder()
+                .with_service_name(if settings.app_id.is_empty() {
+                    "plugd".to_string()
+                } else {
+                    settings.app_id.clone()
+                })
+                .build(),
+        );
+    match settings.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
+        None => Ok((builder.build(), false)),
+        Some(endpoint) => {
+            // `host:port` as Dapr's OpenTelemetry settings take it: plain (no TLS) gRPC.
+            let url = if endpoint.contains("://") {
+                endpoint.to_string()
+            } else {
+                format!("http://{endpoint}")
+            };
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(url)
+                .with_timeout(Duration::from_secs(10))
+                .build()
+                .map_err(|e| anyhow::anyhow!("invalid --otlp-endpoint {endpoint:?}: {e}"))?;
+            Ok((builder.with_batch_exporter(exporter).build(), true))
+        }
+    }
 }

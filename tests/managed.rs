@@ -47,7 +47,7 @@ impl Logs {
     fn with_message(&self, message: &str) -> Vec<Value> {
         self.json()
             .into_iter()
-            .filter(|l| l["message"] == message)
+            .filter(|l| l["msg"] == message)
             .collect()
     }
 
@@ -56,7 +56,7 @@ impl Logs {
     fn started_pids(&self, component: &str) -> Vec<u32> {
         self.with_message("managed component started")
             .iter()
-            .filter(|l| l["span"]["component"] == component)
+            .filter(|l| l["component"] == component)
             .filter_map(|l| l["pid"].as_u64().map(|p| p as u32))
             .collect()
     }
@@ -65,7 +65,7 @@ impl Logs {
     fn all_started(&self) -> BTreeMap<String, Vec<u32>> {
         let mut out: BTreeMap<String, Vec<u32>> = BTreeMap::new();
         for l in self.with_message("managed component started") {
-            if let (Some(c), Some(pid)) = (l["span"]["component"].as_str(), l["pid"].as_u64()) {
+            if let (Some(c), Some(pid)) = (l["component"].as_str(), l["pid"].as_u64()) {
                 out.entry(c.to_string()).or_default().push(pid as u32);
             }
         }
@@ -180,7 +180,7 @@ impl Plugd {
         self.logs
             .json()
             .iter()
-            .find(|l| l["message"] == "metrics served at /metrics")
+            .find(|l| l["msg"] == "metrics served at /metrics")
             .and_then(|l| l["addr"].as_str()?.rsplit(':').next()?.parse().ok())
             .unwrap_or_else(|| panic!("no metrics line in plugd's log:\n{}", self.logs.tail()))
     }
@@ -208,7 +208,7 @@ impl Plugd {
                     |v: &Value| -> Option<u16> { v.as_str()?.rsplit(':').next()?.parse().ok() };
                 lines
                     .iter()
-                    .find(|l| l["message"] == "plugd is serving the runtime API")
+                    .find(|l| l["msg"] == "plugd is serving the runtime API")
                     .and_then(|l| Some((port(&l["grpc"])?, port(&l["http"])?)))
             }
         })
@@ -635,7 +635,7 @@ spec:
         .logs
         .json()
         .iter()
-        .filter(|l| l["target"] == "component")
+        .filter(|l| l["scope"] == "component")
         .filter_map(|l| l["component"].as_str().map(str::to_string))
         .collect();
     assert_eq!(
@@ -1307,14 +1307,14 @@ async fn a_daprd_command_line_is_accepted() {
         let text = format!("daprd flag --{flag} is accepted but not used by plugd");
         let n = lines
             .iter()
-            .filter(|l| l["message"] == text.as_str() && l["level"] == "WARN")
+            .filter(|l| l["msg"] == text.as_str() && l["level"] == "warning")
             .count();
         assert_eq!(n, 1, "{text}\n{}", plugd.logs.tail());
     }
     let warned = lines
         .iter()
         .filter(|l| {
-            l["message"]
+            l["msg"]
                 .as_str()
                 .is_some_and(|m| m.starts_with("daprd flag --"))
         })
@@ -1506,8 +1506,8 @@ async fn a_crashing_command_is_restarted_with_growing_delays() {
         .logs
         .with_message("managed component started")
         .iter()
-        .filter(|l| l["span"]["component"] == "crashy")
-        .map(|l| chrono_free::parse(l["timestamp"].as_str().expect("timestamp")))
+        .filter(|l| l["component"] == "crashy")
+        .map(|l| chrono_free::parse(l["time"].as_str().expect("time")))
         .collect();
     // Each gap holds at least the restart delay: 100 ms · 2^(k-1), less the 20 % jitter.
     for (k, pair) in starts.windows(2).take(3).enumerate() {

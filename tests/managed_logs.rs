@@ -58,20 +58,20 @@ fn managed_output_is_relayed_as_json_lines_marked_with_the_component() {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
         .collect();
-    let from_component: Vec<&serde_json::Value> = lines
-        .iter()
-        .filter(|l| l["target"] == "component")
-        .collect();
+    let from_component: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["scope"] == "component").collect();
     assert!(
-        from_component
-            .iter()
-            .all(|l| l["component"] == "in-memory" && l["stream"] == "stderr"),
+        from_component.iter().all(|l| l["component"] == "in-memory"
+            && l["stream"] == "stderr"
+            && l["socket"]
+                .as_str()
+                .is_some_and(|s| s.ends_with("in-memory.sock"))),
         "{from_component:#?}"
     );
     // The component's own start-up line, level kept, text not prefixed in JSON mode.
     assert!(
-        from_component.iter().any(|l| l["level"] == "INFO"
-            && l["message"]
+        from_component.iter().any(|l| l["level"] == "info"
+            && l["msg"]
                 .as_str()
                 .is_some_and(|m| m.starts_with("serving pluggable component"))),
         "{from_component:#?}"
@@ -80,20 +80,19 @@ fn managed_output_is_relayed_as_json_lines_marked_with_the_component() {
     assert!(
         lines
             .iter()
-            .any(|l| l["target"] == "plugd::managed"
-                && l["message"] == "launching managed component")
+            .any(|l| l["scope"] == "plugd.managed" && l["msg"] == "launching managed component")
     );
     assert!(
         lines
             .iter()
-            .filter(|l| l["target"] != "component")
+            .filter(|l| l["scope"] != "component")
             .all(|l| l.get("stream").is_none())
     );
     // It was stopped, and its socket is gone.
     assert!(
         lines
             .iter()
-            .any(|l| l["message"] == "managed component stopped"),
+            .any(|l| l["msg"] == "managed component stopped"),
         "{stderr}"
     );
     let left: Vec<_> = std::fs::read_dir(&dirs.sockets)

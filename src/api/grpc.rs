@@ -53,7 +53,7 @@ impl DaprApi {
         &self,
         req: Request<rt::BulkPublishRequest>,
     ) -> Reply<rt::BulkPublishResponse> {
-        let trace = trace_of(&req);
+        let trace = crate::telemetry::trace::current();
         let r = req.into_inner();
         let entries = r
             .entries
@@ -81,16 +81,6 @@ impl DaprApi {
                 .collect(),
         }))
     }
-}
-
-/// The W3C trace context a gRPC request carries.
-fn trace_of<T>(req: &Request<T>) -> crate::pubsub::cloudevents::Trace {
-    publish::trace_from(|k| {
-        req.metadata()
-            .get(k)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    })
 }
 
 fn unserved(method: &str) -> Status {
@@ -202,7 +192,7 @@ impl rt::dapr_server::Dapr for DaprApi {
     }
 
     async fn publish_event(&self, req: Request<rt::PublishEventRequest>) -> Reply<()> {
-        let trace = trace_of(&req);
+        let trace = crate::telemetry::trace::current();
         let r = req.into_inner();
         let message = publish::Message {
             data: r.data,

@@ -148,6 +148,7 @@ pub fn router(
         // Dapr.
         .route("/v1.0/secrets/{store}/{key}", get(get_secret))
         .route_layer(axum::middleware::from_fn(crate::metrics::route_template))
+        .route_layer(crate::telemetry::trace::ApiTraceLayer::http())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
@@ -670,15 +671,6 @@ async fn query_state(
     Ok(Json(body).into_response())
 }
 
-fn trace_of(headers: &HeaderMap) -> crate::pubsub::cloudevents::Trace {
-    publish::trace_from(|k| {
-        headers
-            .get(k)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    })
-}
-
 /// `POST /v1.0/publish/{pubsub}/{topic}`: the body is the payload, `Content-Type` its type.
 async fn publish_event(
     State(ctx): State<Ctx>,
@@ -698,7 +690,12 @@ async fn publish_event(
         metadata: query_metadata(&params),
     };
     ctx.pubsub
-        .publish(&pubsub, &topic, message, &trace_of(&headers))
+        .publish(
+            &pubsub,
+            &topic,
+            message,
+            &crate::telemetry::trace::current(),
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -753,7 +750,6 @@ async fn bulk_publish(
     State(ctx): State<Ctx>,
     Path((pubsub, topic)): Path<(String, String)>,
     Query(params): Params,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let Ok(Value::Array(items)) = serde_json::from_slice::<Value>(&body) else {
@@ -808,7 +804,7 @@ async fn bulk_publish(
             &topic,
             entries,
             query_metadata(&params),
-            &trace_of(&headers),
+            &crate::telemetry::trace::current(),
         )
         .await?;
     if failed.is_empty() {

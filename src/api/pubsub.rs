@@ -375,11 +375,3 @@ fn publish_error(entry: &PubSubEntry, pubsub: &str, topic: &str, e: &ComponentEr
     .with_metadata("error", error)
     .with_resource("pubsub", pubsub)
 }
-
-/// The W3C trace context of a request, from its headers or gRPC metadata.
-pub fn trace_from(get: impl Fn(&str) -> Option<String>) -> Trace {
-    Trace {
-        traceparent: get("traceparent").unwrap_or_default(),
-        tracestate: get("tracestate").unwrap_or_default(),
-    }
-}

@@ -189,7 +189,7 @@ impl OutputBinding for GrpcBinding {
 impl InputBinding for GrpcBinding {
     async fn read(&self) -> Result<EventStream, ComponentError> {
         let (tx, rx) = mpsc::channel(REPLY_QUEUE);
-        let req = self.conn.stream_request(ReceiverStream::new(rx));
+        let req = self.conn.stream_request("Read", ReceiverStream::new(rx));
         let mut client = InputBindingClient::new(self.conn.channel()).limited(&req);
         // As for pub/sub: plugd sends nothing first and waits.
         let events = forward_stream(async move { client.read(req).await });

@@ -143,7 +143,9 @@ impl PubSub for GrpcPubSub {
                 status: tonic::Status::internal("could not queue the subscription request"),
             });
         }
-        let req = self.conn.stream_request(ReceiverStream::new(rx));
+        let req = self
+            .conn
+            .stream_request("PullMessages", ReceiverStream::new(rx));
         let mut client = PubSubClient::new(self.conn.channel()).limited(&req);
         // The stream is open as far as plugd is concerned once the first request is queued, as
         // in daprd.
