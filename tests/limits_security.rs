@@ -107,7 +107,7 @@ impl Plugd {
                 );
                 logs.json()
                     .iter()
-                    .find(|l| l["message"] == "plugd is serving the runtime API")
+                    .find(|l| l["msg"] == "plugd is serving the runtime API")
                     .and_then(|l| {
                         Some((
                             l["grpc"].as_str()?.to_string(),
@@ -517,7 +517,7 @@ async fn sockets_served_by_unexpected_uids_are_refused() {
         let socket = socket.display().to_string();
         async move {
             logs.json().into_iter().find(|l| {
-                l["level"] == "WARN"
+                l["level"] == "warning"
                     && l["socket"] == socket.as_str()
                     && l["reason"]
                         .as_str()
@@ -549,7 +549,7 @@ async fn sockets_served_by_unexpected_uids_are_refused() {
         .logs
         .json()
         .iter()
-        .find(|l| l["message"] == "metrics served at /metrics")
+        .find(|l| l["msg"] == "metrics served at /metrics")
         .and_then(|l| l["addr"].as_str()?.rsplit(':').next()?.parse().ok())
         .expect("metrics port in the log");
     let text = plugd
@@ -661,9 +661,9 @@ async fn an_insecure_socket_folder_is_warned_about() {
         .json()
         .into_iter()
         .filter(|l| {
-            l["level"] == "WARN"
+            l["level"] == "warning"
                 && l["folder"] == folder.as_str()
-                && l["message"]
+                && l["msg"]
                     .as_str()
                     .is_some_and(|m| m.contains("world-writable"))
         })
@@ -692,7 +692,7 @@ async fn an_insecure_socket_folder_is_warned_about() {
                 .iter()
                 .any(|l| {
                     l["folder"] == folder.as_str()
-                        && l["message"]
+                        && l["msg"]
                             .as_str()
                             .is_some_and(|m| m.contains("world-writable"))
                 })
@@ -711,7 +711,7 @@ async fn an_insecure_socket_folder_is_warned_about() {
         let logs = plugd.stop().await;
         assert!(
             logs.json().iter().any(|l| l["folder"] == folder.as_str()
-                && l["message"]
+                && l["msg"]
                     .as_str()
                     .is_some_and(|m| m.contains("owned by uid 4242"))),
             "{}",
@@ -730,7 +730,7 @@ async fn apis_and_metrics_bind_loopback_by_default() {
         .logs
         .json()
         .iter()
-        .find(|l| l["message"] == "metrics served at /metrics")
+        .find(|l| l["msg"] == "metrics served at /metrics")
         .and_then(|l| l["addr"].as_str().map(str::to_string))
         .expect("metrics line");
     assert!(metrics.starts_with("127.0.0.1:"), "{metrics}");

@@ -98,9 +98,10 @@ impl Refused {
         let (set, order) = &mut *guard;
         if set.insert(id.to_owned()) {
             order.push_back(id.to_owned());
-            if order.len() > Self::CAPACITY
-                && let Some(old) = order.pop_front()
-            {
+        }
+        // `order` may hold ids already taken (they are skipped here, not searched for there).
+        while order.len() > Self::CAPACITY {
+            if let Some(old) = order.pop_front() {
                 set.remove(&old);
             }
         }
@@ -109,14 +110,7 @@ impl Refused {
     /// Whether `id` was refused before (and forgets it).
     fn take(&self, id: &str) -> bool {
         match self.ids.lock() {
-            Ok(mut guard) if !guard.0.is_empty() => {
-                let (set, order) = &mut *guard;
-                let found = set.remove(id);
-                if found {
-                    order.retain(|o| o != id);
-                }
-                found
-            }
+            Ok(mut guard) if !guard.0.is_empty() => guard.0.remove(id),
             _ => false,
         }
     }
@@ -451,6 +445,10 @@ mod tests {
         }
         assert!(!refused.take("0"), "the oldest ids are forgotten");
         assert!(refused.take(&(Refused::CAPACITY + 9).to_string()));
+        for i in 0..3 * Refused::CAPACITY {
+            refused.insert(&i.to_string());
+            refused.take(&i.to_string());
+        }
         let guard = refused.ids.lock().expect("lock");
         assert!(guard.0.len() <= Refused::CAPACITY && guard.1.len() <= Refused::CAPACITY);
     }
