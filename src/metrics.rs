@@ -67,6 +67,13 @@ const BUCKETS: [f64; 17] = [
 
 static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
+/// Whether a recorder is installed: until then recording returns at once, building no labels.
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn enabled() -> bool {
+    ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Installs the process-wide recorder once and returns its handle; `None` if another recorder
 /// was installed first (metrics recorded through it then do not show here).
 pub fn install() -> Option<PrometheusHandle> {
@@ -85,6 +92,19 @@ pub fn install() -> Option<PrometheusHandle> {
                 return None;
             }
             describe();
+            ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+            // Histograms keep raw samples until drained: drain them whether or not anyone
+            // scrapes (and whether or not the port could be bound).
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let upkeep = handle.clone();
+                runtime.spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_secs(5));
+                    loop {
+                        tick.tick().await;
+                        upkeep.run_upkeep();
+                    }
+                });
+            }
             Some(handle)
         })
         .clone()
@@ -162,11 +182,14 @@ const GRPC_DURATION: &str = "plugd_grpc_request_duration_seconds";
 
 /// One finished call to a component. `code` is the gRPC code's name (`Ok` on success).
 pub fn component_call(component: &str, method: &'static str, elapsed: Duration, code: tonic::Code) {
-    let failed = code != tonic::Code::Ok;
-    let code = code_name(code);
-    let component = component.to_owned();
+    if !enabled() {
+        return;
+    }
+    let component = metrics::SharedString::from(Arc::<str>::from(component));
     metrics::histogram!(COMPONENT_DURATION, "component" => component.clone(), "method" => method)
         .record(elapsed.as_secs_f64());
+    let failed = code != tonic::Code::Ok;
+    let code = code_name(code);
     if failed {
         metrics::counter!(COMPONENT_ERRORS, "component" => component.clone(), "method" => method, "code" => code)
             .increment(1);
@@ -187,6 +210,9 @@ pub enum PubSubEvent {
 }
 
 pub fn pubsub(event: PubSubEvent, component: &str, topic: &str) {
+    if !enabled() {
+        return;
+    }
     let name = match event {
         PubSubEvent::Delivered => DELIVERED,
         PubSubEvent::Acked => ACKED,
@@ -201,19 +227,49 @@ pub fn pubsub(event: PubSubEvent, component: &str, topic: &str) {
 
 /// The time the app took to handle one message.
 pub fn pubsub_delivery_time(component: &str, topic: &str, elapsed: Duration) {
+    if !enabled() {
+        return;
+    }
     metrics::histogram!(DELIVERY_DURATION, "component" => component.to_owned(), "topic" => topic.to_owned())
         .record(elapsed.as_secs_f64());
 }
 
-/// Messages published by the app (`outcome` is `ok` or `error`).
+/// Messages published by the app (`outcome` is `ok` or `error`). The app chooses topic names,
+/// so only the first [`TOPIC_LABELS`] (pubsub, topic) pairs get their own label; later ones are
+/// counted under `topic="other"`.
 pub fn published(component: &str, topic: &str, ok: bool, count: u64) {
+    if !enabled() || count == 0 {
+        return;
+    }
     let outcome = if ok { "ok" } else { "error" };
-    metrics::counter!(PUBLISHED, "component" => component.to_owned(), "topic" => topic.to_owned(), "outcome" => outcome)
+    let topic = topic_label(component, topic);
+    metrics::counter!(PUBLISHED, "component" => component.to_owned(), "topic" => topic, "outcome" => outcome)
         .increment(count);
+}
+
+/// How many distinct (pubsub, topic) pairs published to get their own label.
+pub const TOPIC_LABELS: usize = 1000;
+
+fn topic_label(component: &str, topic: &str) -> metrics::SharedString {
+    static SEEN: OnceLock<std::sync::Mutex<HashSet<(String, String)>>> = OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    let Ok(mut seen) = seen.lock() else {
+        return "other".into();
+    };
+    let key = (component.to_owned(), topic.to_owned());
+    if seen.contains(&key) || seen.len() < TOPIC_LABELS {
+        seen.insert(key);
+        topic.to_owned().into()
+    } else {
+        "other".into()
+    }
 }
 
 /// One input binding event handed to the app.
 pub fn binding_event(component: &str, ok: bool, elapsed: Duration) {
+    if !enabled() {
+        return;
+    }
     let outcome = if ok { "ok" } else { "error" };
     metrics::histogram!(BINDING_DURATION, "component" => component.to_owned())
         .record(elapsed.as_secs_f64());
@@ -224,6 +280,9 @@ pub fn binding_event(component: &str, ok: bool, elapsed: Duration) {
 /// Counts the sockets that appeared, went away, or became (or stayed newly) unusable between
 /// two scans of the socket folder.
 pub fn discovery_changed(before: Option<&Discovery>, after: &Discovery) {
+    if !enabled() {
+        return;
+    }
     let usable = |d: Option<&Discovery>| -> HashSet<std::path::PathBuf> {
         d.map(|d| d.sockets.iter().map(|s| s.path.clone()).collect())
             .unwrap_or_default()
@@ -286,6 +345,9 @@ pub async fn http_requests(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    if !enabled() {
+        return next.run(request).await;
+    }
     let method = match *request.method() {
         http::Method::GET => "GET",
         http::Method::POST => "POST",
@@ -298,28 +360,38 @@ pub async fn http_requests(
     };
     let started = Instant::now();
     let response = next.run(request).await;
-    let route = response
+    let route: metrics::SharedString = response
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+        .map_or_else(
+            || "unmatched".into(),
+            |p| Arc::<str>::from(p.as_str()).into(),
+        );
+    let status: metrics::SharedString = match response.status().as_u16() {
+        200 => "200".into(),
+        204 => "204".into(),
+        400 => "400".into(),
+        404 => "404".into(),
+        500 => "500".into(),
+        other => other.to_string().into(),
+    };
     metrics::histogram!(HTTP_DURATION, "method" => method, "route" => route.clone())
         .record(started.elapsed().as_secs_f64());
-    metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route, "status" => response.status().as_u16().to_string())
+    metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route, "status" => status)
         .increment(1);
     response
 }
 
 /// The gRPC methods a client may be counted under; anything else is `unknown`.
-fn known_grpc_methods() -> &'static HashSet<String> {
-    static KNOWN: OnceLock<HashSet<String>> = OnceLock::new();
+fn known_grpc_methods() -> &'static HashSet<Arc<str>> {
+    static KNOWN: OnceLock<HashSet<Arc<str>>> = OnceLock::new();
     KNOWN.get_or_init(|| {
-        let mut known: HashSet<String> = [
+        let mut known: HashSet<Arc<str>> = [
             "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
             "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         ]
         .into_iter()
-        .map(String::from)
+        .map(Arc::from)
         .collect();
         if let Ok(set) = <prost_types::FileDescriptorSet as prost::Message>::decode(
             plugd_proto::FILE_DESCRIPTOR_SET,
@@ -327,12 +399,12 @@ fn known_grpc_methods() -> &'static HashSet<String> {
             for file in &set.file {
                 for service in &file.service {
                     for method in &service.method {
-                        known.insert(format!(
+                        known.insert(Arc::from(format!(
                             "/{}.{}/{}",
                             file.package(),
                             service.name(),
                             method.name()
-                        ));
+                        )));
                     }
                 }
             }
@@ -377,12 +449,12 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path();
-        let method: metrics::SharedString = if known_grpc_methods().contains(path) {
-            path.to_owned().into()
-        } else {
-            "unknown".into()
-        };
+        if !enabled() {
+            return Box::pin(self.inner.call(request));
+        }
+        let method: metrics::SharedString = known_grpc_methods()
+            .get(request.uri().path())
+            .map_or_else(|| "unknown".into(), |m| m.clone().into());
         let started = Instant::now();
         let call = self.inner.call(request);
         Box::pin(async move {
@@ -430,19 +502,6 @@ pub async fn serve(
             managed,
             recorded: recorded.clone(),
         });
-    // Histograms keep raw samples until drained: drain them even when nobody scrapes.
-    if let Some(handle) = recorded {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tick.tick() => handle.run_upkeep(),
-                }
-            }
-        });
-    }
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())
@@ -546,6 +605,20 @@ fn escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn published_topics_get_a_bounded_set_of_labels() {
+        assert_eq!(&*topic_label("cap-test", "first"), "first");
+        for i in 0..TOPIC_LABELS {
+            topic_label("cap-test", &format!("t{i}"));
+        }
+        assert_eq!(&*topic_label("cap-test", "one-too-many"), "other");
+        assert_eq!(
+            &*topic_label("cap-test", "first"),
+            "first",
+            "known pairs keep theirs"
+        );
+    }
 
     #[test]
     fn only_known_grpc_methods_get_their_own_label() {
