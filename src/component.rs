@@ -140,8 +140,12 @@ pub const CONNECTION_LOST: &str =
     "the connection to the component was lost; plugd re-initialises it before using it again";
 
 /// Opens a gRPC channel over a Unix socket, bounded by `timeout` (connect + HTTP/2 handshake).
+///
+/// Any process may serve the socket: this is for tools (`plugd inspect`, `plugd conformance`)
+/// and probes that send nothing secret. Components are dialled with [`dial_watched`], which
+/// checks `--allowed-component-uids`.
 pub async fn dial(socket: &Path, timeout: Duration) -> Result<Channel, ComponentError> {
-    dial_watched(socket, timeout)
+    dial_watched(socket, timeout, &[])
         .await
         .map(|(channel, _)| channel)
 }
@@ -152,11 +156,19 @@ pub async fn dial(socket: &Path, timeout: Duration) -> Result<Channel, Component
 /// The channel uses exactly one connection: once it closes, tonic's attempts to reconnect fail
 /// at once (UNAVAILABLE). The process behind the socket may have restarted and would not know
 /// the instance, so plugd dials a new channel and runs Init again instead.
+///
+/// With `allowed_uids` (`--allowed-component-uids`; empty: any uid), the peer credentials of
+/// that very connection are checked before anything is sent on it: a process running as
+/// another uid is refused with a `Connect` error of kind `PermissionDenied` naming its uid.
+/// Checking here rather than only at discovery leaves no window to swap the socket for an
+/// impostor between the check and the Init request (which carries resolved secrets).
 pub async fn dial_watched(
     socket: &Path,
     timeout: Duration,
+    allowed_uids: &[u32],
 ) -> Result<(Channel, CancellationToken), ComponentError> {
     let path = socket.to_path_buf();
+    let allowed: Arc<[u32]> = Arc::from(allowed_uids);
     let used = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let closed = CancellationToken::new();
     let on_close = closed.clone();
@@ -166,6 +178,7 @@ pub async fn dial_watched(
         let path = path.clone();
         let first = !used.swap(true, std::sync::atomic::Ordering::SeqCst);
         let on_close = on_close.clone();
+        let allowed = allowed.clone();
         async move {
             if !first {
                 return Err(std::io::Error::new(
@@ -174,6 +187,7 @@ pub async fn dial_watched(
                 ));
             }
             let stream = UnixStream::connect(path).await?;
+            check_peer_uid(&stream, &allowed)?;
             Ok::<_, std::io::Error>(WatchedIo {
                 io: TokioIo::new(stream),
                 _on_close: on_close.drop_guard(),
@@ -185,7 +199,10 @@ pub async fn dial_watched(
         Ok(Err(e)) => Err(ComponentError::Connect {
             socket: socket.to_path_buf(),
             kind: io_error_kind(&e),
-            reason: error_chain(&e),
+            reason: match peer_refusal(&e) {
+                Some(refused) => format!("refused: {refused}"),
+                None => error_chain(&e),
+            },
         }),
         Err(_) => Err(ComponentError::Connect {
             socket: socket.to_path_buf(),
@@ -193,6 +210,80 @@ pub async fn dial_watched(
             reason: format!("no answer within {timeout:?}"),
         }),
     }
+}
+
+/// Checks that the process serving `stream` (its peer credentials) runs as one of `allowed`;
+/// empty `allowed`: any uid, and nothing is checked. The error has kind `PermissionDenied`
+/// and names the uid and `--allowed-component-uids`.
+pub fn check_peer_uid(stream: &UnixStream, allowed: &[u32]) -> std::io::Result<()> {
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let uid = stream
+        .peer_cred()
+        .map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "cannot read the peer credentials of the socket ({e}), needed for \
+                     --allowed-component-uids"
+                ),
+            )
+        })?
+        .uid();
+    if allowed.contains(&uid) {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            PeerRefused {
+                uid,
+                allowed: allowed.into(),
+            },
+        ))
+    }
+}
+
+/// A socket served by a uid that `--allowed-component-uids` does not list.
+#[derive(Debug)]
+struct PeerRefused {
+    uid: u32,
+    allowed: Box<[u32]>,
+}
+
+impl fmt::Display for PeerRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the socket is served by uid {}, which is not in --allowed-component-uids ",
+            self.uid
+        )?;
+        for (i, uid) in self.allowed.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{uid}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PeerRefused {}
+
+/// The [`PeerRefused`] in `e`'s chain, if the dial failed because of it.
+fn peer_refusal<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a PeerRefused> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(refused) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<PeerRefused>())
+        {
+            return Some(refused);
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// The connection's IO: when hyper drops it (the connection ended), the token is cancelled.
@@ -595,4 +686,141 @@ where
         }
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::ErrorKind;
+
+    const BOUND: Duration = Duration::from_secs(10);
+
+    /// A real gRPC server (reflection v1alpha) on a Unix socket in `dir`, served until the
+    /// returned token is dropped.
+    fn reflection_server(dir: &Path) -> (PathBuf, tokio_util::sync::DropGuard) {
+        let path = dir.join("peer.sock");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind the test socket");
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .expect("reflection service");
+        let stop = CancellationToken::new();
+        let server = tonic::transport::Server::builder()
+            .add_service(reflection)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::UnixListenerStream::new(listener),
+                stop.clone().cancelled_owned(),
+            );
+        tokio::spawn(server);
+        (path, stop.drop_guard())
+    }
+
+    fn not_me() -> (u32, u32) {
+        let me = crate::discovery::own_uid();
+        (me, if me == 4242 { 4243 } else { 4242 })
+    }
+
+    #[tokio::test]
+    async fn the_dial_refuses_a_peer_whose_uid_is_not_allowed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (socket, _server) = reflection_server(dir.path());
+        let (me, other) = not_me();
+
+        let err = dial_watched(&socket, BOUND, &[other, 0xdead])
+            .await
+            .map(|_| ())
+            .expect_err("a server running as our uid is not in the list");
+        let ComponentError::Connect {
+            socket: named,
+            kind,
+            reason,
+        } = &err
+        else {
+            panic!("expected a Connect error, got {err:?}");
+        };
+        assert_eq!(named, &socket);
+        assert_eq!(*kind, Some(ErrorKind::PermissionDenied), "{err}");
+        assert_eq!(
+            reason,
+            &format!(
+                "refused: the socket is served by uid {me}, which is not in \
+                 --allowed-component-uids {other},57005"
+            )
+        );
+        let text = err.to_string();
+        assert!(text.contains(&socket.display().to_string()), "{text}");
+        assert!(err.is_connection_failure());
+
+        // Listed, alone or among others, or no list at all: the same server is dialled and
+        // answers on the channel.
+        for allowed in [vec![me], vec![other, me], vec![]] {
+            let (channel, closed) = dial_watched(&socket, BOUND, &allowed)
+                .await
+                .unwrap_or_else(|e| panic!("allowed {allowed:?}: {e}"));
+            let services = crate::discovery::list_v1alpha(channel)
+                .await
+                .expect("reflection answers on the dialled channel");
+            assert!(
+                services.iter().any(|s| s == "dapr.proto.runtime.v1.Dapr"),
+                "{services:?}"
+            );
+            assert!(!closed.is_cancelled());
+        }
+    }
+
+    /// Nothing at all (not even the HTTP/2 preface, let alone Init) is written to a refused
+    /// peer: the check is made on the connection before it is handed to the client.
+    #[tokio::test]
+    async fn a_refused_peer_receives_nothing() {
+        use tokio::io::AsyncReadExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("impostor.sock");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind the test socket");
+        let received = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut got = Vec::new();
+            // Ends when plugd drops the refused connection.
+            stream.read_to_end(&mut got).await.map(|_| got)
+        });
+        let (_, other) = not_me();
+        let err = dial_watched(&path, BOUND, &[other])
+            .await
+            .map(|_| ())
+            .expect_err("refused");
+        assert!(
+            matches!(
+                err,
+                ComponentError::Connect {
+                    kind: Some(ErrorKind::PermissionDenied),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let got = tokio::time::timeout(BOUND, received)
+            .await
+            .expect("the refused connection is closed")
+            .expect("the listener task")
+            .expect("read from the refused connection");
+        assert!(got.is_empty(), "the refused peer received {got:?}");
+
+        // The same listener shape, allowed: the client does write (the test can tell).
+        let path = dir.path().join("allowed.sock");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind the test socket");
+        let received = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut first = [0u8; 3];
+            stream.read_exact(&mut first).await.map(|_| first)
+        });
+        let (me, _) = not_me();
+        // No server answers the handshake, so the dial itself times out; what matters is that
+        // the connection was handed over and written to.
+        let _ = dial_watched(&path, Duration::from_millis(200), &[me]).await;
+        let first = tokio::time::timeout(BOUND, received)
+            .await
+            .expect("the client wrote")
+            .expect("the listener task")
+            .expect("read the preface");
+        assert_eq!(&first, b"PRI", "the HTTP/2 preface");
+    }
 }

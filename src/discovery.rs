@@ -411,6 +411,9 @@ pub fn folder_problems(mode: u32, owner: u32, me: u32) -> Vec<String> {
 
 /// With allowed uids, connects to the socket and checks the uid of the process serving it
 /// (its peer credentials). `Err` says why the socket is refused.
+///
+/// This reports a refusal early, at discovery; the connection used for Init is checked again
+/// by [`crate::component::dial_watched`], so a socket swapped after this check gains nothing.
 async fn check_peer_uid(path: &Path, allowed: &[u32], timeout: Duration) -> Result<(), String> {
     if allowed.is_empty() {
         return Ok(());
@@ -420,17 +423,7 @@ async fn check_peer_uid(path: &Path, allowed: &[u32], timeout: Duration) -> Resu
         // Not connectable: the probe says why.
         Ok(Err(_)) | Err(_) => return Ok(()),
     };
-    let uid = stream
-        .peer_cred()
-        .map_err(|e| format!("cannot read the peer credentials of the socket: {e}"))?
-        .uid();
-    if allowed.contains(&uid) {
-        Ok(())
-    } else {
-        Err(format!(
-            "refused: the socket is served by uid {uid}, which is not in --allowed-component-uids {allowed:?}"
-        ))
-    }
+    crate::component::check_peer_uid(&stream, allowed).map_err(|e| format!("refused: {e}"))
 }
 
 /// Dials one socket and lists its services: v1alpha reflection, then v1.

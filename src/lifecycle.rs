@@ -305,6 +305,9 @@ pub struct Settings {
     pub pod_name: Option<String>,
     /// Largest message exchanged with a component (from `--max-body-size`).
     pub message_limit: usize,
+    /// Uids allowed to serve component sockets (`--allowed-component-uids`; empty: any),
+    /// checked on every connection plugd dials to a component.
+    pub allowed_component_uids: Arc<[u32]>,
 }
 
 impl Settings {
@@ -318,6 +321,7 @@ impl Settings {
             component_wait: config.component_wait,
             pod_name: std::env::var("POD_NAME").ok(),
             message_limit: crate::limits::component_message_limit(config.max_body_size),
+            allowed_component_uids: Arc::from(config.allowed_component_uids.as_slice()),
         }
     }
 
@@ -1068,7 +1072,8 @@ async fn init_component(
     let timeout = m.init_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
     let init = async {
-        let (channel, closed) = dial_watched(&socket.path, timeout).await?;
+        let (channel, closed) =
+            dial_watched(&socket.path, timeout, &settings.allowed_component_uids).await?;
         let conn = Connection::watched(
             channel,
             closed,
