@@ -25,6 +25,15 @@ type Reply<T> = Result<Response<T>, Status>;
 /// The `traceparent` / `tracestate` metadata of one call.
 pub type TraceMetadata = HashMap<String, String>;
 
+/// What a fake recorded, in order.
+type Log<T> = Arc<Mutex<Vec<T>>>;
+
+/// An ack: the message id and the error, if any.
+pub type Ack = (String, Option<String>);
+
+/// A reply to an input-binding event: the message id, the data and the error, if any.
+pub type BindingReply = (String, Vec<u8>, Option<String>);
+
 fn trace_metadata(md: &MetadataMap) -> TraceMetadata {
     ["traceparent", "tracestate"]
         .into_iter()
@@ -63,13 +72,13 @@ fn serve(socket: &Path, services: &[&str], router: tonic::transport::server::Rou
 /// that topic and records what plugd sends it.
 #[derive(Clone, Default)]
 pub struct RecordingPubSub {
-    messages: Arc<Mutex<Vec<pb::PullMessagesResponse>>>,
+    messages: Log<pb::PullMessagesResponse>,
     /// `(topic, trace metadata)` of every `PullMessages` stream opened.
-    pub pulls: Arc<Mutex<Vec<(String, TraceMetadata)>>>,
+    pulls: Log<(String, TraceMetadata)>,
     /// `(topic, trace metadata)` of every `Publish`.
-    pub publishes: Arc<Mutex<Vec<(String, TraceMetadata)>>>,
+    publishes: Log<(String, TraceMetadata)>,
     /// `(message id, error)` of every ack.
-    pub acks: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    acks: Log<Ack>,
 }
 
 impl RecordingPubSub {
@@ -88,7 +97,7 @@ impl RecordingPubSub {
         lock(&self.publishes).clone()
     }
 
-    pub fn acks(&self) -> Vec<(String, Option<String>)> {
+    pub fn acks(&self) -> Vec<Ack> {
         lock(&self.acks).clone()
     }
 
@@ -183,13 +192,13 @@ impl pb::pub_sub_server::PubSub for RecordingPubSub {
 /// replies, and records every `Invoke`.
 #[derive(Clone, Default)]
 pub struct RecordingBinding {
-    events: Arc<Mutex<Vec<pb::ReadResponse>>>,
+    events: Log<pb::ReadResponse>,
     /// The trace metadata of every `Read` stream opened.
-    pub reads: Arc<Mutex<Vec<TraceMetadata>>>,
+    reads: Log<TraceMetadata>,
     /// `(message id, data, error)` of every reply to an event.
-    pub replies: Arc<Mutex<Vec<(String, Vec<u8>, Option<String>)>>>,
+    replies: Log<BindingReply>,
     /// `(operation, trace metadata)` of every `Invoke`.
-    pub invokes: Arc<Mutex<Vec<(String, TraceMetadata)>>>,
+    invokes: Log<(String, TraceMetadata)>,
 }
 
 impl RecordingBinding {
@@ -204,7 +213,7 @@ impl RecordingBinding {
         lock(&self.reads).clone()
     }
 
-    pub fn replies(&self) -> Vec<(String, Vec<u8>, Option<String>)> {
+    pub fn replies(&self) -> Vec<BindingReply> {
         lock(&self.replies).clone()
     }
 
@@ -307,7 +316,7 @@ pub struct ForwardingApp {
     binding: String,
     to: String,
     /// The trace metadata of every `OnBindingEvent`.
-    pub events: Arc<Mutex<Vec<TraceMetadata>>>,
+    events: Log<TraceMetadata>,
 }
 
 impl ForwardingApp {
