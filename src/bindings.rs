@@ -348,6 +348,7 @@ fn event_span(metadata: &HashMap<String, String>) -> tracing::Span {
     )
 }
 
+/// The body of [`handle`], inside the delivery span.
 async fn settle(
     d: &InputDelivery,
     name: &str,

@@ -609,6 +609,27 @@ struct Receiver {
     service_names: Arc<Mutex<Vec<String>>>,
 }
 
+impl Receiver {
+    /// Serves a receiver on a loopback port.
+    async fn start() -> (Self, std::net::SocketAddr) {
+        let receiver = Receiver::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the receiver");
+        let addr = listener.local_addr().expect("receiver addr");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(receiver.clone()))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        (receiver, addr)
+    }
+
+    fn spans(&self) -> Vec<opentelemetry_proto::tonic::trace::v1::Span> {
+        self.spans.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 #[tonic::async_trait]
 impl TraceService for Receiver {
     async fn export(
@@ -641,16 +662,7 @@ impl TraceService for Receiver {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_are_exported_over_otlp() {
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the receiver");
-    let addr = listener.local_addr().expect("receiver addr");
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(receiver.clone()))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
+    let (receiver, addr) = Receiver::start().await;
 
     let (dirs, store) = setup_store();
     // `host:port` without a scheme is plain gRPC.
@@ -789,6 +801,18 @@ fn traced_message(id: &str, trace: &str) -> pb::PullMessagesResponse {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_lettered_event_keeps_its_trace_and_the_stream_open_carries_one() {
+    dead_letter_keeps_the_trace(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_events_spans_are_exported_as_one_trace() {
+    let (receiver, addr) = Receiver::start().await;
+    dead_letter_keeps_the_trace(Some((&receiver, addr))).await;
+}
+
+/// The app answers DROP to an event in trace `TRACE_E`; the dead-letter publish continues that
+/// trace. With `export`, the spans plugd exports to that receiver are checked too.
+async fn dead_letter_keeps_the_trace(export: Option<(&Receiver, std::net::SocketAddr)>) {
     let dirs = TestDirs::new();
     let pubsub = trace_fakes::RecordingPubSub::with_messages(vec![traced_message("m1", TRACE_E)]);
     pubsub.serve(&dirs.sockets.join("recpubsub.sock"));
@@ -805,7 +829,12 @@ async fn a_dead_lettered_event_keeps_its_trace_and_the_stream_open_carries_one()
     )
     .await;
     let port = app.port.to_string();
-    let plugd = Plugd::start(&dirs, &["--app-port", &port, "--app-protocol", "grpc"], &[]).await;
+    let endpoint = export.map(|(_, addr)| addr.to_string());
+    let mut flags = vec!["--app-port", &port, "--app-protocol", "grpc"];
+    if let Some(endpoint) = &endpoint {
+        flags.extend(["--otlp-endpoint", endpoint]);
+    }
+    let plugd = Plugd::start(&dirs, &flags, &[("OTEL_BSP_SCHEDULE_DELAY", "100")]).await;
 
     // The app answers DROP; the event goes to the dead-letter topic, then is acknowledged.
     let publishes = eventually(WAIT, "the dead-letter publish", || {
@@ -865,6 +894,38 @@ async fn a_dead_lettered_event_keeps_its_trace_and_the_stream_open_carries_one()
     assert_schema(line, "warning");
     assert_eq!(line["trace_id"], TRACE_E, "{line}");
     assert_eq!(line["dead_letter_topic"], "orders-dlq", "{line}");
+
+    // Exported: the delivery span (a consumer, child of the event's context) is the parent of
+    // the app's call and of the Publish span, whose id the component got.
+    let Some((receiver, _)) = export else { return };
+    let trace = hex_bytes::<16>(TRACE_E).to_vec();
+    let (delivery, publish) = eventually(WAIT, "the delivery's spans at the receiver", || {
+        let spans = receiver.spans();
+        let trace = trace.clone();
+        async move {
+            let of_trace: Vec<_> = spans.into_iter().filter(|s| s.trace_id == trace).collect();
+            let delivery = of_trace
+                .iter()
+                .find(|s| s.name == "pubsub_delivery")?
+                .clone();
+            let publish = of_trace
+                .iter()
+                .find(|s| s.name == "Publish" && s.parent_span_id == delivery.span_id)?
+                .clone();
+            Some((delivery, publish))
+        }
+    })
+    .await;
+    assert_eq!(
+        delivery.parent_span_id,
+        hex_bytes::<8>(CALLER_SPAN).to_vec()
+    );
+    assert_eq!(
+        delivery.kind,
+        opentelemetry_proto::tonic::trace::v1::span::SpanKind::Consumer as i32
+    );
+    assert_eq!(delivery.span_id, hex_bytes::<8>(&app_parent).to_vec());
+    assert_eq!(publish.span_id, hex_bytes::<8>(&dlq_parent).to_vec());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -346,6 +346,7 @@ impl<'m> Incoming<'m> {
     }
 }
 
+/// The body of [`handle`], inside the delivery span.
 async fn settle(
     d: &Deliverer,
     sub: &Subscription,
