@@ -10,7 +10,6 @@ use tonic::{
     metadata::{AsciiMetadataKey, AsciiMetadataValue},
     transport::{Channel, Endpoint},
 };
-use tracing::Instrument as _;
 
 use crate::{
     config::AppProtocol,
@@ -48,6 +47,8 @@ pub struct TopicDelivery<'a> {
     pub path: &'a str,
     /// The broker message metadata (becomes headers / gRPC metadata).
     pub metadata: &'a HashMap<String, String>,
+    /// The event's delivery span ([`trace::delivery_span`]): the app gets it as its parent.
+    pub span: &'a tracing::Span,
 }
 
 /// An input-binding event on its way to the app.
@@ -59,6 +60,8 @@ pub struct BindingDelivery<'a> {
     pub data: &'a [u8],
     /// The event metadata (becomes headers / gRPC metadata).
     pub metadata: &'a HashMap<String, String>,
+    /// The event's delivery span ([`trace::delivery_span`]): the app gets it as its parent.
+    pub span: &'a tracing::Span,
 }
 
 /// What the app answered to an input-binding event.
@@ -229,10 +232,9 @@ impl AppChannel for GrpcApp {
         };
         let mut req = self.request(message);
         Self::add_metadata(&mut req, d.metadata);
-        let span = delivery_span(d.event);
-        trace::inject_grpc(&span, req.metadata_mut());
+        trace::inject_grpc(d.span, req.metadata_mut());
         let mut client = AppCallbackClient::new(self.channel.clone());
-        match client.on_topic_event(req).instrument(span).await {
+        match client.on_topic_event(req).await {
             Ok(resp) => match TopicEventResponseStatus::try_from(resp.into_inner().status) {
                 Ok(TopicEventResponseStatus::Success) => Outcome::Success,
                 Ok(TopicEventResponseStatus::Retry) => {
@@ -280,11 +282,10 @@ impl AppChannel for GrpcApp {
             metadata: d.metadata.clone(),
         });
         // The event's own metadata travels in the message; only the trace context goes as
-        // call metadata too: a span that continues the event's context when it has one.
-        let span = binding_span(d.name, d.metadata);
-        trace::inject_grpc(&span, req.metadata_mut());
+        // call metadata too: the delivery span, which continues the event's context.
+        trace::inject_grpc(d.span, req.metadata_mut());
         let mut client = AppCallbackClient::new(self.channel.clone());
-        match client.on_binding_event(req).instrument(span).await {
+        match client.on_binding_event(req).await {
             Ok(resp) => {
                 let r = resp.into_inner();
                 Ok(BindingReply {
@@ -383,13 +384,11 @@ impl AppChannel for HttpApp {
             .post(self.url(d.path))
             .header(http::header::CONTENT_TYPE, CLOUDEVENTS_JSON);
         req = with_headers(req, d.metadata);
-        let span = delivery_span(d.event);
-        req = with_trace(req, &span);
+        req = with_trace(req, d.span);
         let resp = match self
             .with_token(req)
             .body(d.event.bytes.clone())
             .send()
-            .instrument(span)
             .await
         {
             Ok(r) => r,
@@ -439,13 +438,11 @@ impl AppChannel for HttpApp {
             .post(self.url(d.route))
             .header(http::header::CONTENT_TYPE, "application/json");
         req = with_headers(req, d.metadata);
-        let span = binding_span(d.name, d.metadata);
-        req = with_trace(req, &span);
+        req = with_trace(req, d.span);
         let resp = self
             .with_token(req)
             .body(d.data.to_vec())
             .send()
-            .instrument(span)
             .await
             .map_err(|e| format!("POST {} failed: {e}", d.route))?;
         let status = resp.status();
@@ -475,30 +472,6 @@ impl HttpApp {
             .map(|r| r.status())
             .map_err(|e| e.to_string())
     }
-}
-
-/// The span of a topic event's delivery: child of the CloudEvent's `traceparent` when it has a
-/// valid one.
-fn delivery_span(event: &Event) -> tracing::Span {
-    trace::app_span(
-        "pubsub_delivery",
-        event.str("traceparent").as_deref(),
-        event.str("tracestate").as_deref(),
-    )
-}
-
-/// The span of an input-binding event's delivery: child of the event's `traceparent` metadata
-/// when the component gave a valid one, else a new trace.
-fn binding_span(name: &str, metadata: &HashMap<String, String>) -> tracing::Span {
-    let get = |key: &str| {
-        metadata
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v.as_str())
-    };
-    let span = trace::app_span("binding_event", get("traceparent"), get("tracestate"));
-    tracing::debug!(parent: &span, binding = name, "delivering an input-binding event");
-    span
 }
 
 /// Sets `traceparent` (and `tracestate` when there is one) naming `span` as the parent,

@@ -316,13 +316,46 @@ async fn close(mut stream: EventStream, in_flight: TaskTracker) {
     tracing::info!(in_flight_at_close = pending, "input binding stream closed");
 }
 
-/// Hands one event to the app and sends its answer back to the component.
+/// Hands one event to the app and sends its answer back to the component, all in the event's
+/// delivery span: the app and the output bindings it names get the event's trace.
 async fn handle(
     d: &InputDelivery,
     name: &str,
     route: &str,
     replies: &Replier,
     event: pb::ReadResponse,
+) {
+    let span = event_span(&event.metadata);
+    tracing::debug!(parent: &span, message_id = %event.message_id, "delivering an input-binding event");
+    settle(d, name, route, replies, event, &span)
+        .instrument(span.clone())
+        .await;
+}
+
+/// The delivery span of an input-binding event: child of the `traceparent` (and `tracestate`)
+/// its metadata carries (any case) when valid, else the root of a new trace.
+fn event_span(metadata: &HashMap<String, String>) -> tracing::Span {
+    let get = |key: &str| {
+        metadata
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.as_str())
+    };
+    crate::telemetry::trace::delivery_span(
+        "binding_event",
+        get(crate::telemetry::trace::TRACEPARENT),
+        get(crate::telemetry::trace::TRACESTATE),
+    )
+}
+
+/// The body of [`handle`], inside the delivery span.
+async fn settle(
+    d: &InputDelivery,
+    name: &str,
+    route: &str,
+    replies: &Replier,
+    event: pb::ReadResponse,
+    span: &tracing::Span,
 ) {
     let metadata = event.metadata;
     let started = std::time::Instant::now();
@@ -337,6 +370,7 @@ async fn handle(
                 route,
                 data: &event.data,
                 metadata: &metadata,
+                span,
             })
             .await
     };

@@ -2,9 +2,12 @@
 //! `grpc-trace-bin` from the caller reach a real component (a recording state store on a Unix
 //! socket) as a child context; publishes reach real apps (HTTP and gRPC) with the trace in the
 //! headers and the CloudEvent; spans are exported over OTLP to an in-test receiver; and the JSON
-//! log lines follow Dapr's schema with the trace id of the request they were written in.
+//! log lines follow Dapr's schema with the trace id of the request they were written in. The
+//! component calls a delivery leads to (stream opens, a dead-letter publish, the output binding
+//! a gRPC app names) carry the trace of the event they come from.
 
 mod support;
+mod trace_fakes;
 
 use std::{
     collections::HashMap,
@@ -606,6 +609,27 @@ struct Receiver {
     service_names: Arc<Mutex<Vec<String>>>,
 }
 
+impl Receiver {
+    /// Serves a receiver on a loopback port.
+    async fn start() -> (Self, std::net::SocketAddr) {
+        let receiver = Receiver::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the receiver");
+        let addr = listener.local_addr().expect("receiver addr");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(receiver.clone()))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        (receiver, addr)
+    }
+
+    fn spans(&self) -> Vec<opentelemetry_proto::tonic::trace::v1::Span> {
+        self.spans.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 #[tonic::async_trait]
 impl TraceService for Receiver {
     async fn export(
@@ -638,16 +662,7 @@ impl TraceService for Receiver {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_are_exported_over_otlp() {
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the receiver");
-    let addr = listener.local_addr().expect("receiver addr");
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(receiver.clone()))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
+    let (receiver, addr) = Receiver::start().await;
 
     let (dirs, store) = setup_store();
     // `host:port` without a scheme is plain gRPC.
@@ -754,6 +769,223 @@ async fn input_binding_events_reach_the_app_with_a_traceparent() {
         })
         .collect();
     assert_ne!(traces[0], traces[1], "each event starts its own trace");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Component calls made while handling a delivery carry the event's trace.
+
+const TRACE_E: &str = "e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0";
+const TRACE_F: &str = "f00df00df00df00df00df00df00df00d";
+
+/// A CloudEvent on topic `orders` with `traceparent` in trace `trace`.
+fn traced_message(id: &str, trace: &str) -> pb::PullMessagesResponse {
+    let event = serde_json::json!({
+        "specversion": "1.0",
+        "id": format!("ce-{id}"),
+        "source": "test",
+        "type": "com.dapr.event.sent",
+        "datacontenttype": "application/json",
+        "topic": "orders",
+        "pubsubname": "pubsub",
+        "data": {"n": 1},
+        "traceparent": format!("00-{trace}-{CALLER_SPAN}-01"),
+    });
+    pb::PullMessagesResponse {
+        data: event.to_string().into_bytes(),
+        topic_name: "orders".into(),
+        metadata: HashMap::new(),
+        content_type: "application/cloudevents+json".into(),
+        id: id.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_event_keeps_its_trace_and_the_stream_open_carries_one() {
+    dead_letter_keeps_the_trace(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_events_spans_are_exported_as_one_trace() {
+    let (receiver, addr) = Receiver::start().await;
+    dead_letter_keeps_the_trace(Some((&receiver, addr))).await;
+}
+
+/// The app answers DROP to an event in trace `TRACE_E`; the dead-letter publish continues that
+/// trace. With `export`, the spans plugd exports to that receiver are checked too.
+async fn dead_letter_keeps_the_trace(export: Option<(&Receiver, std::net::SocketAddr)>) {
+    let dirs = TestDirs::new();
+    let pubsub = trace_fakes::RecordingPubSub::with_messages(vec![traced_message("m1", TRACE_E)]);
+    pubsub.serve(&dirs.sockets.join("recpubsub.sock"));
+    dirs.write_resource(
+        "pubsub.yaml",
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: pubsub\nspec:\n  type: pubsub.recpubsub\n  version: v1\n",
+    );
+    let app = apps::grpc_app(
+        vec![plugd::proto::runtime::TopicSubscription {
+            dead_letter_topic: "orders-dlq".into(),
+            ..apps::grpc_subscription("pubsub", "orders")
+        }],
+        apps::always(apps::Answer::Drop),
+    )
+    .await;
+    let port = app.port.to_string();
+    let endpoint = export.map(|(_, addr)| addr.to_string());
+    let mut flags = vec!["--app-port", &port, "--app-protocol", "grpc"];
+    if let Some(endpoint) = &endpoint {
+        flags.extend(["--otlp-endpoint", endpoint]);
+    }
+    let plugd = Plugd::start(&dirs, &flags, &[("OTEL_BSP_SCHEDULE_DELAY", "100")]).await;
+
+    // The app answers DROP; the event goes to the dead-letter topic, then is acknowledged.
+    let publishes = eventually(WAIT, "the dead-letter publish", || {
+        let found: Vec<_> = pubsub
+            .publishes()
+            .into_iter()
+            .filter(|(topic, _)| topic == "orders-dlq")
+            .collect();
+        async move { (!found.is_empty()).then_some(found) }
+    })
+    .await;
+    let (dlq_trace, dlq_parent, _) = parse_traceparent(&publishes[0].1["traceparent"]);
+    assert_eq!(
+        dlq_trace, TRACE_E,
+        "the dead-letter publish continues the event's trace"
+    );
+    assert_ne!(dlq_parent, CALLER_SPAN);
+    eventually(WAIT, "the ack of the dead-lettered message", || {
+        let acked = pubsub.acks().contains(&("m1".to_string(), None));
+        async move { acked.then_some(()) }
+    })
+    .await;
+
+    // The app got the same trace, with the delivery span as its parent (the publish has its
+    // own component-call span, a child of that one).
+    let delivered = app.recorder.snapshot();
+    let event = delivered
+        .iter()
+        .find(|e| e.id == "ce-m1")
+        .unwrap_or_else(|| panic!("the app never got the event: {delivered:?}"));
+    let (app_trace, app_parent, _) = parse_traceparent(&event.headers["traceparent"]);
+    assert_eq!(app_trace, TRACE_E);
+    assert_ne!(app_parent, dlq_parent);
+    assert_ne!(app_parent, CALLER_SPAN);
+
+    // Opening the subscription stream is a component call of its own: a valid traceparent.
+    let pulls = pubsub.pulls();
+    let (_, md) = pulls
+        .iter()
+        .find(|(topic, _)| topic == "orders")
+        .unwrap_or_else(|| panic!("no PullMessages for orders: {pulls:?}"));
+    let tp = md
+        .get("traceparent")
+        .unwrap_or_else(|| panic!("PullMessages without a traceparent: {md:?}"));
+    parse_traceparent(tp);
+
+    // The warning about the drop is logged at Dapr's `warning` level, in the event's trace.
+    let lines = plugd.logs.json();
+    let line = lines
+        .iter()
+        .find(|l| {
+            l["msg"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("event dropped to the dead-letter topic"))
+        })
+        .unwrap_or_else(|| panic!("no dead-letter warning:\n{}", plugd.logs.tail()));
+    assert_schema(line, "warning");
+    assert_eq!(line["trace_id"], TRACE_E, "{line}");
+    assert_eq!(line["dead_letter_topic"], "orders-dlq", "{line}");
+
+    // Exported: the delivery span (a consumer, child of the event's context) is the parent of
+    // the app's call and of the Publish span, whose id the component got.
+    let Some((receiver, _)) = export else { return };
+    let trace = hex_bytes::<16>(TRACE_E).to_vec();
+    let (delivery, publish) = eventually(WAIT, "the delivery's spans at the receiver", || {
+        let spans = receiver.spans();
+        let trace = trace.clone();
+        async move {
+            let of_trace: Vec<_> = spans.into_iter().filter(|s| s.trace_id == trace).collect();
+            let delivery = of_trace
+                .iter()
+                .find(|s| s.name == "pubsub_delivery")?
+                .clone();
+            let publish = of_trace
+                .iter()
+                .find(|s| s.name == "Publish" && s.parent_span_id == delivery.span_id)?
+                .clone();
+            Some((delivery, publish))
+        }
+    })
+    .await;
+    assert_eq!(
+        delivery.parent_span_id,
+        hex_bytes::<8>(CALLER_SPAN).to_vec()
+    );
+    assert_eq!(
+        delivery.kind,
+        opentelemetry_proto::tonic::trace::v1::span::SpanKind::Consumer as i32
+    );
+    assert_eq!(delivery.span_id, hex_bytes::<8>(&app_parent).to_vec());
+    assert_eq!(publish.span_id, hex_bytes::<8>(&dlq_parent).to_vec());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_binding_named_in_a_grpc_reply_gets_the_events_trace() {
+    let dirs = TestDirs::new();
+    let binding = trace_fakes::RecordingBinding::with_events(vec![pb::ReadResponse {
+        data: b"{}".to_vec(),
+        metadata: HashMap::from([(
+            "traceparent".to_string(),
+            format!("00-{TRACE_F}-{CALLER_SPAN}-01"),
+        )]),
+        content_type: "application/json".into(),
+        message_id: "e1".into(),
+    }]);
+    binding.serve(&dirs.sockets.join("recbind.sock"));
+    dirs.write_resource(
+        "rb.yaml",
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: rb\nspec:\n  type: bindings.recbind\n  version: v1\n",
+    );
+    let (port, app, _app_guard) = trace_fakes::forwarding_app("rb", "rb").await;
+    let port = port.to_string();
+    let _plugd = Plugd::start(&dirs, &["--app-port", &port, "--app-protocol", "grpc"], &[]).await;
+
+    // The app's reply names `rb` in `to`: plugd invokes it with operation create.
+    let invokes = eventually(WAIT, "the output binding invoke", || {
+        let invokes = binding.invokes();
+        async move { (!invokes.is_empty()).then_some(invokes) }
+    })
+    .await;
+    assert_eq!(invokes[0].0, "create");
+    let (invoke_trace, invoke_parent, _) = parse_traceparent(&invokes[0].1["traceparent"]);
+    assert_eq!(
+        invoke_trace, TRACE_F,
+        "the output binding continues the event's trace"
+    );
+    assert_ne!(invoke_parent, CALLER_SPAN);
+
+    // The reply went back to the component after the invoke.
+    eventually(WAIT, "the reply to the event", || {
+        let replied = binding.replies().iter().any(|(id, data, error)| {
+            id == "e1" && data == br#"{"forwarded":true}"# && error.is_none()
+        });
+        async move { replied.then_some(()) }
+    })
+    .await;
+
+    // The app got the event in the same trace.
+    let events = app.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let (app_trace, app_parent, _) = parse_traceparent(&events[0]["traceparent"]);
+    assert_eq!(app_trace, TRACE_F);
+    assert_ne!(app_parent, invoke_parent);
+
+    // Opening the Read stream carries a trace context of its own.
+    let reads = binding.reads();
+    let tp = reads
+        .first()
+        .and_then(|md| md.get("traceparent"))
+        .unwrap_or_else(|| panic!("Read without a traceparent: {reads:?}"));
+    parse_traceparent(tp);
 }
 
 #[test]

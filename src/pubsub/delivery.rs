@@ -21,6 +21,7 @@ use crate::{
     component::pubsub::{Acker, MessageStream},
     proto::components as pb,
     registry::{ComponentStatus, PubSubEntry, Registry},
+    telemetry::trace,
 };
 
 /// How long `Pause` may take at shutdown.
@@ -271,7 +272,8 @@ async fn consume(
     }
 }
 
-/// Delivers one message and acknowledges it (or not) by what the app answered.
+/// Delivers one message and acknowledges it (or not) by what the app answered, all in the
+/// message's delivery span: the app and a dead-letter publish get the event's trace.
 async fn handle(
     d: &Deliverer,
     sub: &Subscription,
@@ -280,10 +282,83 @@ async fn handle(
     refused: &Refused,
     message: pb::PullMessagesResponse,
 ) {
+    let incoming = Incoming::read(sub, &message);
+    let span = match &incoming {
+        Ok(i) => trace::delivery_span(
+            "pubsub_delivery",
+            i.event.str(trace::TRACEPARENT).as_deref(),
+            i.event.str(trace::TRACESTATE).as_deref(),
+        ),
+        Err(_) => trace::delivery_span("pubsub_delivery", None, None),
+    };
+    let message = Message {
+        raw: &message,
+        incoming,
+        span: &span,
+    };
+    settle(d, sub, entry, acks, refused, message)
+        .instrument(span.clone())
+        .await;
+}
+
+/// One message from the component, as [`handle`] sees it.
+struct Message<'m> {
+    raw: &'m pb::PullMessagesResponse,
+    /// The message read as a CloudEvent, or why it is not one.
+    incoming: Result<Incoming<'m>, String>,
+    /// Its delivery span.
+    span: &'m tracing::Span,
+}
+
+/// A message read as a CloudEvent, with what the app receives beside it.
+struct Incoming<'m> {
+    event: Event,
+    /// The broker metadata plus `content-type` and `pubsubName`.
+    metadata: HashMap<String, String>,
+    /// The topic the message came from.
+    topic: &'m str,
+}
+
+impl<'m> Incoming<'m> {
+    /// `Err` says why the message is not a CloudEvent.
+    fn read(sub: &'m Subscription, message: &'m pb::PullMessagesResponse) -> Result<Self, String> {
+        let mut metadata: HashMap<String, String> = message.metadata.clone();
+        metadata.insert("content-type".into(), message.content_type.clone());
+        metadata.insert("pubsubName".into(), sub.pubsub.clone());
+        let topic = if message.topic_name.is_empty() {
+            &sub.topic
+        } else {
+            &message.topic_name
+        };
+        let event = Event::read(
+            &message.data,
+            sub.raw_payload(),
+            topic,
+            &sub.pubsub,
+            &metadata,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Self {
+            event,
+            metadata,
+            topic,
+        })
+    }
+}
+
+/// The body of [`handle`], inside the delivery span.
+async fn settle(
+    d: &Deliverer,
+    sub: &Subscription,
+    entry: &PubSubEntry,
+    acks: &Acker,
+    refused: &Refused,
+    message: Message<'_>,
+) {
     use crate::metrics::{PubSubEvent, pubsub as count};
-    let id = message.id.clone();
+    let id = message.raw.id.clone();
     let (pubsub, topic) = (sub.pubsub.as_str(), sub.topic.as_str());
-    let (outcome, event_id) = deliver(d, sub, refused, &message).await;
+    let (outcome, event_id) = deliver(d, sub, refused, message.incoming, message.span).await;
     // Shutting down: neither ack nor nack, so the component redelivers it (as daprd).
     if d.stop.is_cancelled() {
         return;
@@ -295,7 +370,7 @@ async fn handle(
             Some(why)
         }
         Outcome::Drop(why) => match &sub.dead_letter_topic {
-            Some(dlq) => match dead_letter(entry, dlq, &message).await {
+            Some(dlq) => match dead_letter(entry, dlq, message.raw).await {
                 Ok(()) => {
                     tracing::warn!(message_id = %id, dead_letter_topic = %dlq, "event dropped to the dead-letter topic: {why}");
                     count(PubSubEvent::DeadLettered, pubsub, topic);
@@ -360,24 +435,15 @@ async fn deliver(
     d: &Deliverer,
     sub: &Subscription,
     refused: &Refused,
-    message: &pb::PullMessagesResponse,
+    incoming: Result<Incoming<'_>, String>,
+    span: &tracing::Span,
 ) -> (Outcome, Option<String>) {
-    let mut metadata: HashMap<String, String> = message.metadata.clone();
-    metadata.insert("content-type".into(), message.content_type.clone());
-    metadata.insert("pubsubName".into(), sub.pubsub.clone());
-    let topic = if message.topic_name.is_empty() {
-        &sub.topic
-    } else {
-        &message.topic_name
-    };
-    let event = match Event::read(
-        &message.data,
-        sub.raw_payload(),
+    let Incoming {
+        event,
+        metadata,
         topic,
-        &sub.pubsub,
-        &metadata,
-    ) {
-        Ok(e) => e,
+    } = match incoming {
+        Ok(i) => i,
         // Retrying cannot make it readable: drop it (to the dead-letter topic, if any).
         Err(e) => {
             return (
@@ -423,6 +489,7 @@ async fn deliver(
             topic,
             path,
             metadata: &metadata,
+            span,
         })
         .await;
     crate::metrics::pubsub_delivery_time(&sub.pubsub, &sub.topic, started.elapsed());

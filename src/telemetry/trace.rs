@@ -266,17 +266,28 @@ fn insert_ascii(metadata: &mut MetadataMap, key: &'static str, value: String) {
     }
 }
 
-/// A span for a delivery to the app (`pubsub_delivery`, `binding_event`, …), child of the
+/// The span of one event's handling (`pubsub_delivery`, `binding_event`): the delivery to the
+/// app and every component call that follows from it (a dead-letter publish, the output
+/// bindings a gRPC app names) run inside it, so they share the event's trace. Child of the
 /// event's own trace context when it has a valid one, else the root of a new trace.
-pub fn app_span(name: &'static str, traceparent: Option<&str>, tracestate: Option<&str>) -> Span {
+pub fn delivery_span(
+    name: &'static str,
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) -> Span {
     let span = tracing::error_span!(
-        "app_call",
+        "delivery",
         otel.name = tracing::field::Empty,
         otel.kind = tracing::field::Empty,
         call = name,
         trace_id = tracing::field::Empty,
     );
-    start(&span, extract_w3c(traceparent, tracestate), name, "client");
+    start(
+        &span,
+        extract_w3c(traceparent, tracestate),
+        name,
+        "consumer",
+    );
     span
 }
 
