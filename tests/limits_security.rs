@@ -11,7 +11,6 @@ mod support;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    io::{BufRead, Read},
     process::{Command, Stdio},
     sync::{
         Arc, Mutex,
@@ -22,45 +21,9 @@ use std::{
 
 use plugd::proto::{common, runtime as rt};
 use serde_json::{Value, json};
-use support::{ChildGuard, TestDirs, binary, eventually, spawn_component};
+use support::{ChildGuard, Logs, TestDirs, binary, eventually, spawn_component};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// plugd's output lines (stderr and stdout), kept as they arrive.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<String>>>);
-
-impl Logs {
-    fn lines(&self) -> Vec<String> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn json(&self) -> Vec<Value> {
-        self.lines()
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    fn text(&self) -> String {
-        self.lines().join("\n")
-    }
-
-    fn tail(&self) -> String {
-        let lines = self.lines();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    fn keep(&self, stream: impl Read + Send + 'static) {
-        let sink = self.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                sink.0.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-            }
-        });
-    }
-}
 
 struct Plugd {
     guard: ChildGuard,

@@ -15,42 +15,18 @@ use std::{
     io::BufRead,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
-use support::{ChildGuard, TestDirs, binary, eventually, free_port, spawn_component};
+use support::{ChildGuard, Logs, TestDirs, binary, eventually, free_port, spawn_component};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------------
 // plugd as a child process with its (JSON) log kept
 
-/// plugd's stderr lines, kept as they arrive.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<String>>>);
-
 impl Logs {
-    fn lines(&self) -> Vec<String> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn json(&self) -> Vec<Value> {
-        self.lines()
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    /// Lines whose message is exactly `message`.
-    fn with_message(&self, message: &str) -> Vec<Value> {
-        self.json()
-            .into_iter()
-            .filter(|l| l["msg"] == message)
-            .collect()
-    }
-
     /// Pids plugd logged as `managed component started` for the socket name `component`, in
     /// order.
     fn started_pids(&self, component: &str) -> Vec<u32> {
@@ -70,13 +46,6 @@ impl Logs {
             }
         }
         out
-    }
-
-    /// The last lines, for failure messages.
-    fn tail(&self) -> String {
-        let lines = self.lines();
-        let from = lines.len().saturating_sub(60);
-        lines[from..].join("\n")
     }
 }
 

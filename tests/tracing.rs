@@ -26,7 +26,7 @@ use plugd::proto::components::{
     state_store_server::{StateStore, StateStoreServer},
 };
 use serde_json::Value;
-use support::{ChildGuard, TestDirs, apps, binary, eventually, spawn_component};
+use support::{ChildGuard, Logs, TestDirs, apps, binary, eventually, spawn_component};
 use tonic::{Request, Response, Status};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -134,27 +134,6 @@ fn serve_store(socket: &std::path::Path, store: RecordingStore) {
 
 // ---------------------------------------------------------------------------------------------
 // plugd as a child process, ports and logs read from its JSON log.
-
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<String>>>);
-
-impl Logs {
-    fn lines(&self) -> Vec<String> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn json(&self) -> Vec<Value> {
-        self.lines()
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    fn tail(&self) -> String {
-        let lines = self.lines();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-}
 
 struct Plugd {
     _guard: ChildGuard,

@@ -393,3 +393,51 @@ impl RedisServer {
         format!("127.0.0.1:{}", self.port)
     }
 }
+
+/// A child's output lines (e.g. plugd's JSON log), kept as they arrive.
+#[derive(Clone, Default)]
+pub struct Logs(pub std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Logs {
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The lines that are JSON objects.
+    pub fn json(&self) -> Vec<serde_json::Value> {
+        self.lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn text(&self) -> String {
+        self.lines().join("\n")
+    }
+
+    /// The last 40 lines, for failure messages.
+    pub fn tail(&self) -> String {
+        let lines = self.lines();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Reads `stream` line by line into these logs, on a thread of its own.
+    pub fn keep(&self, stream: impl std::io::Read + Send + 'static) {
+        let sink = self.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                sink.0.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+    }
+
+    /// JSON lines whose message (`msg`) is exactly `message`.
+    pub fn with_message(&self, message: &str) -> Vec<serde_json::Value> {
+        self.json()
+            .into_iter()
+            .filter(|l| l["msg"] == message)
+            .collect()
+    }
+}
