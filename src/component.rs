@@ -498,8 +498,9 @@ impl Connection {
             .insert(INSTANCE_HEADER, self.inner.header.clone());
         req.extensions_mut()
             .insert(MessageLimit(self.inner.message_limit));
-        let span = self.call_span(method);
-        crate::telemetry::trace::inject_grpc(&span, req.metadata_mut());
+        // The span only marks the opening; the stream outlives it.
+        let _span =
+            crate::telemetry::trace::for_call(req.metadata_mut(), || self.call_span(method));
         req
     }
 
@@ -546,13 +547,14 @@ impl Connection {
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let mut req = self.request(message, timeout);
-        let span = self.call_span(method);
-        crate::telemetry::trace::inject_grpc(&span, req.metadata_mut());
+        // Inside an API request whose context is in the task-local, the call needs no span.
+        let span = crate::telemetry::trace::for_call(req.metadata_mut(), || self.call_span(method));
         let started = tokio::time::Instant::now();
-        let result = self
-            .bounded_call(method, timeout, started, f(self.channel(), req))
-            .instrument(span)
-            .await;
+        let call = self.bounded_call(method, timeout, started, f(self.channel(), req));
+        let result = match span {
+            Some(span) => call.instrument(span).await,
+            None => call.await,
+        };
         let code = match &result {
             Ok(_) => tonic::Code::Ok,
             Err(ComponentError::Status { status, .. }) if is_transport_failure(status) => {

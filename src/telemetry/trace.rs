@@ -167,6 +167,67 @@ fn new_span_id() -> SpanId {
     }
 }
 
+/// Without export, the trace context of the API request a task is serving lives in a
+/// task-local instead of a span: a span costs tens of µs per request in the subscriber's
+/// registry (creation, an enter and exit on every poll, the close), a task-local almost
+/// nothing. Log lines written inside the request still get its `route` and `trace_id` (the
+/// formatters ask [`log_context`]), and component calls name it as their parent.
+#[derive(Debug, Clone)]
+pub struct RequestTrace {
+    light: Light,
+    route: Route,
+}
+
+/// The name of a request for its log lines, kept without copying it.
+#[derive(Debug, Clone)]
+enum Route {
+    Template(axum::extract::MatchedPath),
+    Path(http::Uri),
+    Unmatched,
+}
+
+impl Route {
+    fn as_str(&self) -> &str {
+        match self {
+            Route::Template(m) => m.as_str(),
+            Route::Path(uri) => uri.path(),
+            Route::Unmatched => "unmatched",
+        }
+    }
+}
+
+tokio::task_local! {
+    static REQUEST: RequestTrace;
+}
+
+/// The `route` and `trace_id` of the request the current task serves, for a log line, when
+/// its context is kept in the task-local (see [`RequestTrace`]).
+pub fn log_context<T>(f: impl FnOnce(&str, TraceId) -> T) -> Option<T> {
+    REQUEST
+        .try_with(|r| f(r.route.as_str(), r.light.trace_id))
+        .ok()
+}
+
+/// The W3C headers naming the current request as the parent, when its context is in the
+/// task-local.
+fn request_headers() -> Option<Trace> {
+    REQUEST.try_with(|r| r.light.headers()).ok()
+}
+
+/// The trace context for a call to a component made by the current task: the request's (in
+/// the task-local) or, when there is none, a new span's from `make_span`. The span (when one
+/// was made) is what the call should run in.
+pub fn for_call(metadata: &mut MetadataMap, make_span: impl FnOnce() -> Span) -> Option<Span> {
+    if let Some(trace) = request_headers() {
+        insert_ascii(metadata, TRACEPARENT, trace.traceparent);
+        insert_ascii(metadata, TRACESTATE, trace.tracestate);
+        return None;
+    }
+    let span = make_span();
+    inject_grpc(&span, metadata);
+    Some(span)
+}
+
 /// Runs `f` on the registry data of `span` (none when the span is disabled or the subscriber
 /// is not plugd's).
 fn with_data<T>(
@@ -247,7 +308,7 @@ pub fn headers_of(span: &Span) -> Trace {
 
 /// The W3C context of the current span, for a CloudEvent's `traceparent` / `tracestate`.
 pub fn current() -> Trace {
-    headers_of(&Span::current())
+    request_headers().unwrap_or_else(|| headers_of(&Span::current()))
 }
 
 /// Adds `traceparent` (and `tracestate` when there is one) naming `span` as the parent.
@@ -375,13 +436,40 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Instrumented<S::Future>;
+    type Future = futures::future::Either<
+        Instrumented<S::Future>,
+        tokio::task::futures::TaskLocalFuture<RequestTrace, S::Future>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let parent = extract_headers(req.headers(), self.grpc);
+        if !exporting() {
+            let sc = parent.span().span_context().clone();
+            let light = if sc.is_valid() {
+                Light::child_of(sc.trace_id(), sc.trace_flags(), sc.trace_state().clone())
+            } else {
+                Light::root()
+            };
+            let route = if self.grpc {
+                Route::Path(req.uri().clone())
+            } else {
+                req.extensions()
+                    .get::<axum::extract::MatchedPath>()
+                    .cloned()
+                    .map_or(Route::Unmatched, Route::Template)
+            };
+            let trace = RequestTrace { light, route };
+            let inner = &mut self.inner;
+            let future = REQUEST.sync_scope(trace.clone(), || {
+                tracing::debug!("api request");
+                inner.call(req)
+            });
+            return futures::future::Either::Right(REQUEST.scope(trace, future));
+        }
         let span = {
             let route = if self.grpc {
                 req.uri().path()
@@ -400,22 +488,99 @@ where
                 route,
                 trace_id = tracing::field::Empty,
             );
-            start(
-                &span,
-                extract_headers(req.headers(), self.grpc),
-                route,
-                "server",
-            );
+            start(&span, parent, route, "server");
             tracing::debug!(parent: &span, "api request");
             span
         };
-        self.inner.call(req).instrument(span)
+        futures::future::Either::Left(self.inner.call(req).instrument(span))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `MakeWriter` into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Buffer {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into()
+        }
+    }
+
+    /// Without export, a request's context is in the task-local: lines written inside it still
+    /// name its route and trace id, in both log formats; lines outside do not.
+    #[test]
+    fn lines_inside_a_request_carry_its_route_and_trace_id() {
+        let _turn = super::super::SUBSCRIBER_TESTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        use tracing_subscriber::{fmt, layer::SubscriberExt as _};
+        let request = RequestTrace {
+            light: Light::root(),
+            route: Route::Path("/dapr.proto.runtime.v1.Dapr/GetState".parse().expect("uri")),
+        };
+        let trace_id = request.light.trace_id.to_string();
+        let plain = Buffer::default();
+        let json = Buffer::default();
+        let (p, j) = (plain.clone(), json.clone());
+        let subscriber = tracing_subscriber::registry()
+            .with(fmt::layer().with_writer(move || p.clone()).event_format(
+                super::super::PlainWithRequest(fmt::format().with_ansi(false)),
+            ))
+            .with(
+                fmt::layer()
+                    .with_writer(move || j.clone())
+                    .fmt_fields(fmt::format::JsonFields::new())
+                    .event_format(super::super::json::DaprJson::new("app")),
+            );
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("outside");
+            REQUEST.sync_scope(request.clone(), || tracing::info!("inside"));
+        });
+        let plain = plain.text();
+        let inside = plain
+            .lines()
+            .find(|l| l.contains("inside"))
+            .expect("inside line");
+        assert!(
+            inside.ends_with(&format!(
+                " route=/dapr.proto.runtime.v1.Dapr/GetState trace_id={trace_id}"
+            )),
+            "{inside}"
+        );
+        let outside = plain
+            .lines()
+            .find(|l| l.contains("outside"))
+            .expect("outside line");
+        assert!(!outside.contains("trace_id"), "{outside}");
+        let lines: Vec<serde_json::Value> = json
+            .text()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .collect();
+        assert_eq!(lines[0]["msg"], "outside");
+        assert!(lines[0].get("trace_id").is_none(), "{}", lines[0]);
+        assert_eq!(lines[1]["msg"], "inside");
+        assert_eq!(lines[1]["trace_id"], trace_id.as_str());
+        assert_eq!(lines[1]["route"], "/dapr.proto.runtime.v1.Dapr/GetState");
+    }
 
     const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     const SPAN: &str = "00f067aa0ba902b7";
