@@ -103,6 +103,15 @@ pub struct Args {
           value_parser = clap::builder::BoolishValueParser::new())]
     pub log_as_json: bool,
 
+    /// Threads that run plugd's work. 1 (the default): one thread, the cheapest per request
+    /// for a sidecar beside its app; N: a pool of N; 0: one per CPU core.
+    #[arg(
+        long = "worker-threads",
+        env = "PLUGD_WORKER_THREADS",
+        default_value_t = 1
+    )]
+    pub worker_threads: usize,
+
     /// Export spans over OTLP/gRPC (no TLS) to this endpoint (`http://localhost:4317` or
     /// `localhost:4317`); no export when unset.
     #[arg(long = "otlp-endpoint", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]

@@ -32,3 +32,38 @@ pub use app::App;
 
 /// The version reported as `runtimeVersion` / `daprRuntimeVersion`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The async runtime plugd runs on: with `worker_threads` 1, a single-threaded runtime (a
+/// sidecar shares the machine with its app, and one thread spends the least CPU per
+/// forwarded request: no cross-thread wake-ups); otherwise a pool of that many threads, or
+/// one per CPU core for 0.
+pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    builder.enable_all().thread_name("plugd").build()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn worker_threads_choose_the_runtime() {
+        use tokio::runtime::RuntimeFlavor;
+        let one = super::runtime(1).expect("runtime");
+        assert_eq!(one.handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
+        let three = super::runtime(3).expect("runtime");
+        assert_eq!(three.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        assert_eq!(three.metrics().num_workers(), 3);
+        let per_core = super::runtime(0).expect("runtime");
+        assert_eq!(
+            per_core.handle().runtime_flavor(),
+            RuntimeFlavor::MultiThread
+        );
+    }
+}

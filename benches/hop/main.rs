@@ -1,0 +1,769 @@
+//! The cost of the pluggable hop, measured in one run: `cargo bench --bench hop`.
+//!
+//! Against one plugd-memory state store (1 KiB values), three targets take turns in rounds so
+//! that drift of the machine is shared between them:
+//!   (a) a bare tonic client straight to the component's Unix socket — the floor;
+//!   (b) the same Get through plugd's gRPC API;
+//!   (c) the same Get through plugd's HTTP API.
+//! Then pub/sub end to end (publish through plugd → plugd-memory → plugd → a Rust gRPC app),
+//! start-up time with 1, 10 and 100 component sockets, and plugd's memory with 50 components.
+//!
+//! Results go to stdout, `docs/bench/results.json` and the chart `docs/bench/hop.svg`
+//! (`--out DIR` to change). `--quick` runs shorter rounds (for a smoke run, not for figures).
+//! Everything runs as real processes: plugd and the components are the release binaries.
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+mod report;
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty};
+use hyper_util::{client::legacy::Client as HttpClient, rt::TokioExecutor};
+use plugd::proto::{
+    common,
+    components::{self as pb, state_store_client::StateStoreClient},
+    runtime::{
+        self as rt,
+        app_callback_server::{AppCallback, AppCallbackServer},
+        dapr_client::DaprClient,
+    },
+};
+use support::{ChildGuard, PlugdProcess, TestDirs};
+use tonic::{
+    Request, Response, Status,
+    transport::{Channel, Endpoint, Uri},
+};
+
+use report::{Fixed, Results, Saturation};
+
+const VALUE_SIZE: usize = 1024;
+const KEY: &str = "bench-key";
+const APP_ID: &str = "bench";
+
+struct Settings {
+    /// `--profile TARGET IN_FLIGHT SECS`: only load one target, for perf.
+    profile: Option<(usize, usize, f64)>,
+    rounds: usize,
+    fixed_secs: f64,
+    saturation_secs: f64,
+    pubsub_messages: usize,
+    out: PathBuf,
+}
+
+impl Settings {
+    fn from_args() -> anyhow::Result<Self> {
+        let mut quick = false;
+        let mut profile = None;
+        let mut out = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/bench");
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--quick" => quick = true,
+                "--profile" => {
+                    let mut next = || args.next().context("--profile TARGET IN_FLIGHT SECS");
+                    let target = next()?;
+                    let target = Target::NAMES
+                        .iter()
+                        .position(|n| *n == target)
+                        .context("TARGET is direct, grpc or http")?;
+                    profile = Some((target, next()?.parse()?, next()?.parse()?));
+                }
+                "--out" => out = args.next().context("--out needs a folder")?.into(),
+                // `cargo bench` passes `--bench`; nothing else is expected.
+                "--bench" => {}
+                other => bail!("unknown argument {other:?} (expected --quick or --out DIR)"),
+            }
+        }
+        Ok(if quick {
+            Self {
+                profile,
+                rounds: 2,
+                fixed_secs: 1.0,
+                saturation_secs: 0.5,
+                pubsub_messages: 5_000,
+                out,
+            }
+        } else {
+            Self {
+                profile,
+                rounds: 5,
+                fixed_secs: 3.0,
+                saturation_secs: 2.0,
+                pubsub_messages: 40_000,
+                out,
+            }
+        })
+    }
+}
+
+/// One of the three ways to do the same Get.
+#[derive(Clone)]
+#[allow(clippy::large_enum_variant)] // three values, cloned once per worker
+enum Target {
+    Direct(StateStoreClient<Channel>),
+    Grpc(DaprClient<Channel>),
+    Http(
+        HttpClient<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+        Uri,
+    ),
+}
+
+impl Target {
+    const NAMES: [&'static str; 3] = ["direct", "grpc", "http"];
+
+    async fn get(&mut self, store: &str) -> anyhow::Result<()> {
+        let len = match self {
+            Target::Direct(client) => {
+                let mut req = Request::new(pb::GetRequest {
+                    key: format!("{APP_ID}||{KEY}"),
+                    ..Default::default()
+                });
+                req.metadata_mut().insert(
+                    "x-component-instance",
+                    store.parse().context("instance header")?,
+                );
+                client.get(req).await?.into_inner().data.len()
+            }
+            Target::Grpc(client) => client
+                .get_state(rt::GetStateRequest {
+                    store_name: store.into(),
+                    key: KEY.into(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .data
+                .len(),
+            Target::Http(client, uri) => {
+                let resp = client.get(uri.clone()).await?;
+                ensure!(resp.status() == 200, "HTTP {}", resp.status());
+                resp.into_body().collect().await?.to_bytes().len()
+            }
+        };
+        ensure!(len == VALUE_SIZE, "got {len} bytes instead of {VALUE_SIZE}");
+        Ok(())
+    }
+}
+
+/// CPU time (user + system) a process has used, from `/proc/<pid>/stat` (USER_HZ = 100).
+fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let (user, system) = cpu_split(pid)?;
+    Ok(user + system)
+}
+
+/// User and system CPU time of a process, from `/proc/<pid>/stat` (USER_HZ = 100).
+fn cpu_split(pid: u32) -> anyhow::Result<(Duration, Duration)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name is in parentheses and may hold spaces: count fields after it.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("odd /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks = |i: usize| -> anyhow::Result<Duration> {
+        let t: u64 = fields.get(i).context("no utime/stime")?.parse()?;
+        Ok(Duration::from_millis(t * 10))
+    };
+    Ok((ticks(11)?, ticks(12)?))
+}
+
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
+fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+async fn uds_channel(socket: &Path) -> anyhow::Result<Channel> {
+    let socket = socket.to_path_buf();
+    Ok(Endpoint::from_static("http://component")
+        .connect_timeout(Duration::from_secs(5))
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await?)
+}
+
+fn memory_yaml(name: &str, kind: &str, socket: &str) -> String {
+    format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\nspec:\n  type: {kind}.{socket}\n  version: v1\n"
+    )
+}
+
+/// plugd with its defaults (info logs, metrics on) on free ports; its log goes to /dev/null.
+fn spawn_plugd(dirs: &TestDirs, extra: &[&str]) -> PlugdProcess {
+    let (grpc_port, http_port) = (support::free_port(), support::free_port());
+    let guard = ChildGuard::spawn(
+        "plugd",
+        Command::new(support::binary("plugd"))
+            .args(["--app-id", APP_ID, "--log-level", "info"])
+            .arg("--managed-components=false")
+            .arg(format!("--metrics-port={}", support::free_port()))
+            .arg("--resources-path")
+            .arg(&dirs.resources)
+            .arg("--sockets-folder")
+            .arg(&dirs.sockets)
+            .args(["--dapr-grpc-port", &grpc_port.to_string()])
+            .args(["--dapr-http-port", &http_port.to_string()])
+            .args(extra)
+            .envs(std::env::var("BENCH_PLUGD_WORKERS").map(|w| ("TOKIO_WORKER_THREADS", w)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    PlugdProcess {
+        guard,
+        grpc_port,
+        http_port,
+    }
+}
+
+async fn wait_ready(plugd: &PlugdProcess) {
+    plugd.wait_healthy(Duration::from_secs(60)).await;
+}
+
+async fn seed(grpc: &mut DaprClient<Channel>, store: &str) -> anyhow::Result<()> {
+    grpc.save_state(rt::SaveStateRequest {
+        store_name: store.into(),
+        states: vec![common::StateItem {
+            key: KEY.into(),
+            value: vec![b'v'; VALUE_SIZE],
+            ..Default::default()
+        }],
+    })
+    .await?;
+    Ok(())
+}
+
+/// Open loop at `rate` per second for `secs`: each call is sent at its scheduled time from a
+/// dedicated thread, and its latency counts from that scheduled time (so a stall is not
+/// hidden). Returns the latencies and how late the sends were.
+async fn fixed_rate(
+    target: &Target,
+    store: &'static str,
+    rate: u32,
+    secs: f64,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+    let n = (f64::from(rate) * secs) as u32;
+    let period = Duration::from_secs(1) / rate;
+    let handle = tokio::runtime::Handle::current();
+    let target = target.clone();
+    let dispatcher = std::thread::spawn(move || {
+        let start = Instant::now() + Duration::from_millis(5);
+        let mut tasks = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let at = start + period * i;
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            let late = at.elapsed();
+            let mut target = target.clone();
+            tasks.push(handle.spawn(async move {
+                target.get(store).await?;
+                Ok::<_, anyhow::Error>((at.elapsed(), late))
+            }));
+        }
+        tasks
+    });
+    let tasks = tokio::task::spawn_blocking(move || dispatcher.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("dispatcher thread panicked"))?;
+    let (mut latencies, mut lateness) = (Vec::new(), Vec::new());
+    for task in tasks {
+        let (latency, late) = task.await??;
+        latencies.push(latency);
+        lateness.push(late);
+    }
+    Ok((latencies, lateness))
+}
+
+/// Closed loop: `in_flight` workers each call again as soon as the previous call answered.
+async fn saturate(
+    target: &Target,
+    store: &'static str,
+    in_flight: usize,
+    secs: f64,
+) -> anyhow::Result<(u64, Duration)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..in_flight {
+        let (mut target, stop, done) = (target.clone(), stop.clone(), done.clone());
+        workers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                target.get(store).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    let started = Instant::now();
+    let begin = done.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    let ops = done.load(Ordering::Relaxed) - begin;
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await??;
+    }
+    Ok((ops, elapsed))
+}
+
+async fn hop(settings: &Settings, results: &mut Results) -> anyhow::Result<()> {
+    let dirs = TestDirs::new();
+    let component = support::spawn_component("plugd-memory", &dirs.sockets, "memory", &[]);
+    dirs.write_resource("store.yaml", &memory_yaml("store", "state", "memory"));
+    let plugd = spawn_plugd(&dirs, &[]);
+    wait_ready(&plugd).await;
+    let plugd_pid = plugd.guard.child.id();
+    let component_pid = component.child.id();
+
+    let grpc_channel = Endpoint::from_shared(format!("http://127.0.0.1:{}", plugd.grpc_port))?
+        .connect()
+        .await?;
+    let mut grpc = DaprClient::new(grpc_channel);
+    seed(&mut grpc, "store").await?;
+    let mut http = HttpClient::builder(TokioExecutor::new());
+    http.pool_max_idle_per_host(128);
+    let http = http.build_http();
+    let uri: Uri = format!(
+        "http://127.0.0.1:{}/v1.0/state/store/{KEY}",
+        plugd.http_port
+    )
+    .parse()?;
+    let targets = [
+        Target::Direct(StateStoreClient::new(
+            uds_channel(&dirs.sockets.join("memory.sock")).await?,
+        )),
+        Target::Grpc(grpc),
+        Target::Http(http, uri),
+    ];
+    // Warm up every path (connections, pools, allocator).
+    for target in &targets {
+        saturate(target, "store", 16, 0.5).await?;
+    }
+    if let Some((target, in_flight, secs)) = settings.profile {
+        println!("plugd pid {plugd_pid}, component pid {component_pid}");
+        let (p0, c0) = (cpu_split(plugd_pid)?, cpu_time(component_pid)?);
+        let (n, elapsed) = saturate(&targets[target], "store", in_flight, secs).await?;
+        let (p1, c1) = (cpu_split(plugd_pid)?, cpu_time(component_pid)?);
+        let per_op = |d: Duration| d.as_secs_f64() * 1e6 / n.max(1) as f64;
+        println!(
+            "{} × {in_flight}: {:.0} ops/s; plugd µs/op user {:.1} sys {:.1}; component µs/op {:.1}",
+            Target::NAMES[target],
+            n as f64 / elapsed.as_secs_f64(),
+            per_op(p1.0.saturating_sub(p0.0)),
+            per_op(p1.1.saturating_sub(p0.1)),
+            per_op(c1.saturating_sub(c0)),
+        );
+        return Ok(());
+    }
+
+    println!(
+        "\n== State Get, {VALUE_SIZE} B value, fixed rate 1000/s ({} rounds × {} s per target)",
+        settings.rounds, settings.fixed_secs
+    );
+    let mut latencies: [Vec<Duration>; 3] = Default::default();
+    let mut lateness = Vec::new();
+    for _ in 0..settings.rounds {
+        for (i, target) in targets.iter().enumerate() {
+            let (l, late) = fixed_rate(target, "store", 1000, settings.fixed_secs).await?;
+            latencies[i].extend(l);
+            lateness.extend(late);
+        }
+    }
+    lateness.sort();
+    for (i, l) in latencies.iter_mut().enumerate() {
+        l.sort();
+        results.fixed.push(Fixed::from_sorted(Target::NAMES[i], l));
+    }
+    results.send_lateness_p50_us = report::micros(report::percentile(&lateness, 0.5));
+    results.send_lateness_p99_us = report::micros(report::percentile(&lateness, 0.99));
+
+    println!(
+        "== State Get at saturation ({} rounds × {} s per target and depth)",
+        settings.rounds, settings.saturation_secs
+    );
+    for in_flight in [1, 16, 64] {
+        let mut ops = [0u64; 3];
+        let mut time = [Duration::ZERO; 3];
+        let mut plugd_cpu = [Duration::ZERO; 3];
+        let mut component_cpu = [Duration::ZERO; 3];
+        for _ in 0..settings.rounds {
+            for (i, target) in targets.iter().enumerate() {
+                let (p0, c0) = (cpu_time(plugd_pid)?, cpu_time(component_pid)?);
+                let (n, elapsed) =
+                    saturate(target, "store", in_flight, settings.saturation_secs).await?;
+                plugd_cpu[i] += cpu_time(plugd_pid)?.saturating_sub(p0);
+                component_cpu[i] += cpu_time(component_pid)?.saturating_sub(c0);
+                ops[i] += n;
+                time[i] += elapsed;
+            }
+        }
+        for i in 0..3 {
+            results.saturation.push(Saturation {
+                target: Target::NAMES[i].into(),
+                in_flight,
+                ops_per_sec: ops[i] as f64 / time[i].as_secs_f64(),
+                plugd_cpu_us_per_op: plugd_cpu[i].as_secs_f64() * 1e6 / ops[i].max(1) as f64,
+                component_cpu_us_per_op: component_cpu[i].as_secs_f64() * 1e6
+                    / ops[i].max(1) as f64,
+            });
+        }
+    }
+    drop(plugd);
+    drop(component);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pub/sub: a lean Rust gRPC app that records when each message arrived.
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+#[derive(Clone, Default)]
+struct BenchApp {
+    /// (sent, received) in ns since `epoch()`.
+    received: Arc<Mutex<Vec<(u64, u64)>>>,
+}
+
+#[tonic::async_trait]
+impl AppCallback for BenchApp {
+    async fn on_invoke(
+        &self,
+        _: Request<common::InvokeRequest>,
+    ) -> Result<Response<common::InvokeResponse>, Status> {
+        Err(Status::unimplemented("no invoke"))
+    }
+
+    async fn list_topic_subscriptions(
+        &self,
+        _: Request<()>,
+    ) -> Result<Response<rt::ListTopicSubscriptionsResponse>, Status> {
+        Ok(Response::new(rt::ListTopicSubscriptionsResponse {
+            subscriptions: vec![rt::TopicSubscription {
+                pubsub_name: "pubsub".into(),
+                topic: "bench".into(),
+                routes: Some(rt::TopicRoutes::default()),
+                ..Default::default()
+            }],
+        }))
+    }
+
+    async fn on_topic_event(
+        &self,
+        req: Request<rt::TopicEventRequest>,
+    ) -> Result<Response<rt::TopicEventResponse>, Status> {
+        let now = epoch().elapsed().as_nanos() as u64;
+        let sent = std::str::from_utf8(&req.get_ref().data)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| Status::invalid_argument("not a timestamp"))?;
+        if let Ok(mut r) = self.received.lock() {
+            r.push((sent, now));
+        }
+        Ok(Response::new(rt::TopicEventResponse {
+            status: rt::topic_event_response::TopicEventResponseStatus::Success as i32,
+        }))
+    }
+
+    async fn list_input_bindings(
+        &self,
+        _: Request<()>,
+    ) -> Result<Response<rt::ListInputBindingsResponse>, Status> {
+        Ok(Response::new(rt::ListInputBindingsResponse::default()))
+    }
+
+    async fn on_binding_event(
+        &self,
+        _: Request<rt::BindingEventRequest>,
+    ) -> Result<Response<rt::BindingEventResponse>, Status> {
+        Err(Status::unimplemented("no bindings"))
+    }
+
+    async fn on_bulk_topic_event(
+        &self,
+        _: Request<rt::TopicEventBulkRequest>,
+    ) -> Result<Response<rt::TopicEventBulkResponse>, Status> {
+        Err(Status::unimplemented("no bulk"))
+    }
+
+    async fn on_job_event(
+        &self,
+        _: Request<rt::JobEventRequest>,
+    ) -> Result<Response<rt::JobEventResponse>, Status> {
+        Err(Status::unimplemented("no jobs"))
+    }
+}
+
+async fn pubsub(settings: &Settings, concurrency: usize) -> anyhow::Result<report::PubSub> {
+    let dirs = TestDirs::new();
+    let _component = support::spawn_component("plugd-memory", &dirs.sockets, "memory", &[]);
+    dirs.write_resource("pubsub.yaml", &memory_yaml("pubsub", "pubsub", "memory"));
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let app_port = listener.local_addr()?.port();
+    let app = BenchApp::default();
+    let server = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(AppCallbackServer::new(app))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                .await
+        })
+    };
+    let (port, conc) = (app_port.to_string(), concurrency.to_string());
+    let plugd = spawn_plugd(
+        &dirs,
+        &[
+            "--app-port",
+            &port,
+            "--app-protocol",
+            "grpc",
+            "--subscription-concurrency",
+            &conc,
+        ],
+    );
+    wait_ready(&plugd).await;
+    let channel = Endpoint::from_shared(format!("http://127.0.0.1:{}", plugd.grpc_port))?
+        .connect()
+        .await?;
+    let client = DaprClient::new(channel);
+    // The subscription is open once a warm-up message arrives.
+    let publish = |mut client: DaprClient<Channel>| async move {
+        let sent = epoch().elapsed().as_nanos() as u64;
+        client
+            .publish_event(rt::PublishEventRequest {
+                pubsub_name: "pubsub".into(),
+                topic: "bench".into(),
+                data: sent.to_string().into_bytes(),
+                data_content_type: "text/plain".into(),
+                metadata: HashMap::new(),
+            })
+            .await
+            .map(|_| ())
+    };
+    support::eventually(
+        Duration::from_secs(30),
+        "the subscription to deliver",
+        || {
+            let (client, app) = (client.clone(), app.clone());
+            async move {
+                publish(client).await.ok()?;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                (!app.received.lock().ok()?.is_empty()).then_some(())
+            }
+        },
+    )
+    .await;
+    // Let the warm-up messages drain, then count from zero.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    app.received
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clear();
+
+    let n = settings.pubsub_messages;
+    let publishers = 64;
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..publishers {
+        let (client, next) = (client.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < n as u64 {
+                publish(client.clone()).await?;
+            }
+            Ok::<_, Status>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let published = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let count = app.received.lock().map(|r| r.len()).unwrap_or(0);
+        if count >= n {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "only {count} of {n} messages arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let received = app
+        .received
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
+    let first_sent = received.iter().map(|r| r.0).min().unwrap_or(0);
+    let last_received = received.iter().map(|r| r.1).max().unwrap_or(0);
+    let mut latencies: Vec<Duration> = received
+        .iter()
+        .map(|(s, r)| Duration::from_nanos(r.saturating_sub(*s)))
+        .collect();
+    latencies.sort();
+    server.abort();
+    Ok(report::PubSub {
+        subscription_concurrency: concurrency,
+        messages: n,
+        publish_msgs_per_sec: n as f64 / published.as_secs_f64(),
+        end_to_end_msgs_per_sec: n as f64
+            / Duration::from_nanos(last_received - first_sent).as_secs_f64(),
+        p50_ms: report::percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        p99_ms: report::percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start-up and memory with many components.
+
+struct Fleet {
+    dirs: TestDirs,
+    _components: Vec<ChildGuard>,
+}
+
+/// `n` plugd-memory processes, each on its own socket with one state store in plugd.
+fn fleet(n: usize) -> Fleet {
+    let dirs = TestDirs::new();
+    let mut components = Vec::new();
+    for i in 0..n {
+        components.push(support::spawn_component(
+            "plugd-memory",
+            &dirs.sockets,
+            &format!("m{i}"),
+            &[],
+        ));
+        dirs.write_resource(
+            &format!("s{i}.yaml"),
+            &memory_yaml(&format!("s{i}"), "state", &format!("m{i}")),
+        );
+    }
+    Fleet {
+        dirs,
+        _components: components,
+    }
+}
+
+/// From spawning plugd until `/v1.0/healthz` answers 204 (every component ready).
+async fn startup(fleet: &Fleet) -> anyhow::Result<Duration> {
+    let http = HttpClient::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let started = Instant::now();
+    let plugd = spawn_plugd(&fleet.dirs, &[]);
+    let uri: Uri = format!("http://127.0.0.1:{}/v1.0/healthz", plugd.http_port).parse()?;
+    let deadline = started + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = http.get(uri.clone()).await
+            && r.status() == 204
+        {
+            return Ok(started.elapsed());
+        }
+        ensure!(Instant::now() < deadline, "plugd not ready within 60 s");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn startup_and_memory(results: &mut Results) -> anyhow::Result<()> {
+    println!("== Start-up with 1, 10 and 100 sockets (median of 3)");
+    for n in [1, 10, 100] {
+        let fleet = fleet(n);
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            runs.push(startup(&fleet).await?);
+        }
+        runs.sort();
+        results.startup_ms.push((n, runs[1].as_secs_f64() * 1e3));
+    }
+
+    println!("== Memory with 50 components");
+    let fleet = fleet(50);
+    let plugd = spawn_plugd(&fleet.dirs, &[]);
+    wait_ready(&plugd).await;
+    let pid = plugd.guard.child.id();
+    let channel = Endpoint::from_shared(format!("http://127.0.0.1:{}", plugd.grpc_port))?
+        .connect()
+        .await?;
+    let mut grpc = DaprClient::new(channel);
+    for i in 0..50 {
+        seed(&mut grpc, &format!("s{i}")).await?;
+    }
+    // Idle: after start-up work has settled.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    results.rss_idle_mib = status_kib(pid, "VmRSS")? as f64 / 1024.0;
+    // Under load: 64 calls in flight spread over the 50 stores.
+    let stores: Vec<&'static str> = (0..50)
+        .map(|i| &*Box::leak(format!("s{i}").into_boxed_str()))
+        .collect();
+    let mut workers = Vec::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    for w in 0..64 {
+        let (mut target, stop, store) = (Target::Grpc(grpc.clone()), stop.clone(), stores[w % 50]);
+        workers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                target.get(store).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    let mut peak = 0;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(status_kib(pid, "VmRSS")?);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await??;
+    }
+    results.rss_load_mib = peak as f64 / 1024.0;
+    results.rss_hwm_mib = status_kib(pid, "VmHWM")? as f64 / 1024.0;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    epoch();
+    let settings = Settings::from_args()?;
+    // Build (once) the release binaries of plugd and the components.
+    support::binary("plugd");
+    let mut results = Results::new();
+    hop(&settings, &mut results).await?;
+    if settings.profile.is_some() {
+        return Ok(());
+    }
+    println!("== Pub/sub end to end (publish → plugd → plugd-memory → plugd → Rust gRPC app)");
+    for concurrency in [1, 64] {
+        results.pubsub.push(pubsub(&settings, concurrency).await?);
+    }
+    startup_and_memory(&mut results).await?;
+    results.print();
+    results.write(&settings.out)?;
+    Ok(())
+}
