@@ -47,8 +47,8 @@ pub struct TopicDelivery<'a> {
     pub path: &'a str,
     /// The broker message metadata (becomes headers / gRPC metadata).
     pub metadata: &'a HashMap<String, String>,
-    /// The event's delivery span ([`trace::delivery_span`]): the app gets it as its parent.
-    pub span: &'a tracing::Span,
+    /// The event's delivery ([`trace::Delivery`]): the app gets it as its parent.
+    pub trace: &'a trace::Delivery,
 }
 
 /// An input-binding event on its way to the app.
@@ -60,8 +60,8 @@ pub struct BindingDelivery<'a> {
     pub data: &'a [u8],
     /// The event metadata (becomes headers / gRPC metadata).
     pub metadata: &'a HashMap<String, String>,
-    /// The event's delivery span ([`trace::delivery_span`]): the app gets it as its parent.
-    pub span: &'a tracing::Span,
+    /// The event's delivery ([`trace::Delivery`]): the app gets it as its parent.
+    pub trace: &'a trace::Delivery,
 }
 
 /// What the app answered to an input-binding event.
@@ -232,7 +232,7 @@ impl AppChannel for GrpcApp {
         };
         let mut req = self.request(message);
         Self::add_metadata(&mut req, d.metadata);
-        trace::inject_grpc(d.span, req.metadata_mut());
+        d.trace.inject_grpc(req.metadata_mut());
         let mut client = AppCallbackClient::new(self.channel.clone());
         match client.on_topic_event(req).await {
             Ok(resp) => match TopicEventResponseStatus::try_from(resp.into_inner().status) {
@@ -282,8 +282,8 @@ impl AppChannel for GrpcApp {
             metadata: d.metadata.clone(),
         });
         // The event's own metadata travels in the message; only the trace context goes as
-        // call metadata too: the delivery span, which continues the event's context.
-        trace::inject_grpc(d.span, req.metadata_mut());
+        // call metadata too: the delivery's, which continues the event's context.
+        d.trace.inject_grpc(req.metadata_mut());
         let mut client = AppCallbackClient::new(self.channel.clone());
         match client.on_binding_event(req).await {
             Ok(resp) => {
@@ -384,7 +384,7 @@ impl AppChannel for HttpApp {
             .post(self.url(d.path))
             .header(http::header::CONTENT_TYPE, CLOUDEVENTS_JSON);
         req = with_headers(req, d.metadata);
-        req = with_trace(req, d.span);
+        req = with_trace(req, d.trace);
         let resp = match self
             .with_token(req)
             .body(d.event.bytes.clone())
@@ -438,7 +438,7 @@ impl AppChannel for HttpApp {
             .post(self.url(d.route))
             .header(http::header::CONTENT_TYPE, "application/json");
         req = with_headers(req, d.metadata);
-        req = with_trace(req, d.span);
+        req = with_trace(req, d.trace);
         let resp = self
             .with_token(req)
             .body(d.data.to_vec())
@@ -474,10 +474,10 @@ impl HttpApp {
     }
 }
 
-/// Sets `traceparent` (and `tracestate` when there is one) naming `span` as the parent,
+/// Sets `traceparent` (and `tracestate` when there is one) naming the delivery as the parent,
 /// replacing what the metadata put there.
-fn with_trace(req: reqwest::RequestBuilder, span: &tracing::Span) -> reqwest::RequestBuilder {
-    let headers = trace::headers_of(span);
+fn with_trace(req: reqwest::RequestBuilder, delivery: &trace::Delivery) -> reqwest::RequestBuilder {
+    let headers = delivery.headers();
     let mut map = http::HeaderMap::new();
     for (name, value) in [
         (trace::TRACEPARENT, headers.traceparent),

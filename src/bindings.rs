@@ -317,7 +317,7 @@ async fn close(mut stream: EventStream, in_flight: TaskTracker) {
 }
 
 /// Hands one event to the app and sends its answer back to the component, all in the event's
-/// delivery span: the app and the output bindings it names get the event's trace.
+/// delivery (its trace context): the app and the output bindings it names get the event's trace.
 async fn handle(
     d: &InputDelivery,
     name: &str,
@@ -325,37 +325,39 @@ async fn handle(
     replies: &Replier,
     event: pb::ReadResponse,
 ) {
-    let span = event_span(&event.metadata);
-    tracing::debug!(parent: &span, message_id = %event.message_id, "delivering an input-binding event");
-    settle(d, name, route, replies, event, &span)
-        .instrument(span.clone())
+    let delivery = event_trace(&event.metadata);
+    delivery
+        .run(async {
+            tracing::debug!(message_id = %event.message_id, "delivering an input-binding event");
+            settle(d, name, route, replies, event, &delivery).await;
+        })
         .await;
 }
 
-/// The delivery span of an input-binding event: child of the `traceparent` (and `tracestate`)
+/// The delivery trace context of an input-binding event: child of the `traceparent` (and `tracestate`)
 /// its metadata carries (any case) when valid, else the root of a new trace.
-fn event_span(metadata: &HashMap<String, String>) -> tracing::Span {
+fn event_trace(metadata: &HashMap<String, String>) -> crate::telemetry::trace::Delivery {
     let get = |key: &str| {
         metadata
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(key))
             .map(|(_, v)| v.as_str())
     };
-    crate::telemetry::trace::delivery_span(
+    crate::telemetry::trace::Delivery::new(
         "binding_event",
         get(crate::telemetry::trace::TRACEPARENT),
         get(crate::telemetry::trace::TRACESTATE),
     )
 }
 
-/// The body of [`handle`], inside the delivery span.
+/// The body of [`handle`], inside the delivery.
 async fn settle(
     d: &InputDelivery,
     name: &str,
     route: &str,
     replies: &Replier,
     event: pb::ReadResponse,
-    span: &tracing::Span,
+    trace: &crate::telemetry::trace::Delivery,
 ) {
     let metadata = event.metadata;
     let started = std::time::Instant::now();
@@ -370,7 +372,7 @@ async fn settle(
                 route,
                 data: &event.data,
                 metadata: &metadata,
-                span,
+                trace,
             })
             .await
     };

@@ -128,8 +128,9 @@ fn subscriber(
     })
 }
 
-/// The plain format, plus ` route=… trace_id=…` on the lines written inside an API request
-/// whose trace context is kept in a task-local rather than a span ([`trace::RequestTrace`]).
+/// The plain format, plus ` route=… trace_id=…` (` call=… trace_id=…` for an event's
+/// delivery) on the lines written inside an API request or a delivery whose trace context is
+/// kept in a task-local rather than a span ([`trace::RequestTrace`]).
 struct PlainWithRequest(fmt::format::Format);
 
 impl<S, N> fmt::FormatEvent<S, N> for PlainWithRequest
@@ -143,8 +144,8 @@ where
         mut writer: fmt::format::Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        let Some((route, trace_id)) =
-            trace::log_context(|route, trace_id| (route.to_string(), trace_id))
+        let Some((key, route, trace_id)) =
+            trace::log_context(|key, route, trace_id| (key, route.to_string(), trace_id))
         else {
             return self.0.format_event(ctx, writer, event);
         };
@@ -152,7 +153,7 @@ where
         self.0
             .format_event(ctx, fmt::format::Writer::new(&mut line), event)?;
         let line = line.strip_suffix('\n').unwrap_or(&line);
-        writeln!(writer, "{line} route={route} trace_id={trace_id}")
+        writeln!(writer, "{line} {key}={route} trace_id={trace_id}")
     }
 }
 

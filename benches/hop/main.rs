@@ -54,6 +54,8 @@ const KEY: &str = "bench-key";
 const APP_ID: &str = "bench";
 
 struct Settings {
+    /// `--only hop|pubsub|startup`: run one part (results are written only for a full run).
+    only: Option<String>,
     /// `--profile TARGET IN_FLIGHT SECS`: only load one target, for perf.
     profile: Option<(usize, usize, f64)>,
     rounds: usize,
@@ -67,18 +69,28 @@ impl Settings {
     fn from_args() -> anyhow::Result<Self> {
         let mut quick = false;
         let mut profile = None;
+        let mut only = None;
         let mut out = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/bench");
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--quick" => quick = true,
+                "--only" => {
+                    let part = args.next().context("--only needs hop, pubsub or startup")?;
+                    ensure!(
+                        ["hop", "pubsub", "startup"].contains(&part.as_str()),
+                        "--only takes hop, pubsub or startup, not {part:?}"
+                    );
+                    only = Some(part);
+                }
                 "--profile" => {
                     let mut next = || args.next().context("--profile TARGET IN_FLIGHT SECS");
                     let target = next()?;
                     let target = Target::NAMES
                         .iter()
+                        .chain(&["pubsub"])
                         .position(|n| *n == target)
-                        .context("TARGET is direct, grpc or http")?;
+                        .context("TARGET is direct, grpc, http or pubsub")?;
                     profile = Some((target, next()?.parse()?, next()?.parse()?));
                 }
                 "--out" => out = args.next().context("--out needs a folder")?.into(),
@@ -89,6 +101,7 @@ impl Settings {
         }
         Ok(if quick {
             Self {
+                only,
                 profile,
                 rounds: 2,
                 fixed_secs: 1.0,
@@ -98,6 +111,7 @@ impl Settings {
             }
         } else {
             Self {
+                only,
                 profile,
                 rounds: 5,
                 fixed_secs: 3.0,
@@ -217,20 +231,24 @@ fn spawn_plugd(dirs: &TestDirs, extra: &[&str]) -> PlugdProcess {
     let (grpc_port, http_port) = (support::free_port(), support::free_port());
     let guard = ChildGuard::spawn(
         "plugd",
-        Command::new(support::binary("plugd"))
-            .args(["--app-id", APP_ID, "--log-level", "info"])
-            .arg("--managed-components=false")
-            .arg(format!("--metrics-port={}", support::free_port()))
-            .arg("--resources-path")
-            .arg(&dirs.resources)
-            .arg("--sockets-folder")
-            .arg(&dirs.sockets)
-            .args(["--dapr-grpc-port", &grpc_port.to_string()])
-            .args(["--dapr-http-port", &http_port.to_string()])
-            .args(extra)
-            .envs(std::env::var("BENCH_PLUGD_WORKERS").map(|w| ("TOKIO_WORKER_THREADS", w)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
+        // `BENCH_PLUGD_BIN`: another plugd build (a profiling one, with frame pointers).
+        Command::new(
+            std::env::var_os("BENCH_PLUGD_BIN")
+                .map_or_else(|| support::binary("plugd"), PathBuf::from),
+        )
+        .args(["--app-id", APP_ID, "--log-level", "info"])
+        .arg("--managed-components=false")
+        .arg(format!("--metrics-port={}", support::free_port()))
+        .arg("--resources-path")
+        .arg(&dirs.resources)
+        .arg("--sockets-folder")
+        .arg(&dirs.sockets)
+        .args(["--dapr-grpc-port", &grpc_port.to_string()])
+        .args(["--dapr-http-port", &http_port.to_string()])
+        .args(extra)
+        .envs(std::env::var("BENCH_PLUGD_WORKERS").map(|w| ("TOKIO_WORKER_THREADS", w)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null()),
     );
     PlugdProcess {
         guard,
@@ -521,10 +539,30 @@ impl AppCallback for BenchApp {
     }
 }
 
+async fn publish_stamped(client: &mut DaprClient<Channel>, stamp: u64) -> Result<(), Status> {
+    client
+        .publish_event(rt::PublishEventRequest {
+            pubsub_name: "pubsub".into(),
+            topic: "bench".into(),
+            data: stamp.to_string().into_bytes(),
+            data_content_type: "text/plain".into(),
+            metadata: HashMap::new(),
+        })
+        .await
+        .map(|_| ())
+}
+
 async fn pubsub(settings: &Settings, concurrency: usize) -> anyhow::Result<report::PubSub> {
     let dirs = TestDirs::new();
     let _component = support::spawn_component("plugd-memory", &dirs.sockets, "memory", &[]);
-    dirs.write_resource("pubsub.yaml", &memory_yaml("pubsub", "pubsub", "memory"));
+    let in_flight = std::env::var("XX_INFLIGHT").unwrap_or_else(|_| "64".into());
+    dirs.write_resource(
+        "pubsub.yaml",
+        &format!(
+            "{}  metadata:\n  - name: maxInFlight\n    value: \"{in_flight}\"\n",
+            memory_yaml("pubsub", "pubsub", "memory")
+        ),
+    );
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let app_port = listener.local_addr()?.port();
@@ -551,6 +589,9 @@ async fn pubsub(settings: &Settings, concurrency: usize) -> anyhow::Result<repor
         ],
     );
     wait_ready(&plugd).await;
+    if settings.profile.is_some() {
+        println!("plugd pid {}", plugd.guard.child.id());
+    }
     let channel = Endpoint::from_shared(format!("http://127.0.0.1:{}", plugd.grpc_port))?
         .connect()
         .await?;
@@ -558,16 +599,7 @@ async fn pubsub(settings: &Settings, concurrency: usize) -> anyhow::Result<repor
     // The subscription is open once a warm-up message arrives.
     let publish = |mut client: DaprClient<Channel>| async move {
         let sent = epoch().elapsed().as_nanos() as u64;
-        client
-            .publish_event(rt::PublishEventRequest {
-                pubsub_name: "pubsub".into(),
-                topic: "bench".into(),
-                data: sent.to_string().into_bytes(),
-                data_content_type: "text/plain".into(),
-                metadata: HashMap::new(),
-            })
-            .await
-            .map(|_| ())
+        publish_stamped(&mut client, sent).await
     };
     support::eventually(
         Duration::from_secs(30),
@@ -619,14 +651,57 @@ async fn pubsub(settings: &Settings, concurrency: usize) -> anyhow::Result<repor
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let received = app
+    let received = std::mem::take(
+        &mut *app
+            .received
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?,
+    );
+    let first_sent = received.iter().map(|r| r.0).min().unwrap_or(0);
+    let last_received = received.iter().map(|r| r.1).max().unwrap_or(0);
+
+    // Latency: publish at a fixed rate the subscription keeps up with, each message stamped
+    // with its scheduled send time.
+    let rate = 1000;
+    let count = (f64::from(rate) * settings.fixed_secs * 2.0) as u32;
+    let handle = tokio::runtime::Handle::current();
+    let dispatcher = {
+        let client = client.clone();
+        std::thread::spawn(move || {
+            let period = Duration::from_secs(1) / rate;
+            let start = Instant::now() + Duration::from_millis(5);
+            let mut tasks = Vec::with_capacity(count as usize);
+            for i in 0..count {
+                let at = start + period * i;
+                let now = Instant::now();
+                if at > now {
+                    std::thread::sleep(at - now);
+                }
+                let stamp = at.duration_since(epoch()).as_nanos() as u64;
+                let mut client = client.clone();
+                tasks.push(handle.spawn(async move { publish_stamped(&mut client, stamp).await }));
+            }
+            tasks
+        })
+    };
+    let tasks = tokio::task::spawn_blocking(move || dispatcher.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("dispatcher thread panicked"))?;
+    for t in tasks {
+        t.await??;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while app.received.lock().map(|r| r.len()).unwrap_or(0) < count as usize {
+        ensure!(
+            Instant::now() < deadline,
+            "fixed-rate messages did not all arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut latencies: Vec<Duration> = app
         .received
         .lock()
         .map_err(|_| anyhow::anyhow!("poisoned"))?
-        .clone();
-    let first_sent = received.iter().map(|r| r.0).min().unwrap_or(0);
-    let last_received = received.iter().map(|r| r.1).max().unwrap_or(0);
-    let mut latencies: Vec<Duration> = received
         .iter()
         .map(|(s, r)| Duration::from_nanos(r.saturating_sub(*s)))
         .collect();
@@ -754,16 +829,37 @@ async fn main() -> anyhow::Result<()> {
     // Build (once) the release binaries of plugd and the components.
     support::binary("plugd");
     let mut results = Results::new();
-    hop(&settings, &mut results).await?;
-    if settings.profile.is_some() {
+    if let Some((3, concurrency, secs)) = settings.profile {
+        let settings = Settings {
+            pubsub_messages: (secs * 10_000.0) as usize,
+            ..settings
+        };
+        let p = pubsub(&settings, concurrency).await?;
+        println!(
+            "pubsub × {concurrency}: {:.0} msg/s end to end, p50 {:.1} ms",
+            p.end_to_end_msgs_per_sec, p.p50_ms
+        );
         return Ok(());
     }
-    println!("== Pub/sub end to end (publish → plugd → plugd-memory → plugd → Rust gRPC app)");
-    for concurrency in [1, 64] {
-        results.pubsub.push(pubsub(&settings, concurrency).await?);
+    let part = |name: &str| settings.only.as_deref().is_none_or(|o| o == name);
+    if part("hop") {
+        hop(&settings, &mut results).await?;
+        if settings.profile.is_some() {
+            return Ok(());
+        }
     }
-    startup_and_memory(&mut results).await?;
+    if part("pubsub") {
+        println!("== Pub/sub end to end (publish → plugd → plugd-memory → plugd → Rust gRPC app)");
+        for concurrency in [1, 64] {
+            results.pubsub.push(pubsub(&settings, concurrency).await?);
+        }
+    }
+    if part("startup") {
+        startup_and_memory(&mut results).await?;
+    }
     results.print();
-    results.write(&settings.out)?;
+    if settings.only.is_none() {
+        results.write(&settings.out)?;
+    }
     Ok(())
 }

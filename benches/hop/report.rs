@@ -156,13 +156,13 @@ impl Results {
         println!("\nPub/sub, publish through plugd → app received (plugd-memory, Rust gRPC app):");
         for p in &self.pubsub {
             println!(
-                "  subscription concurrency {:>2}: {:>7.0} msg/s end to end ({:.0}/s published), latency p50 {:.2} ms, p99 {:.2} ms ({} messages)",
+                "  subscription concurrency {:>2}: {:>7.0} msg/s end to end ({:.0}/s published; {} messages); at 1000 msg/s latency p50 {:.2} ms, p99 {:.2} ms",
                 p.subscription_concurrency,
                 p.end_to_end_msgs_per_sec,
                 p.publish_msgs_per_sec,
+                p.messages,
                 p.p50_ms,
                 p.p99_ms,
-                p.messages
             );
         }
         println!("\nStart-up until /v1.0/healthz is 204 (every component ready):");

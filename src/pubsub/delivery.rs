@@ -273,7 +273,7 @@ async fn consume(
 }
 
 /// Delivers one message and acknowledges it (or not) by what the app answered, all in the
-/// message's delivery span: the app and a dead-letter publish get the event's trace.
+/// message's delivery: the app and a dead-letter publish get the event's trace.
 async fn handle(
     d: &Deliverer,
     sub: &Subscription,
@@ -283,21 +283,21 @@ async fn handle(
     message: pb::PullMessagesResponse,
 ) {
     let incoming = Incoming::read(sub, &message);
-    let span = match &incoming {
-        Ok(i) => trace::delivery_span(
+    let delivery = match &incoming {
+        Ok(i) => trace::Delivery::new(
             "pubsub_delivery",
             i.event.str(trace::TRACEPARENT).as_deref(),
             i.event.str(trace::TRACESTATE).as_deref(),
         ),
-        Err(_) => trace::delivery_span("pubsub_delivery", None, None),
+        Err(_) => trace::Delivery::new("pubsub_delivery", None, None),
     };
     let message = Message {
         raw: &message,
         incoming,
-        span: &span,
+        trace: &delivery,
     };
-    settle(d, sub, entry, acks, refused, message)
-        .instrument(span.clone())
+    delivery
+        .run(settle(d, sub, entry, acks, refused, message))
         .await;
 }
 
@@ -306,8 +306,8 @@ struct Message<'m> {
     raw: &'m pb::PullMessagesResponse,
     /// The message read as a CloudEvent, or why it is not one.
     incoming: Result<Incoming<'m>, String>,
-    /// Its delivery span.
-    span: &'m tracing::Span,
+    /// Its delivery's trace context.
+    trace: &'m trace::Delivery,
 }
 
 /// A message read as a CloudEvent, with what the app receives beside it.
@@ -346,7 +346,7 @@ impl<'m> Incoming<'m> {
     }
 }
 
-/// The body of [`handle`], inside the delivery span.
+/// The body of [`handle`], inside the delivery.
 async fn settle(
     d: &Deliverer,
     sub: &Subscription,
@@ -358,7 +358,7 @@ async fn settle(
     use crate::metrics::{PubSubEvent, pubsub as count};
     let id = message.raw.id.clone();
     let (pubsub, topic) = (sub.pubsub.as_str(), sub.topic.as_str());
-    let (outcome, event_id) = deliver(d, sub, refused, message.incoming, message.span).await;
+    let (outcome, event_id) = deliver(d, sub, refused, message.incoming, message.trace).await;
     // Shutting down: neither ack nor nack, so the component redelivers it (as daprd).
     if d.stop.is_cancelled() {
         return;
@@ -436,7 +436,7 @@ async fn deliver(
     sub: &Subscription,
     refused: &Refused,
     incoming: Result<Incoming<'_>, String>,
-    span: &tracing::Span,
+    trace: &trace::Delivery,
 ) -> (Outcome, Option<String>) {
     let Incoming {
         event,
@@ -489,7 +489,7 @@ async fn deliver(
             topic,
             path,
             metadata: &metadata,
-            span,
+            trace,
         })
         .await;
     crate::metrics::pubsub_delivery_time(&sub.pubsub, &sub.topic, started.elapsed());

@@ -78,8 +78,8 @@ where
         }
         // Inside an API request whose trace context is kept in a task-local, not a span.
         if !fields.contains_key("trace_id") {
-            crate::telemetry::trace::log_context(|route, trace_id| {
-                fields.insert("route".into(), Value::String(route.to_string()));
+            crate::telemetry::trace::log_context(|key, route, trace_id| {
+                fields.insert(key.into(), Value::String(route.to_string()));
                 fields.insert("trace_id".into(), Value::String(trace_id.to_string()));
             });
         }

@@ -178,20 +178,31 @@ pub struct RequestTrace {
     route: Route,
 }
 
-/// The name of a request for its log lines, kept without copying it.
+/// The name of a request (or delivery) for its log lines, kept without copying it.
 #[derive(Debug, Clone)]
 enum Route {
     Template(axum::extract::MatchedPath),
     Path(http::Uri),
     Unmatched,
+    /// An event's delivery (`pubsub_delivery`, `binding_event`).
+    Call(&'static str),
 }
 
 impl Route {
+    /// The log field it goes in: `route` for a request, `call` for a delivery.
+    fn key(&self) -> &'static str {
+        match self {
+            Route::Call(_) => "call",
+            _ => "route",
+        }
+    }
+
     fn as_str(&self) -> &str {
         match self {
             Route::Template(m) => m.as_str(),
             Route::Path(uri) => uri.path(),
             Route::Unmatched => "unmatched",
+            Route::Call(name) => name,
         }
     }
 }
@@ -200,11 +211,12 @@ tokio::task_local! {
     static REQUEST: RequestTrace;
 }
 
-/// The `route` and `trace_id` of the request the current task serves, for a log line, when
-/// its context is kept in the task-local (see [`RequestTrace`]).
-pub fn log_context<T>(f: impl FnOnce(&str, TraceId) -> T) -> Option<T> {
+/// The `route` (`call` for a delivery) and `trace_id` of the request the current task serves,
+/// for a log line, when its context is kept in the task-local (see [`RequestTrace`]): `f` gets
+/// the field name, its value and the trace id.
+pub fn log_context<T>(f: impl FnOnce(&'static str, &str, TraceId) -> T) -> Option<T> {
     REQUEST
-        .try_with(|r| f(r.route.as_str(), r.light.trace_id))
+        .try_with(|r| f(r.route.key(), r.route.as_str(), r.light.trace_id))
         .ok()
 }
 
@@ -214,11 +226,24 @@ fn request_headers() -> Option<Trace> {
     REQUEST.try_with(|r| r.light.headers()).ok()
 }
 
-/// The trace context for a call to a component made by the current task: the request's (in
-/// the task-local) or, when there is none, a new span's from `make_span`. The span (when one
+/// The W3C headers of a new client span in the current request's trace (a call to a
+/// component has its own span id, as when spans are exported), when its context is in the
+/// task-local.
+fn call_headers() -> Option<Trace> {
+    REQUEST
+        .try_with(|r| {
+            let l = &r.light;
+            Light::child_of(l.trace_id, l.flags, l.state.clone()).headers()
+        })
+        .ok()
+}
+
+/// The trace context for a call to a component made by the current task: a new span id in
+/// the request's trace (in the task-local) or, when there is none, a new span's from
+/// `make_span`. The span (when one
 /// was made) is what the call should run in.
 pub fn for_call(metadata: &mut MetadataMap, make_span: impl FnOnce() -> Span) -> Option<Span> {
-    if let Some(trace) = request_headers() {
+    if let Some(trace) = call_headers() {
         insert_ascii(metadata, TRACEPARENT, trace.traceparent);
         insert_ascii(metadata, TRACESTATE, trace.tracestate);
         return None;
@@ -327,29 +352,83 @@ fn insert_ascii(metadata: &mut MetadataMap, key: &'static str, value: String) {
     }
 }
 
-/// The span of one event's handling (`pubsub_delivery`, `binding_event`): the delivery to the
-/// app and every component call that follows from it (a dead-letter publish, the output
-/// bindings a gRPC app names) run inside it, so they share the event's trace. Child of the
-/// event's own trace context when it has a valid one, else the root of a new trace.
-pub fn delivery_span(
-    name: &'static str,
-    traceparent: Option<&str>,
-    tracestate: Option<&str>,
-) -> Span {
-    let span = tracing::error_span!(
-        "delivery",
-        otel.name = tracing::field::Empty,
-        otel.kind = tracing::field::Empty,
-        call = name,
-        trace_id = tracing::field::Empty,
-    );
-    start(
-        &span,
-        extract_w3c(traceparent, tracestate),
-        name,
-        "consumer",
-    );
-    span
+/// The trace context of one event's handling (`pubsub_delivery`, `binding_event`): the
+/// delivery to the app and every component call that follows from it (a dead-letter publish,
+/// the output bindings a gRPC app names) run inside it ([`Delivery::run`]), so they share the
+/// event's trace. Child of the event's own trace context when it has a valid one, else the root
+/// of a new trace. A span when spans are exported; otherwise the task-local context API
+/// requests use, which costs next to nothing per message.
+pub struct Delivery {
+    inner: DeliveryTrace,
+}
+
+enum DeliveryTrace {
+    Span(Span),
+    Local(RequestTrace),
+}
+
+impl Delivery {
+    pub fn new(name: &'static str, traceparent: Option<&str>, tracestate: Option<&str>) -> Self {
+        let parent = extract_w3c(traceparent, tracestate);
+        if !exporting() {
+            let sc = parent.span().span_context().clone();
+            let light = if sc.is_valid() {
+                Light::child_of(sc.trace_id(), sc.trace_flags(), sc.trace_state().clone())
+            } else {
+                Light::root()
+            };
+            return Self {
+                inner: DeliveryTrace::Local(RequestTrace {
+                    light,
+                    route: Route::Call(name),
+                }),
+            };
+        }
+        let span = tracing::error_span!(
+            "delivery",
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+            call = name,
+            trace_id = tracing::field::Empty,
+        );
+        start(&span, parent, name, "consumer");
+        Self {
+            inner: DeliveryTrace::Span(span),
+        }
+    }
+
+    /// The W3C headers naming this delivery as the parent (of the app's handling).
+    pub fn headers(&self) -> Trace {
+        match &self.inner {
+            DeliveryTrace::Span(span) => headers_of(span),
+            DeliveryTrace::Local(local) => local.light.headers(),
+        }
+    }
+
+    /// Adds `traceparent` (and `tracestate`) naming this delivery as the parent.
+    pub fn inject_grpc(&self, metadata: &mut MetadataMap) {
+        let trace = self.headers();
+        insert_ascii(metadata, TRACEPARENT, trace.traceparent);
+        insert_ascii(metadata, TRACESTATE, trace.tracestate);
+    }
+
+    /// Runs `future` inside the delivery: log lines and component calls get its trace.
+    pub fn run<F: std::future::Future>(
+        &self,
+        future: F,
+    ) -> futures::future::Either<
+        Instrumented<F>,
+        tokio::task::futures::TaskLocalFuture<RequestTrace, F>,
+    > {
+        match &self.inner {
+            DeliveryTrace::Span(span) => {
+                futures::future::Either::Left(future.instrument(span.clone()))
+            }
+            DeliveryTrace::Local(local) => {
+                futures::future::Either::Right(REQUEST.scope(local.clone(), future))
+            }
+        }
+    }
 }
 
 struct HeaderCarrier<'a>(&'a http::HeaderMap);
@@ -584,6 +663,51 @@ mod tests {
 
     const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     const SPAN: &str = "00f067aa0ba902b7";
+
+    /// Without export, an event's delivery keeps the event's trace in the task-local: the app
+    /// gets a new parent in that trace, a component call inside another one, and log lines the
+    /// delivery's `call` and `trace_id`.
+    #[test]
+    fn a_delivery_continues_the_events_trace() {
+        use tracing_subscriber::{fmt, layer::SubscriberExt as _};
+        let _turn = super::super::SUBSCRIBER_TESTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let tp = format!("00-{TRACE}-{SPAN}-01");
+        let delivery = Delivery::new("pubsub_delivery", Some(&tp), Some("k=v"));
+        let to_app = delivery.headers();
+        assert!(to_app.traceparent.starts_with(&format!("00-{TRACE}-")));
+        assert!(!to_app.traceparent.contains(SPAN), "{}", to_app.traceparent);
+        assert_eq!(to_app.tracestate, "k=v");
+        let json = Buffer::default();
+        let j = json.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            fmt::layer()
+                .with_writer(move || j.clone())
+                .fmt_fields(fmt::format::JsonFields::new())
+                .event_format(super::super::json::DaprJson::new("app")),
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let mut metadata = MetadataMap::new();
+        tracing::subscriber::with_default(subscriber, || {
+            runtime.block_on(delivery.run(async {
+                tracing::info!("delivered");
+                for_call(&mut metadata, || panic!("no span is made inside a delivery"));
+            }));
+        });
+        let to_component = metadata
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .expect("traceparent");
+        assert!(to_component.starts_with(&format!("00-{TRACE}-")));
+        assert_ne!(to_component, to_app.traceparent);
+        let line: serde_json::Value =
+            serde_json::from_str(json.text().trim()).expect("one JSON line");
+        assert_eq!(line["call"], "pubsub_delivery");
+        assert_eq!(line["trace_id"], TRACE);
+    }
 
     #[test]
     fn w3c_headers_parse_and_bad_ones_are_ignored() {
