@@ -15,6 +15,7 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+mod forwarder;
 mod report;
 
 use std::{
@@ -90,7 +91,7 @@ impl Settings {
                         .iter()
                         .chain(&["pubsub"])
                         .position(|n| *n == target)
-                        .context("TARGET is direct, grpc, http or pubsub")?;
+                        .context("TARGET is direct, grpc, http, forwarder or pubsub")?;
                     profile = Some((target, next()?.parse()?, next()?.parse()?));
                 }
                 "--out" => out = args.next().context("--out needs a folder")?.into(),
@@ -136,7 +137,8 @@ enum Target {
 }
 
 impl Target {
-    const NAMES: [&'static str; 3] = ["direct", "grpc", "http"];
+    /// (a), (b), (c), and (d): the same stack as plugd with none of plugd's work.
+    const NAMES: [&'static str; 4] = ["direct", "grpc", "http", "forwarder"];
 
     async fn get(&mut self, store: &str) -> anyhow::Result<()> {
         let len = match self {
@@ -257,6 +259,26 @@ fn spawn_plugd(dirs: &TestDirs, extra: &[&str]) -> PlugdProcess {
     }
 }
 
+/// The minimal forwarder ([`forwarder`]) as a child process of this benchmark, and its port.
+fn spawn_forwarder(socket: &Path) -> anyhow::Result<(ChildGuard, u16)> {
+    let mut guard = ChildGuard::spawn(
+        "forwarder",
+        Command::new(std::env::current_exe()?)
+            .arg("--forwarder")
+            .arg(socket)
+            .arg("store")
+            .stdout(Stdio::piped()),
+    );
+    let stdout = guard.child.stdout.take().context("forwarder stdout")?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+    let port = line
+        .trim()
+        .parse()
+        .with_context(|| format!("the forwarder printed {line:?}, not its port"))?;
+    Ok((guard, port))
+}
+
 async fn wait_ready(plugd: &PlugdProcess) {
     plugd.wait_healthy(Duration::from_secs(60)).await;
 }
@@ -371,25 +393,34 @@ async fn hop(settings: &Settings, results: &mut Results) -> anyhow::Result<()> {
         plugd.http_port
     )
     .parse()?;
+    let forwarder = spawn_forwarder(&dirs.sockets.join("memory.sock"))?;
+    let forwarder_channel = Endpoint::from_shared(format!("http://127.0.0.1:{}", forwarder.1))?
+        .connect()
+        .await?;
     let targets = [
         Target::Direct(StateStoreClient::new(
             uds_channel(&dirs.sockets.join("memory.sock")).await?,
         )),
         Target::Grpc(grpc),
         Target::Http(http, uri),
+        Target::Grpc(DaprClient::new(forwarder_channel)),
     ];
+    // The process each target goes through, whose CPU time is the hop's.
+    let hop_pids = [None, Some(plugd_pid), Some(plugd_pid), Some(forwarder.0.child.id())];
+    let hop_cpu = |i: usize| hop_pids[i].map_or(Ok(Duration::ZERO), cpu_time);
     // Warm up every path (connections, pools, allocator).
     for target in &targets {
         saturate(target, "store", 16, 0.5).await?;
     }
     if let Some((target, in_flight, secs)) = settings.profile {
-        println!("plugd pid {plugd_pid}, component pid {component_pid}");
-        let (p0, c0) = (cpu_split(plugd_pid)?, cpu_time(component_pid)?);
+        let pid = hop_pids[target].unwrap_or(plugd_pid);
+        println!("hop pid {pid}, component pid {component_pid}");
+        let (p0, c0) = (cpu_split(pid)?, cpu_time(component_pid)?);
         let (n, elapsed) = saturate(&targets[target], "store", in_flight, secs).await?;
-        let (p1, c1) = (cpu_split(plugd_pid)?, cpu_time(component_pid)?);
+        let (p1, c1) = (cpu_split(pid)?, cpu_time(component_pid)?);
         let per_op = |d: Duration| d.as_secs_f64() * 1e6 / n.max(1) as f64;
         println!(
-            "{} × {in_flight}: {:.0} ops/s; plugd µs/op user {:.1} sys {:.1}; component µs/op {:.1}",
+            "{} × {in_flight}: {:.0} ops/s; hop µs/op user {:.1} sys {:.1}; component µs/op {:.1}",
             Target::NAMES[target],
             n as f64 / elapsed.as_secs_f64(),
             per_op(p1.0.saturating_sub(p0.0)),
@@ -403,7 +434,7 @@ async fn hop(settings: &Settings, results: &mut Results) -> anyhow::Result<()> {
         "\n== State Get, {VALUE_SIZE} B value, fixed rate 1000/s ({} rounds × {} s per target)",
         settings.rounds, settings.fixed_secs
     );
-    let mut latencies: [Vec<Duration>; 3] = Default::default();
+    let mut latencies: [Vec<Duration>; 4] = Default::default();
     let mut lateness = Vec::new();
     for _ in 0..settings.rounds {
         for (i, target) in targets.iter().enumerate() {
@@ -425,33 +456,34 @@ async fn hop(settings: &Settings, results: &mut Results) -> anyhow::Result<()> {
         settings.rounds, settings.saturation_secs
     );
     for in_flight in [1, 16, 64] {
-        let mut ops = [0u64; 3];
-        let mut time = [Duration::ZERO; 3];
-        let mut plugd_cpu = [Duration::ZERO; 3];
-        let mut component_cpu = [Duration::ZERO; 3];
+        let mut ops = [0u64; 4];
+        let mut time = [Duration::ZERO; 4];
+        let mut hop = [Duration::ZERO; 4];
+        let mut component_cpu = [Duration::ZERO; 4];
         for _ in 0..settings.rounds {
             for (i, target) in targets.iter().enumerate() {
-                let (p0, c0) = (cpu_time(plugd_pid)?, cpu_time(component_pid)?);
+                let (h0, c0) = (hop_cpu(i)?, cpu_time(component_pid)?);
                 let (n, elapsed) =
                     saturate(target, "store", in_flight, settings.saturation_secs).await?;
-                plugd_cpu[i] += cpu_time(plugd_pid)?.saturating_sub(p0);
+                hop[i] += hop_cpu(i)?.saturating_sub(h0);
                 component_cpu[i] += cpu_time(component_pid)?.saturating_sub(c0);
                 ops[i] += n;
                 time[i] += elapsed;
             }
         }
-        for i in 0..3 {
+        for i in 0..4 {
             results.saturation.push(Saturation {
                 target: Target::NAMES[i].into(),
                 in_flight,
                 ops_per_sec: ops[i] as f64 / time[i].as_secs_f64(),
-                plugd_cpu_us_per_op: plugd_cpu[i].as_secs_f64() * 1e6 / ops[i].max(1) as f64,
+                hop_cpu_us_per_op: hop[i].as_secs_f64() * 1e6 / ops[i].max(1) as f64,
                 component_cpu_us_per_op: component_cpu[i].as_secs_f64() * 1e6
                     / ops[i].max(1) as f64,
             });
         }
     }
     drop(plugd);
+    drop(forwarder);
     drop(component);
     Ok(())
 }
@@ -822,14 +854,23 @@ async fn startup_and_memory(results: &mut Results) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, socket, instance] = args.as_slice()
+        && flag == "--forwarder"
+    {
+        return forwarder::run(Path::new(socket), instance);
+    }
+    tokio::runtime::Runtime::new()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     epoch();
     let settings = Settings::from_args()?;
     // Build (once) the release binaries of plugd and the components.
     support::binary("plugd");
     let mut results = Results::new();
-    if let Some((3, concurrency, secs)) = settings.profile {
+    if let Some((4, concurrency, secs)) = settings.profile {
         let settings = Settings {
             pubsub_messages: (secs * 10_000.0) as usize,
             ..settings

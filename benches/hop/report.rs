@@ -37,7 +37,8 @@ pub struct Saturation {
     pub target: String,
     pub in_flight: usize,
     pub ops_per_sec: f64,
-    pub plugd_cpu_us_per_op: f64,
+    /// CPU time of the process in the middle (plugd, or the forwarder) per operation.
+    pub hop_cpu_us_per_op: f64,
     pub component_cpu_us_per_op: f64,
 }
 
@@ -137,7 +138,7 @@ impl Results {
         println!("\nState Get at saturation:");
         println!(
             "  {:<8} {:>9} {:>11} {:>8} {:>17} {:>20}",
-            "target", "in flight", "ops/s", "×direct", "plugd CPU µs/op", "component CPU µs/op"
+            "target", "in flight", "ops/s", "×direct", "hop CPU µs/op", "component CPU µs/op"
         );
         for s in &self.saturation {
             let ratio = self
@@ -149,7 +150,7 @@ impl Results {
                 s.in_flight,
                 s.ops_per_sec,
                 ratio,
-                s.plugd_cpu_us_per_op,
+                s.hop_cpu_us_per_op,
                 s.component_cpu_us_per_op
             );
         }
@@ -186,7 +187,7 @@ impl Results {
             "send_lateness_us": {"p50": self.send_lateness_p50_us, "p99": self.send_lateness_p99_us},
             "saturation": self.saturation.iter().map(|s| json!({
                 "target": s.target, "in_flight": s.in_flight, "ops_per_sec": s.ops_per_sec,
-                "plugd_cpu_us_per_op": s.plugd_cpu_us_per_op,
+                "plugd_cpu_us_per_op": s.hop_cpu_us_per_op,
                 "component_cpu_us_per_op": s.component_cpu_us_per_op,
             })).collect::<Vec<_>>(),
             "pubsub": self.pubsub.iter().map(|p| json!({
