@@ -10,11 +10,6 @@ use plugd::{
     telemetry,
 };
 
-/// mimalloc instead of the system allocator: a forwarded request allocates and frees a few
-/// dozen small buffers, and glibc's malloc spent ~10% of plugd's CPU on them.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     // daprd's command line works too: Go's `-flag` spelling, and its flags plugd does not use.
     let (argv, ignored) = plugd::cli::normalize_daprd_args(std::env::args_os());
