@@ -28,6 +28,15 @@ use tonic::{
 };
 use tracing::Instrument as _;
 
+const GRPC_TIMEOUT: &str = "grpc-timeout";
+
+/// The `grpc-timeout` header tonic would send for `timeout`.
+fn timeout_header(timeout: Duration) -> Option<AsciiMetadataValue> {
+    let mut req = Request::new(());
+    req.set_timeout(timeout);
+    req.metadata().get(GRPC_TIMEOUT).cloned()
+}
+
 /// The header that tells a component which instance a call is for.
 pub const INSTANCE_HEADER: &str = "x-component-instance";
 
@@ -390,6 +399,9 @@ struct ConnInner {
     call_timeout: Duration,
     closed: CancellationToken,
     message_limit: usize,
+    metrics: Arc<crate::metrics::ComponentCalls>,
+    /// The `grpc-timeout` header for `call_timeout`, formatted once.
+    default_timeout: Option<AsciiMetadataValue>,
 }
 
 impl fmt::Debug for Connection {
@@ -442,6 +454,8 @@ impl Connection {
                 message_limit: crate::limits::component_message_limit(
                     crate::limits::DEFAULT_MAX_BODY_SIZE,
                 ),
+                metrics: Arc::new(crate::metrics::ComponentCalls::new(instance)),
+                default_timeout: timeout_header(call_timeout),
             }),
         })
     }
@@ -484,7 +498,12 @@ impl Connection {
         let mut req = Request::new(message);
         req.metadata_mut()
             .insert(INSTANCE_HEADER, self.inner.header.clone());
-        req.set_timeout(timeout);
+        match &self.inner.default_timeout {
+            Some(value) if timeout == self.inner.call_timeout => {
+                req.metadata_mut().insert(GRPC_TIMEOUT, value.clone());
+            }
+            _ => req.set_timeout(timeout),
+        }
         req.extensions_mut()
             .insert(MessageLimit(self.inner.message_limit));
         req
@@ -564,7 +583,7 @@ impl Connection {
             Err(ComponentError::Timeout { .. }) => tonic::Code::DeadlineExceeded,
             Err(ComponentError::Connect { .. }) => tonic::Code::Unavailable,
         };
-        crate::metrics::component_call(&self.inner.instance, method, started.elapsed(), code);
+        self.inner.metrics.record(method, started.elapsed(), code);
         result
     }
 
@@ -696,6 +715,32 @@ mod tests {
     use std::io::ErrorKind;
 
     const BOUND: Duration = Duration::from_secs(10);
+
+    /// The `grpc-timeout` header formatted once per connection is the one tonic sends, and any
+    /// other deadline still gets its own.
+    #[tokio::test]
+    async fn requests_carry_the_deadline_tonic_would_send() {
+        let channel = Endpoint::from_static("http://component").connect_lazy();
+        let conn =
+            Connection::new(channel, "store", PathBuf::from("x.sock"), BOUND).expect("connection");
+        for timeout in [BOUND, Duration::from_millis(1500), Duration::from_micros(7)] {
+            let mut expected = Request::new(());
+            expected.set_timeout(timeout);
+            let req = conn.request((), timeout);
+            assert_eq!(
+                req.metadata().get(GRPC_TIMEOUT),
+                expected.metadata().get(GRPC_TIMEOUT),
+                "{timeout:?}"
+            );
+            assert!(req.metadata().get(GRPC_TIMEOUT).is_some());
+            assert_eq!(
+                req.metadata()
+                    .get(INSTANCE_HEADER)
+                    .and_then(|v| v.to_str().ok()),
+                Some("store")
+            );
+        }
+    }
 
     /// A real gRPC server (reflection v1alpha) on a Unix socket in `dir`, served until the
     /// returned token is dropped.

@@ -77,9 +77,12 @@ fn main() -> ExitCode {
             }
         }
     });
-    // Flush the spans not yet exported while the runtime still runs.
-    let _entered = runtime.enter();
-    telemetry.shutdown();
+    // Flush the spans not yet exported while the runtime still runs: the exporter blocks its
+    // own thread on a connection whose tasks live on this runtime (a one-thread runtime runs
+    // them only inside `block_on`).
+    runtime.block_on(async move {
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    });
     code
 }
 

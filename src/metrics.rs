@@ -198,6 +198,53 @@ pub fn component_call(component: &str, method: &'static str, elapsed: Duration, 
         .increment(1);
 }
 
+/// One component's call metrics, with the handles of successful calls kept per method after
+/// first use: a call then records without building label sets or looking them up in the
+/// registry (failures, rarer, take the general path).
+pub struct ComponentCalls {
+    component: String,
+    by_method: std::sync::Mutex<Vec<(&'static str, metrics::Histogram, metrics::Counter)>>,
+}
+
+impl std::fmt::Debug for ComponentCalls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComponentCalls")
+            .field("component", &self.component)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ComponentCalls {
+    pub fn new(component: &str) -> Self {
+        Self {
+            component: component.to_string(),
+            by_method: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// As [`component_call`].
+    pub fn record(&self, method: &'static str, elapsed: Duration, code: tonic::Code) {
+        if !enabled() {
+            return;
+        }
+        let cache = self.by_method.lock();
+        let (tonic::Code::Ok, Ok(mut cache)) = (code, cache) else {
+            return component_call(&self.component, method, elapsed, code);
+        };
+        if let Some((_, duration, calls)) = cache.iter().find(|(m, ..)| *m == method) {
+            duration.record(elapsed.as_secs_f64());
+            calls.increment(1);
+            return;
+        }
+        let component = metrics::SharedString::from(Arc::<str>::from(self.component.as_str()));
+        let duration = metrics::histogram!(COMPONENT_DURATION, "component" => component.clone(), "method" => method);
+        let calls = metrics::counter!(COMPONENT_CALLS, "component" => component, "method" => method, "code" => code_name(code));
+        duration.record(elapsed.as_secs_f64());
+        calls.increment(1);
+        cache.push((method, duration, calls));
+    }
+}
+
 /// What happened to a pub/sub message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PubSubEvent {

@@ -50,8 +50,22 @@ pub fn watch_resources(
             if stop.is_cancelled() {
                 break;
             }
-            let (docs, mut problems) = manifest::read_documents(&paths);
-            match manifest::validate(&docs, &app_id, namespace.as_deref()) {
+            // Reading and parsing may take a while (files up to 16 MiB): not on the thread
+            // that serves requests.
+            let read = {
+                let (paths, app_id, namespace) = (paths.clone(), app_id.clone(), namespace.clone());
+                tokio::task::spawn_blocking(move || {
+                    let (docs, problems) = manifest::read_documents(&paths);
+                    let validated = manifest::validate(&docs, &app_id, namespace.as_deref());
+                    (validated, problems)
+                })
+                .await
+            };
+            let Ok((validated, mut problems)) = read else {
+                tracing::error!("reading the resource files failed; keeping the current ones");
+                continue;
+            };
+            match validated {
                 Ok(loaded) if problems.is_empty() => {
                     tracing::debug!(
                         components = loaded.components.len(),

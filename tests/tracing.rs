@@ -136,7 +136,7 @@ fn serve_store(socket: &std::path::Path, store: RecordingStore) {
 // plugd as a child process, ports and logs read from its JSON log.
 
 struct Plugd {
-    _guard: ChildGuard,
+    guard: ChildGuard,
     logs: Logs,
     grpc: u16,
     http: u16,
@@ -188,7 +188,7 @@ impl Plugd {
         })
         .await;
         Self {
-            _guard: guard,
+            guard,
             logs,
             grpc,
             http,
@@ -704,6 +704,54 @@ async fn spans_are_exported_over_otlp() {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .any(|s| s == APP_ID)
+    );
+}
+
+/// The spans still waiting in the exporter's batch are sent when plugd stops (on the default
+/// one-thread runtime too: the flush needs the runtime to drive the exporter's connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_spans_are_exported_when_plugd_stops() {
+    let (receiver, addr) = Receiver::start().await;
+    let (dirs, store) = setup_store();
+    let endpoint = addr.to_string();
+    let mut plugd = Plugd::start(
+        &dirs,
+        &["--otlp-endpoint", &endpoint],
+        // No scheduled export during the test: only the final flush sends the batch.
+        &[("OTEL_BSP_SCHEDULE_DELAY", "600000")],
+    )
+    .await;
+    plugd.wait_store("store").await;
+    let resp = reqwest::Client::new()
+        .get(plugd.url("/v1.0/state/store/at-exit"))
+        .header("traceparent", format!("00-{TRACE_B}-{CALLER_SPAN}-01"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(resp.status(), 200);
+    store.wait_for("at-exit").await;
+    let status = plugd.guard.terminate().expect("plugd exits after SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", plugd.logs.tail());
+    assert!(
+        plugd
+            .logs
+            .with_message("the last spans could not be exported")
+            .is_empty(),
+        "{}",
+        plugd.logs.tail()
+    );
+    let trace = hex_bytes::<16>(TRACE_B).to_vec();
+    let spans = receiver
+        .spans
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.trace_id == trace && s.name == "/v1.0/state/{store}/{key}"),
+        "the request's span was not flushed at exit: {} spans",
+        spans.len()
     );
 }
 

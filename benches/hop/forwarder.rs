@@ -39,7 +39,8 @@ pub fn run(socket: &Path, instance: &str) -> anyhow::Result<()> {
                         let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::<
                             rt::GetStateResponse,
                             rt::GetStateRequest,
-                        >::default());
+                        >::default(
+                        ));
                         Ok::<_, Infallible>(grpc.unary(get, req).await)
                     }
                 });

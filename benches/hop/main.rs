@@ -406,7 +406,12 @@ async fn hop(settings: &Settings, results: &mut Results) -> anyhow::Result<()> {
         Target::Grpc(DaprClient::new(forwarder_channel)),
     ];
     // The process each target goes through, whose CPU time is the hop's.
-    let hop_pids = [None, Some(plugd_pid), Some(plugd_pid), Some(forwarder.0.child.id())];
+    let hop_pids = [
+        None,
+        Some(plugd_pid),
+        Some(plugd_pid),
+        Some(forwarder.0.child.id()),
+    ];
     let hop_cpu = |i: usize| hop_pids[i].map_or(Ok(Duration::ZERO), cpu_time);
     // Warm up every path (connections, pools, allocator).
     for target in &targets {

@@ -33,8 +33,20 @@ use crate::{
     registry::Registry,
 };
 
+/// What every handler needs; behind one `Arc`, so the clone axum makes per request is a
+/// reference-count increment, not three `String`s and a cancellation token.
 #[derive(Clone)]
-struct Ctx {
+struct Ctx(Arc<CtxInner>);
+
+impl std::ops::Deref for Ctx {
+    type Target = CtxInner;
+
+    fn deref(&self) -> &CtxInner {
+        &self.0
+    }
+}
+
+struct CtxInner {
     state: StateApi,
     pubsub: PubSubApi,
     bindings: BindingsApi,
@@ -98,7 +110,7 @@ pub fn router(
     api_token: Option<Arc<str>>,
     max_body: usize,
 ) -> Router {
-    let ctx = Ctx {
+    let ctx = Ctx(Arc::new(CtxInner {
         state: StateApi::new(registry.clone(), app_id.clone()),
         pubsub: PubSubApi::new(registry.clone(), app_id.clone()),
         bindings: BindingsApi::new(registry.clone()),
@@ -106,7 +118,7 @@ pub fn router(
         registry,
         app_id,
         shutdown,
-    };
+    }));
     Router::new()
         .route("/v1.0/healthz", get(healthz))
         .route("/v1.0/healthz/outbound", get(healthz_outbound))

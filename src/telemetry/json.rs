@@ -76,19 +76,22 @@ where
                 }
             }
         }
-        // Inside an API request whose trace context is kept in a task-local, not a span.
-        if !fields.contains_key("trace_id") {
-            crate::telemetry::trace::log_context(|key, route, trace_id| {
-                fields.insert(key.into(), Value::String(route.to_string()));
-                fields.insert("trace_id".into(), Value::String(trace_id.to_string()));
-            });
-        }
         let mut visitor = Visitor {
             fields: &mut fields,
             msg: String::new(),
         };
         event.record(&mut visitor);
         let msg = std::mem::take(&mut visitor.msg);
+        // Inside an API request or a delivery whose trace context is kept in a task-local, not
+        // a span; the event's own fields of the same name win.
+        if !fields.contains_key("trace_id") {
+            crate::telemetry::trace::log_context(|key, route, trace_id| {
+                fields
+                    .entry(key)
+                    .or_insert_with(|| Value::String(route.to_string()));
+                fields.insert("trace_id".into(), Value::String(trace_id.to_string()));
+            });
+        }
         for key in SCHEMA_KEYS {
             fields.remove(key);
         }

@@ -694,7 +694,9 @@ mod tests {
         tracing::subscriber::with_default(subscriber, || {
             runtime.block_on(delivery.run(async {
                 tracing::info!("delivered");
-                for_call(&mut metadata, || panic!("no span is made inside a delivery"));
+                for_call(&mut metadata, || {
+                    panic!("no span is made inside a delivery")
+                });
             }));
         });
         let to_component = metadata
