@@ -44,6 +44,8 @@ pub struct Saturation {
 
 pub struct PubSub {
     pub subscription_concurrency: usize,
+    /// Messages per publish call (1: PublishEvent; more: BulkPublishEvent).
+    pub batch: usize,
     pub messages: usize,
     pub publish_msgs_per_sec: f64,
     pub end_to_end_msgs_per_sec: f64,
@@ -157,8 +159,13 @@ impl Results {
         println!("\nPub/sub, publish through plugd → app received (plugd-memory, Rust gRPC app):");
         for p in &self.pubsub {
             println!(
-                "  subscription concurrency {:>2}: {:>7.0} msg/s end to end ({:.0}/s published; {} messages); at 1000 msg/s latency p50 {:.2} ms, p99 {:.2} ms",
+                "  concurrency {:>3}, {}: {:>7.0} msg/s end to end ({:.0}/s published; {} messages); at 1000 msg/s latency p50 {:.2} ms, p99 {:.2} ms",
                 p.subscription_concurrency,
+                if p.batch > 1 {
+                    format!("bulk publish of {:>3}", p.batch)
+                } else {
+                    "one per publish   ".into()
+                },
                 p.end_to_end_msgs_per_sec,
                 p.publish_msgs_per_sec,
                 p.messages,
@@ -174,6 +181,86 @@ impl Results {
             "\nplugd RSS with 50 components: idle {:.1} MiB, under load {:.1} MiB (peak {:.1} MiB)",
             self.rss_idle_mib, self.rss_load_mib, self.rss_hwm_mib
         );
+        println!("\nTargets:");
+        for (what, figure, met) in self.targets() {
+            println!(
+                "  {} {what}: {figure}",
+                if met { "met    " } else { "NOT met" }
+            );
+        }
+    }
+
+    /// Each target of the issue, with the figure of this run and whether it is met.
+    pub fn targets(&self) -> Vec<(String, String, bool)> {
+        let mut out = Vec::new();
+        for target in ["grpc", "http"] {
+            for depth in [16, 64] {
+                if let (Some(t), Some(d)) = (self.sat(target, depth), self.sat("direct", depth)) {
+                    let ratio = t.ops_per_sec / d.ops_per_sec;
+                    out.push((
+                        format!("{target} throughput at {depth} in flight ≥ 0.6× direct"),
+                        format!("{ratio:.2}×"),
+                        ratio >= 0.6,
+                    ));
+                    out.push((
+                        format!("plugd CPU per {target} Get at {depth} in flight ≤ 20 µs"),
+                        format!("{:.1} µs", t.hop_cpu_us_per_op),
+                        t.hop_cpu_us_per_op <= 20.0,
+                    ));
+                }
+            }
+        }
+        if let Some(direct) = self.fixed.iter().find(|f| f.target == "direct") {
+            for f in self
+                .fixed
+                .iter()
+                .filter(|f| f.target == "grpc" || f.target == "http")
+            {
+                let ratio = f.percentiles_us[0] / direct.percentiles_us[0];
+                out.push((
+                    format!("{} p50 at 1000/s ≤ 1.8× direct", f.target),
+                    format!("{ratio:.2}×"),
+                    ratio <= 1.8,
+                ));
+            }
+        }
+        for bulk in [false, true] {
+            if let Some(best) = self
+                .pubsub
+                .iter()
+                .filter(|p| (p.batch > 1) == bulk)
+                .map(|p| p.end_to_end_msgs_per_sec)
+                .reduce(f64::max)
+            {
+                out.push((
+                    format!(
+                        "pub/sub ≥ 10,000 msg/s end to end ({})",
+                        if bulk {
+                            "bulk publish"
+                        } else {
+                            "one message per publish"
+                        }
+                    ),
+                    format!("{best:.0} msg/s"),
+                    best >= 10_000.0,
+                ));
+            }
+        }
+        if let Some((_, ms)) = self.startup_ms.iter().find(|(n, _)| *n == 100) {
+            out.push((
+                "100 sockets ready < 0.5 s".into(),
+                format!("{ms:.0} ms"),
+                *ms < 500.0,
+            ));
+        }
+        if self.rss_idle_mib > 0.0 {
+            out.push((
+                "RSS idle with 50 components < 20 MB".into(),
+                format!("{:.1} MiB", self.rss_idle_mib),
+                self.rss_idle_mib * 1.048_576 < 20.0,
+            ));
+        }
+        out
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -191,13 +278,14 @@ impl Results {
                 "component_cpu_us_per_op": s.component_cpu_us_per_op,
             })).collect::<Vec<_>>(),
             "pubsub": self.pubsub.iter().map(|p| json!({
-                "subscription_concurrency": p.subscription_concurrency, "messages": p.messages,
+                "subscription_concurrency": p.subscription_concurrency, "batch": p.batch, "messages": p.messages,
                 "publish_msgs_per_sec": p.publish_msgs_per_sec,
                 "end_to_end_msgs_per_sec": p.end_to_end_msgs_per_sec,
                 "p50_ms": p.p50_ms, "p99_ms": p.p99_ms,
             })).collect::<Vec<_>>(),
             "startup_ms": self.startup_ms.iter().map(|(n, ms)| json!({"sockets": n, "ms": ms})).collect::<Vec<_>>(),
             "rss_mib_50_components": {"idle": self.rss_idle_mib, "load": self.rss_load_mib, "peak": self.rss_hwm_mib},
+            "targets": self.targets().into_iter().map(|(what, figure, met)| json!({"target": what, "figure": figure, "met": met})).collect::<Vec<_>>(),
         })
     }
 
@@ -218,7 +306,7 @@ impl Results {
 
     /// Two grouped bar charts: latency percentiles at 1000/s, and throughput by depth.
     fn svg(&self) -> String {
-        let names = ["direct", "grpc", "http"];
+        let names = ["direct", "grpc", "http", "forwarder"];
         let latency: Vec<Vec<f64>> = names
             .iter()
             .map(|n| {
@@ -248,6 +336,7 @@ impl Results {
             ("(a) direct to component (UDS)", "#4c78a8"),
             ("(b) through plugd gRPC", "#f58518"),
             ("(c) through plugd HTTP", "#54a24b"),
+            ("(d) minimal tonic forwarder", "#9d9d9d"),
         ];
         bars(
             &mut svg,
@@ -266,7 +355,7 @@ impl Results {
             &series,
         );
         for (i, (label, color)) in series.iter().enumerate() {
-            let x = 150.0 + i as f64 * 240.0;
+            let x = 40.0 + i as f64 * 230.0;
             let _ = writeln!(
                 svg,
                 r#"<rect x="{x}" y="372" width="12" height="12" fill="{color}"/><text x="{}" y="382">{label}</text>"#,
