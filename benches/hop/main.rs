@@ -905,6 +905,14 @@ async fn startup_and_memory(results: &mut Results) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    // `--replot DIR`: draw the chart again from DIR/results.json, measuring nothing.
+    if let Some(i) = args.iter().position(|a| a == "--replot") {
+        let dir = PathBuf::from(args.get(i + 1).context("--replot needs a folder")?);
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("results.json"))?)?;
+        let results = Results::from_json(&json).context("results.json is not a run's results")?;
+        return results.write_chart(&dir);
+    }
     if let [_, flag, socket, instance] = args.as_slice()
         && flag == "--forwarder"
     {

@@ -263,6 +263,42 @@ impl Results {
         out
     }
 
+    /// The results a run wrote to `results.json` (for `--replot`).
+    pub fn from_json(v: &serde_json::Value) -> Option<Self> {
+        let f = |v: &serde_json::Value, k: &str| v[k].as_f64();
+        let mut r = Self::new();
+        r.machine = v["machine"].as_str()?.to_string();
+        for x in v["fixed_rate_1000"].as_array()? {
+            let target = match x["target"].as_str()? {
+                "direct" => "direct",
+                "grpc" => "grpc",
+                "http" => "http",
+                "forwarder" => "forwarder",
+                _ => continue,
+            };
+            r.fixed.push(Fixed {
+                target,
+                samples: x["samples"].as_u64()? as usize,
+                percentiles_us: [
+                    f(x, "p50_us")?,
+                    f(x, "p90_us")?,
+                    f(x, "p99_us")?,
+                    f(x, "p999_us")?,
+                ],
+            });
+        }
+        for x in v["saturation"].as_array()? {
+            r.saturation.push(Saturation {
+                target: x["target"].as_str()?.to_string(),
+                in_flight: x["in_flight"].as_u64()? as usize,
+                ops_per_sec: f(x, "ops_per_sec")?,
+                hop_cpu_us_per_op: f(x, "hop_cpu_us_per_op")?,
+                component_cpu_us_per_op: f(x, "component_cpu_us_per_op")?,
+            });
+        }
+        Some(r)
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         json!({
             "machine": self.machine,
@@ -274,7 +310,7 @@ impl Results {
             "send_lateness_us": {"p50": self.send_lateness_p50_us, "p99": self.send_lateness_p99_us},
             "saturation": self.saturation.iter().map(|s| json!({
                 "target": s.target, "in_flight": s.in_flight, "ops_per_sec": s.ops_per_sec,
-                "plugd_cpu_us_per_op": s.hop_cpu_us_per_op,
+                "hop_cpu_us_per_op": s.hop_cpu_us_per_op,
                 "component_cpu_us_per_op": s.component_cpu_us_per_op,
             })).collect::<Vec<_>>(),
             "pubsub": self.pubsub.iter().map(|p| json!({
@@ -295,12 +331,17 @@ impl Results {
             out.join("results.json"),
             serde_json::to_string_pretty(&self.to_json())? + "\n",
         )?;
-        std::fs::write(out.join("hop.svg"), self.svg())?;
+        self.write_chart(out)?;
         println!(
             "\nWrote {} and {}",
             out.join("results.json").display(),
             out.join("hop.svg").display()
         );
+        Ok(())
+    }
+
+    pub fn write_chart(&self, out: &Path) -> anyhow::Result<()> {
+        std::fs::write(out.join("hop.svg"), self.svg())?;
         Ok(())
     }
 
@@ -349,8 +390,8 @@ impl Results {
         bars(
             &mut svg,
             (500.0, 0.0),
-            "State Get throughput (ops/s) by requests in flight",
-            &["1", "16", "64"],
+            "State Get throughput (ops/s) by depth",
+            &["1 in flight", "16 in flight", "64 in flight"],
             &throughput,
             &series,
         );
@@ -392,9 +433,15 @@ fn bars(
         left + width / 2.0,
         y0 + 22.0
     );
-    for tick in 0..=4 {
-        let v = scale * f64::from(tick) / 4.0;
-        let y = top + height - height * f64::from(tick) / 4.0;
+    // Round steps: 0.2 of a 1 or 5 scale, 0.25 of a 2 scale.
+    let steps = if (scale / 10f64.powf(scale.log10().floor()) - 2.0).abs() < 1e-9 {
+        4
+    } else {
+        5
+    };
+    for tick in 0..=steps {
+        let v = scale * f64::from(tick) / f64::from(steps);
+        let y = top + height - height * f64::from(tick) / f64::from(steps);
         let _ = writeln!(
             svg,
             r##"<line x1="{left}" x2="{}" y1="{y}" y2="{y}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end" font-size="10">{}</text>"##,
