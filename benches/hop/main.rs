@@ -306,30 +306,16 @@ async fn fixed_rate(
     secs: f64,
 ) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let n = (f64::from(rate) * secs) as u32;
-    let period = Duration::from_secs(1) / rate;
-    let handle = tokio::runtime::Handle::current();
     let target = target.clone();
-    let dispatcher = std::thread::spawn(move || {
-        let start = Instant::now() + Duration::from_millis(5);
-        let mut tasks = Vec::with_capacity(n as usize);
-        for i in 0..n {
-            let at = start + period * i;
-            let now = Instant::now();
-            if at > now {
-                std::thread::sleep(at - now);
-            }
-            let late = at.elapsed();
-            let mut target = target.clone();
-            tasks.push(handle.spawn(async move {
-                target.get(store).await?;
-                Ok::<_, anyhow::Error>((at.elapsed(), late))
-            }));
+    let tasks = open_loop(rate, n, move |at| {
+        let late = at.elapsed();
+        let mut target = target.clone();
+        async move {
+            target.get(store).await?;
+            Ok::<_, anyhow::Error>((at.elapsed(), late))
         }
-        tasks
-    });
-    let tasks = tokio::task::spawn_blocking(move || dispatcher.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("dispatcher thread panicked"))?;
+    })
+    .await?;
     let (mut latencies, mut lateness) = (Vec::new(), Vec::new());
     for task in tasks {
         let (latency, late) = task.await??;
@@ -337,6 +323,38 @@ async fn fixed_rate(
         lateness.push(late);
     }
     Ok((latencies, lateness))
+}
+
+/// Starts `count` tasks at `rate` per second, each at its scheduled time from a dedicated
+/// thread (a Tokio timer would round to the millisecond); `make` gets the scheduled time.
+async fn open_loop<F, Fut>(
+    rate: u32,
+    count: u32,
+    make: F,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<Fut::Output>>>
+where
+    F: Fn(Instant) -> Fut + Send + 'static,
+    Fut: std::future::Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    let handle = tokio::runtime::Handle::current();
+    let dispatcher = std::thread::spawn(move || {
+        let period = Duration::from_secs(1) / rate;
+        let start = Instant::now() + Duration::from_millis(5);
+        let mut tasks = Vec::with_capacity(count as usize);
+        for i in 0..count {
+            let at = start + period * i;
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            tasks.push(handle.spawn(make(at)));
+        }
+        tasks
+    });
+    tokio::task::spawn_blocking(move || dispatcher.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("dispatcher thread panicked"))
 }
 
 /// Closed loop: `in_flight` workers each call again as soon as the previous call answered.
@@ -744,29 +762,15 @@ async fn pubsub(
     // with its scheduled send time.
     let rate = 1000;
     let count = (f64::from(rate) * settings.fixed_secs * 2.0) as u32;
-    let handle = tokio::runtime::Handle::current();
-    let dispatcher = {
+    let tasks = {
         let client = client.clone();
-        std::thread::spawn(move || {
-            let period = Duration::from_secs(1) / rate;
-            let start = Instant::now() + Duration::from_millis(5);
-            let mut tasks = Vec::with_capacity(count as usize);
-            for i in 0..count {
-                let at = start + period * i;
-                let now = Instant::now();
-                if at > now {
-                    std::thread::sleep(at - now);
-                }
-                let stamp = at.duration_since(epoch()).as_nanos() as u64;
-                let mut client = client.clone();
-                tasks.push(handle.spawn(async move { publish_stamped(&mut client, stamp).await }));
-            }
-            tasks
+        open_loop(rate, count, move |at| {
+            let stamp = at.duration_since(epoch()).as_nanos() as u64;
+            let mut client = client.clone();
+            async move { publish_stamped(&mut client, stamp).await }
         })
-    };
-    let tasks = tokio::task::spawn_blocking(move || dispatcher.join())
         .await?
-        .map_err(|_| anyhow::anyhow!("dispatcher thread panicked"))?;
+    };
     for t in tasks {
         t.await??;
     }

@@ -134,6 +134,18 @@ impl Light {
         }
     }
 
+    /// A new span in the trace of `parent` when its span context is valid, else the root of
+    /// a new trace.
+    fn from_parent(parent: &Context) -> Self {
+        let span = parent.span();
+        let sc = span.span_context();
+        if sc.is_valid() {
+            Self::child_of(sc.trace_id(), sc.trace_flags(), sc.trace_state().clone())
+        } else {
+            Self::root()
+        }
+    }
+
     /// The first span of a new, sampled trace.
     fn root() -> Self {
         let trace_id = loop {
@@ -371,12 +383,7 @@ impl Delivery {
     pub fn new(name: &'static str, traceparent: Option<&str>, tracestate: Option<&str>) -> Self {
         let parent = extract_w3c(traceparent, tracestate);
         if !exporting() {
-            let sc = parent.span().span_context().clone();
-            let light = if sc.is_valid() {
-                Light::child_of(sc.trace_id(), sc.trace_flags(), sc.trace_state().clone())
-            } else {
-                Light::root()
-            };
+            let light = Light::from_parent(&parent);
             return Self {
                 inner: DeliveryTrace::Local(RequestTrace {
                     light,
@@ -527,12 +534,7 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let parent = extract_headers(req.headers(), self.grpc);
         if !exporting() {
-            let sc = parent.span().span_context().clone();
-            let light = if sc.is_valid() {
-                Light::child_of(sc.trace_id(), sc.trace_flags(), sc.trace_state().clone())
-            } else {
-                Light::root()
-            };
+            let light = Light::from_parent(&parent);
             let route = if self.grpc {
                 Route::Path(req.uri().clone())
             } else {
