@@ -57,6 +57,9 @@ const APP_ID: &str = "bench";
 struct Settings {
     /// `--only hop|pubsub|startup`: run one part (results are written only for a full run).
     only: Option<String>,
+    /// Run by `cargo test` (no `--bench` argument): a smoke run of the Get and pub/sub parts
+    /// with tiny durations, writing nothing, so the test suite checks that the benchmark works.
+    smoke: bool,
     /// `--profile TARGET IN_FLIGHT SECS`: only load one target, for perf.
     profile: Option<(usize, usize, f64)>,
     rounds: usize,
@@ -71,6 +74,7 @@ impl Settings {
         let mut quick = false;
         let mut profile = None;
         let mut only = None;
+        let mut benching = false;
         let mut out = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/bench");
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -95,14 +99,27 @@ impl Settings {
                     profile = Some((target, next()?.parse()?, next()?.parse()?));
                 }
                 "--out" => out = args.next().context("--out needs a folder")?.into(),
-                // `cargo bench` passes `--bench`; nothing else is expected.
-                "--bench" => {}
+                // `cargo bench` passes `--bench`; `cargo test` does not.
+                "--bench" => benching = true,
                 other => bail!("unknown argument {other:?} (expected --quick or --out DIR)"),
             }
         }
-        Ok(if quick {
+        let smoke = !benching && !quick && only.is_none() && profile.is_none();
+        Ok(if smoke {
             Self {
                 only,
+                smoke,
+                profile,
+                rounds: 1,
+                fixed_secs: 0.2,
+                saturation_secs: 0.2,
+                pubsub_messages: 300,
+                out,
+            }
+        } else if quick {
+            Self {
+                only,
+                smoke,
                 profile,
                 rounds: 2,
                 fixed_secs: 1.0,
@@ -113,6 +130,7 @@ impl Settings {
         } else {
             Self {
                 only,
+                smoke,
                 profile,
                 rounds: 5,
                 fixed_secs: 3.0,
@@ -931,6 +949,7 @@ async fn run() -> anyhow::Result<()> {
     // Build (once) the release binaries of plugd and the components.
     support::binary("plugd");
     let mut results = Results::new();
+    results.smoke = settings.smoke;
     if let Some((4, concurrency, secs)) = settings.profile {
         let settings = Settings {
             pubsub_messages: (secs * 10_000.0) as usize,
@@ -958,11 +977,11 @@ async fn run() -> anyhow::Result<()> {
                 .push(pubsub(&settings, concurrency, batch).await?);
         }
     }
-    if part("startup") {
+    if part("startup") && !settings.smoke {
         startup_and_memory(&mut results).await?;
     }
     results.print();
-    if settings.only.is_none() {
+    if settings.only.is_none() && !settings.smoke {
         results.write(&settings.out)?;
     }
     Ok(())

@@ -54,6 +54,8 @@ pub struct PubSub {
 }
 
 pub struct Results {
+    /// A smoke run (under `cargo test`): nothing it prints is a measurement.
+    pub smoke: bool,
     pub machine: String,
     pub fixed: Vec<Fixed>,
     pub send_lateness_p50_us: f64,
@@ -85,6 +87,7 @@ fn machine() -> String {
 impl Results {
     pub fn new() -> Self {
         Self {
+            smoke: false,
             machine: machine(),
             fixed: Vec::new(),
             send_lateness_p50_us: 0.0,
@@ -105,6 +108,12 @@ impl Results {
     }
 
     pub fn print(&self) {
+        if self.smoke {
+            println!(
+                "\nSmoke run (cargo test, no --bench): these figures are not measurements; \
+                 run `cargo bench --bench hop`."
+            );
+        }
         println!("\nMachine: {}", self.machine);
         println!(
             "\nState Get, 1 KiB value, fixed rate 1000/s, latency from the scheduled send (µs):"
@@ -181,6 +190,9 @@ impl Results {
             "\nplugd RSS with 50 components: idle {:.1} MiB, under load {:.1} MiB (peak {:.1} MiB)",
             self.rss_idle_mib, self.rss_load_mib, self.rss_hwm_mib
         );
+        if self.smoke {
+            return;
+        }
         println!("\nTargets:");
         for (what, figure, met) in self.targets() {
             println!(
