@@ -248,33 +248,13 @@ fn memory_yaml(name: &str, kind: &str, socket: &str) -> String {
 
 /// plugd with its defaults (info logs, metrics on) on free ports; its log goes to /dev/null.
 fn spawn_plugd(dirs: &TestDirs, extra: &[&str]) -> PlugdProcess {
-    let (grpc_port, http_port) = (support::free_port(), support::free_port());
-    let guard = ChildGuard::spawn(
-        "plugd",
-        // `BENCH_PLUGD_BIN`: another plugd build (a profiling one, with frame pointers).
-        Command::new(
-            std::env::var_os("BENCH_PLUGD_BIN")
-                .map_or_else(|| support::binary("plugd"), PathBuf::from),
-        )
-        .args(["--app-id", APP_ID, "--log-level", "info"])
-        .arg("--managed-components=false")
-        .arg(format!("--metrics-port={}", support::free_port()))
-        .arg("--resources-path")
-        .arg(&dirs.resources)
-        .arg("--sockets-folder")
-        .arg(&dirs.sockets)
-        .args(["--dapr-grpc-port", &grpc_port.to_string()])
-        .args(["--dapr-http-port", &http_port.to_string()])
-        .args(extra)
-        .envs(std::env::var("BENCH_PLUGD_WORKERS").map(|w| ("TOKIO_WORKER_THREADS", w)))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null()),
-    );
-    PlugdProcess {
-        guard,
-        grpc_port,
-        http_port,
-    }
+    // `BENCH_PLUGD_BIN`: another plugd build (a profiling one, with frame pointers).
+    let bin =
+        std::env::var_os("BENCH_PLUGD_BIN").map_or_else(|| support::binary("plugd"), PathBuf::from);
+    let metrics = format!("--metrics-port={}", support::free_port());
+    let mut args = vec![metrics.as_str()];
+    args.extend_from_slice(extra);
+    PlugdProcess::spawn_silent(&bin, dirs, APP_ID, "info", &args)
 }
 
 /// The minimal forwarder ([`forwarder`]) as a child process of this benchmark, and its port.

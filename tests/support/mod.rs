@@ -276,6 +276,31 @@ impl PlugdProcess {
         log_level: &str,
         extra: &[&str],
     ) -> Self {
+        Self::spawn_configured(bin, dirs, app_id, log_level, extra, |_| {})
+    }
+
+    /// As [`PlugdProcess::spawn_with`], with plugd's output discarded (a benchmark starts
+    /// plugd hundreds of times).
+    pub fn spawn_silent(
+        bin: &Path,
+        dirs: &TestDirs,
+        app_id: &str,
+        log_level: &str,
+        extra: &[&str],
+    ) -> Self {
+        Self::spawn_configured(bin, dirs, app_id, log_level, extra, |cmd| {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        })
+    }
+
+    fn spawn_configured(
+        bin: &Path,
+        dirs: &TestDirs,
+        app_id: &str,
+        log_level: &str,
+        extra: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Self {
         let (grpc_port, http_port) = (free_port(), free_port());
         // Tests start their own components and read no metrics, unless they ask.
         let mut defaults = Vec::new();
@@ -288,19 +313,18 @@ impl PlugdProcess {
         {
             defaults.push("--enable-metrics=false");
         }
-        let guard = ChildGuard::spawn(
-            "plugd",
-            Command::new(bin)
-                .args(["--app-id", app_id, "--log-level", log_level])
-                .args(&defaults)
-                .arg("--resources-path")
-                .arg(&dirs.resources)
-                .arg("--sockets-folder")
-                .arg(&dirs.sockets)
-                .args(["--dapr-grpc-port", &grpc_port.to_string()])
-                .args(["--dapr-http-port", &http_port.to_string()])
-                .args(extra),
-        );
+        let mut cmd = Command::new(bin);
+        cmd.args(["--app-id", app_id, "--log-level", log_level])
+            .args(&defaults)
+            .arg("--resources-path")
+            .arg(&dirs.resources)
+            .arg("--sockets-folder")
+            .arg(&dirs.sockets)
+            .args(["--dapr-grpc-port", &grpc_port.to_string()])
+            .args(["--dapr-http-port", &http_port.to_string()])
+            .args(extra);
+        configure(&mut cmd);
+        let guard = ChildGuard::spawn("plugd", &mut cmd);
         Self {
             guard,
             grpc_port,
