@@ -276,8 +276,16 @@ pub async fn group_ready(streams: &Streams, topic: &str) {
 
 /// Waits until nothing is pending in `topic`'s consumer group.
 pub async fn no_pending(streams: &Streams, topic: &str) {
-    eventually(WAIT, "no pending entries", || async {
-        streams.pending(topic).await.ok()?.is_empty().then_some(())
-    })
-    .await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let pending = streams.pending(topic).await;
+        if pending.as_ref().is_ok_and(Vec::is_empty) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "entries still pending in {topic} after {WAIT:?} ((id, consumer) pairs): {pending:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
