@@ -717,7 +717,12 @@ async fn ttl_expiry_and_expire_time() {
     let reader = store.clone();
     eventually(WAIT, "the key to expire", || {
         let mut reader = reader.clone();
-        async move { reader.get("short").await.etag.is_none().then_some(()) }
+        async move {
+            match reader.get("short").await.etag {
+                None => Ok(()),
+                Some(etag) => Err(etag),
+            }
+        }
     })
     .await;
     // Expired: its etag is stale and first-write may create it again.

@@ -236,18 +236,24 @@ fn ping(port: u16) -> bool {
     stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
 }
 
-/// Polls `check` until it returns `Some`, for at most `within`.
-pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+/// Polls `check` until it returns `Ok`, for at most `within`; on timeout the panic names what
+/// the last `Err` saw.
+pub async fn eventually<T, E, F, Fut>(within: Duration, what: &str, mut check: F) -> T
 where
+    E: std::fmt::Debug,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
 {
     let deadline = Instant::now() + within;
     loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        let last = match check().await {
+            Ok(value) => return value,
+            Err(last) => last,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}; last seen: {last:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -268,24 +274,17 @@ pub async fn socket_accepting(socket: &Path) {
 /// Waits until `topic`'s consumer group exists, so that what is published
 /// next is delivered.
 pub async fn group_ready(streams: &Streams, topic: &str) {
-    eventually(WAIT, "the consumer group", || async {
-        streams.pending(topic).await.ok()
-    })
-    .await;
+    eventually(WAIT, "the consumer group", || streams.pending(topic)).await;
 }
 
 /// Waits until nothing is pending in `topic`'s consumer group.
+/// On timeout the panic names the (id, consumer) pairs still pending.
 pub async fn no_pending(streams: &Streams, topic: &str) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let pending = streams.pending(topic).await;
-        if pending.as_ref().is_ok_and(Vec::is_empty) {
-            return;
+    eventually(WAIT, "no pending entries", || async {
+        match streams.pending(topic).await {
+            Ok(pending) if pending.is_empty() => Ok(()),
+            other => Err(other),
         }
-        assert!(
-            Instant::now() < deadline,
-            "entries still pending in {topic} after {WAIT:?} ((id, consumer) pairs): {pending:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
